@@ -1,0 +1,1 @@
+"""The I/O shell of iwm-alerts: files, feeds, sinks, scheduler, config and the CLI."""

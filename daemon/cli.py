@@ -1,0 +1,76 @@
+"""The `iwm-alerts` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from daemon.backtest import run_backtest, summary_lines, write_indicators
+from daemon.bars import BarFileError, load_bars
+from daemon.fred import RatesFileError, read_fred_csv
+from daemon.sample import sample_daily
+from signals.engine import EngineConfig, Links
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="iwm-alerts",
+        description="Streaming signal alerts for small-cap rotation (IWM vs SPY/QQQ).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    bt = sub.add_parser(
+        "backtest",
+        help="run bar files through the engine and write indicators.csv",
+        description="Run bar files (CSV or parquet) through the incremental engine and write "
+        "DIR/indicators.csv with one row per symbol-bar.",
+    )
+    src = bt.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bars", nargs="+", type=Path, metavar="PATH",
+                     help="bar files: date|timestamp, open, high, low, close, volume; symbol column or file stem")
+    src.add_argument("--sample", action="store_true",
+                     help="use the bundled synthetic IWM/SPY/QQQ daily sample (no files needed)")
+    bt.add_argument("--timeframe", choices=["1d"], default="1d", help="bar timeframe (default 1d)")
+    bt.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    bt.add_argument("--rates", type=Path, metavar="FILE",
+                    help="FRED CSV of the 2-year yield (observation_date,DGS2) for the rates signal")
+    bt.add_argument("--benchmark", default="SPY", help="relative-strength benchmark (default SPY)")
+    bt.add_argument("--comparator", default="QQQ", help="breadth comparator (default QQQ)")
+    bt.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    return p
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    paths: list[Path] = args.bars or []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.sample:
+            paths = [Path(tmp) / "sample.csv"]
+            sample_daily().write_csv(paths[0])
+        bars = load_bars(paths)
+    rates = read_fred_csv(args.rates) if args.rates else None
+    config = EngineConfig(links=Links(benchmark=args.benchmark, comparator=args.comparator))
+    result = run_backtest(bars, config, rates, progress=False if args.no_progress else None)
+    path = write_indicators(result, args.out, args.timeframe)
+    for line in summary_lines(result):
+        print(line)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "backtest":
+            return _backtest(args)
+    except (BarFileError, RatesFileError) as exc:
+        print(f"iwm-alerts: {exc}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""The columnar engine: bars in, every indicator, sub-score and the score out.
+
+One `Engine` serves one timeframe. It holds a row per symbol in every
+indicator and in the rings; `on_bars` advances the rows a batch touches
+(closed bars), `peek` evaluates forming bars without changing anything. A batch
+may hold several bar times: it is processed time by time, vectorised across
+the symbols of each time.
+
+Cross-symbol signals (relative strength against a benchmark, breadth against a
+comparator) need the other symbol's bar of the same time: it must come in the
+same batch or an earlier one, else the signal is unavailable for that bar.
+The daemon batches a minute's bars to keep it so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+import polars as pl
+
+from signals.arrays import FloatArray, IntArray
+from signals.bar import BarBatch
+from signals.indicators.atr import ATR
+from signals.indicators.columnar import Window
+from signals.indicators.donchian import Donchian
+from signals.indicators.macd import MACD
+from signals.indicators.rsi import RSI
+from signals.indicators.rvol import RelativeVolume
+from signals.indicators.swing import FIB_RATIOS, Swing
+from signals.indicators.volume_ratio import VolumeRatio
+from signals.rates import RatesSeries
+from signals.ring import Rings
+from signals.score import (
+    MIN_SIGNALS,
+    SIGNALS,
+    Breakdown,
+    breakdown,
+    composite,
+    sub_atr,
+    sub_breadth,
+    sub_fib,
+    sub_macd,
+    sub_rates,
+    sub_rs,
+    sub_rsi,
+    sub_volume,
+)
+
+FIB_COLUMNS = tuple(f"fib_{round(r * 1000):d}" for r in FIB_RATIOS)
+
+# Which output column holds each signal's raw value.
+RAW_COLUMN: Mapping[str, str] = MappingProxyType(
+    {
+        "rsi": "rsi14",
+        "macd": "macd_hist",
+        "fib": "fib_ratio",
+        "volume": "volume_signal",
+        "atr": "atr_pct",
+        "rs": "rs_roc20",
+        "breadth": "breadth20",
+        "rates": "rates_delta20",
+    }
+)
+
+COLUMNS: tuple[str, ...] = (
+    "open", "high", "low", "close", "volume", "prev_close",
+    "rsi14", "macd", "macd_signal", "macd_hist", "atr14", "atr_pct",
+    "volume_ratio", "rvol", "volume_signal",
+    "donchian_high20", "donchian_low20",
+    "swing_high", "swing_low", "swing_dir", "fib_ratio", *FIB_COLUMNS,
+    "ret20", "rs_ratio", "rs_roc20", "breadth20", "rates", "rates_delta20",
+    *(f"sub_{s}" for s in SIGNALS), "score",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Links:
+    """A symbol's relative-strength benchmark and breadth comparator (None: no such signal)."""
+
+    benchmark: str | None = "SPY"
+    comparator: str | None = "QQQ"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Periods, links and weights. Every number of DESIGN section 5 is here to change."""
+
+    intraday: bool = False
+    rsi_period: int = 14
+    macd_fast: int = 12
+    macd_slow: int = 26
+    macd_signal: int = 9
+    atr_period: int = 14
+    donchian_period: int = 20
+    swing_lookback: int = 60
+    volume_period: int = 20
+    rvol_sessions: int = 20
+    minutes_per_session: int = 390
+    change_period: int = 20
+    links: Links = Links()
+    symbol_links: Mapping[str, Links] = field(default_factory=dict)
+    weights: Mapping[str, float] = field(default_factory=dict)
+    min_signals: int = MIN_SIGNALS
+    ring_capacity: int = 300
+
+    def links_for(self, symbol: str) -> Links:
+        """The links of `symbol`: its own entry, else the default."""
+        return self.symbol_links.get(symbol, self.links)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A bar the engine refused, and why (`duplicate`, `out_of_order`, `missing_session`)."""
+
+    symbol: str
+    time: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a batch produced: one element per accepted bar, in processing (time) order."""
+
+    symbol: tuple[str, ...]
+    time: IntArray
+    columns: Mapping[str, FloatArray]
+    rejected: tuple[Rejection, ...]
+    weights: Mapping[str, float]
+    min_signals: int
+
+    def __len__(self) -> int:
+        return len(self.symbol)
+
+    def to_polars(self) -> pl.DataFrame:
+        """One row per symbol-bar: `symbol`, `time` (epoch seconds) and every column (NaN as null)."""
+        data: dict[str, object] = {"symbol": list(self.symbol), "time": self.time}
+        data.update(self.columns)
+        return pl.DataFrame(data).fill_nan(None)
+
+    def breakdown(self, i: int) -> Breakdown:
+        """The score of element `i` with each signal's raw value, sub-score and weight."""
+        raw = {s: float(self.columns[RAW_COLUMN[s]][i]) for s in SIGNALS}
+        subs = {s: float(self.columns[f"sub_{s}"][i]) for s in SIGNALS}
+        return breakdown(raw, subs, self.weights, self.min_signals)
+
+
+class Engine:
+    """Incremental indicators and the score for every symbol of one timeframe."""
+
+    def __init__(self, config: EngineConfig | None = None, rates: RatesSeries | None = None) -> None:
+        self.config = cfg = config or EngineConfig()
+        self.rates = rates
+        self._rows: dict[str, int] = {}
+        self._symbols: list[str] = []
+        self._bench = np.zeros(0, dtype=np.int64)
+        self._comp = np.zeros(0, dtype=np.int64)
+        self._last_time = np.zeros(0, dtype=np.int64)
+        self._last_close = np.zeros(0)
+        self._last_ret = np.zeros(0)
+        self.rings = Rings(cfg.ring_capacity)
+        self._rsi = RSI(cfg.rsi_period)
+        self._macd = MACD(cfg.macd_fast, cfg.macd_slow, cfg.macd_signal)
+        self._atr = ATR(cfg.atr_period)
+        self._donchian = Donchian(cfg.donchian_period)
+        self._swing = Swing(cfg.swing_lookback)
+        self._vratio = VolumeRatio(cfg.volume_period)
+        self._rvol = RelativeVolume(cfg.rvol_sessions, cfg.minutes_per_session) if cfg.intraday else None
+        self._close_lag = Window(cfg.change_period)
+        self._ratio_lag = Window(cfg.change_period)
+        self._rates_lag = Window(cfg.change_period)
+        self.rejected_total: dict[str, int] = {}
+
+    # -- symbols -----------------------------------------------------------------
+    @property
+    def symbols(self) -> Sequence[str]:
+        """Every symbol with a row, in row order."""
+        return tuple(self._symbols)
+
+    def row(self, symbol: str) -> int:
+        """The row of `symbol`, adding it (and its benchmark and comparator) if new."""
+        row = self._rows.get(symbol)
+        return self._add(symbol) if row is None else row
+
+    def _link_row(self, symbol: str, other: str | None) -> int:
+        if other is None or other == symbol:
+            return -1
+        return self._rows[other] if other in self._rows else self._add(other)
+
+    def _add(self, symbol: str) -> int:
+        row = len(self._symbols)
+        self._rows[symbol] = row
+        self._symbols.append(symbol)
+        n = row + 1
+        if n > len(self._bench):
+            self._grow(max(8, 2 * n))
+        # Registered before linking, so a benchmark that links back finds this row.
+        links = self.config.links_for(symbol)
+        self._bench[row] = self._link_row(symbol, links.benchmark)
+        self._comp[row] = self._link_row(symbol, links.comparator)
+        return row
+
+    def _grow(self, n: int) -> None:
+        old = len(self._bench)
+        self._bench = np.concatenate([self._bench, np.full(n - old, -1, np.int64)])
+        self._comp = np.concatenate([self._comp, np.full(n - old, -1, np.int64)])
+        self._last_time = np.concatenate([self._last_time, np.full(n - old, np.iinfo(np.int64).min)])
+        self._last_close = np.concatenate([self._last_close, np.full(n - old, np.nan)])
+        self._last_ret = np.concatenate([self._last_ret, np.full(n - old, np.nan)])
+        self.rings.resize(n)
+        for ind in self._indicators():
+            ind.resize(n)
+
+    def _indicators(self) -> list[RSI | MACD | ATR | Donchian | Swing | VolumeRatio | RelativeVolume | Window]:
+        inds: list[RSI | MACD | ATR | Donchian | Swing | VolumeRatio | RelativeVolume | Window] = [
+            self._rsi, self._macd, self._atr, self._donchian, self._swing, self._vratio,
+            self._close_lag, self._ratio_lag, self._rates_lag,
+        ]  # fmt: skip
+        if self._rvol is not None:
+            inds.append(self._rvol)
+        return inds
+
+    def last_time(self, symbol: str) -> int | None:
+        """Start time of the last closed bar of `symbol`, or None."""
+        row = self._rows.get(symbol)
+        if row is None or self._last_time[row] == np.iinfo(np.int64).min:
+            return None
+        return int(self._last_time[row])
+
+    # -- bars --------------------------------------------------------------------
+    def on_bars(self, batch: BarBatch) -> Evaluation:
+        """Advance every symbol in `batch` by its closed bar(s); returns their values."""
+        return self._run(batch, commit=True)
+
+    def peek(self, batch: BarBatch) -> Evaluation:
+        """Evaluate forming bars as if they closed now. Changes nothing."""
+        return self._run(batch, commit=False)
+
+    def _run(self, batch: BarBatch, commit: bool) -> Evaluation:
+        if self.config.intraday and (batch.session is None or batch.minute is None):
+            raise ValueError("an intraday engine needs session and minute columns in every batch")
+        rows = np.array([self.row(s) for s in batch.symbol], dtype=np.int64)
+        order = np.argsort(batch.time, kind="stable")
+        rejected: list[Rejection] = []
+        out_idx: list[IntArray] = []
+        out_cols: list[dict[str, FloatArray]] = []
+        times = batch.time[order]
+        starts = np.flatnonzero(np.r_[True, times[1:] != times[:-1]])
+        for a, b in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+            idx = order[a:b]
+            t = int(times[a])
+            keep = self._accept(idx, rows, t, batch, rejected)
+            if len(keep):
+                out_idx.append(keep)
+                out_cols.append(self._step(rows[keep], t, batch.take(keep), commit))
+        for r in rejected:
+            self.rejected_total[r.reason] = self.rejected_total.get(r.reason, 0) + 1
+        idx_all = np.concatenate(out_idx) if out_idx else np.zeros(0, np.int64)
+        cols = {c: np.concatenate([o[c] for o in out_cols]) if out_cols else np.zeros(0) for c in COLUMNS}
+        return Evaluation(
+            symbol=tuple(batch.symbol[i] for i in idx_all),
+            time=batch.time[idx_all],
+            columns=cols,
+            rejected=tuple(rejected),
+            weights=self.config.weights,
+            min_signals=self.config.min_signals,
+        )
+
+    def _accept(
+        self, idx: IntArray, rows: IntArray, t: int, batch: BarBatch, rejected: list[Rejection]
+    ) -> IntArray:
+        """The bars of one time that may advance their symbol: newer than its last bar, once each."""
+        keep: list[int] = []
+        seen: set[int] = set()
+        for i in idx:
+            row = int(rows[i])
+            last = self._last_time[row]
+            reason = None
+            if row in seen or last == t:
+                reason = "duplicate"
+            elif last > t:
+                reason = "out_of_order"
+            if reason is None:
+                seen.add(row)
+                keep.append(int(i))
+            else:
+                rejected.append(Rejection(batch.symbol[i], t, reason))
+        return np.array(keep, dtype=np.int64)
+
+    def _step(self, rows: IntArray, t: int, b: BarBatch, commit: bool) -> dict[str, FloatArray]:
+        cfg = self.config
+        c, h, lo, v = b.close, b.high, b.low, b.volume
+        n = len(rows)
+        nan = np.full(n, np.nan)
+        if commit:
+            rsi = self._rsi.update(rows, c)
+            macd, macd_sig, macd_hist = self._macd.update(rows, c)
+            atr = self._atr.update(rows, h, lo, c)
+            don_hi, don_lo = self._donchian.update(rows, h, lo)
+            sw = self._swing.update(rows, h, lo, c)
+            vratio = self._vratio.update(rows, v)
+        else:
+            rsi = self._rsi.peek(rows, c)
+            macd, macd_sig, macd_hist = self._macd.peek(rows, c)
+            atr = self._atr.peek(rows, h, lo, c)
+            don_hi, don_lo = self._donchian.peek(rows, h, lo)
+            sw = self._swing.peek(rows, h, lo, c)
+            vratio = self._vratio.peek(rows, v)
+        rvol = nan
+        if self._rvol is not None:
+            assert b.session is not None and b.minute is not None
+            step = self._rvol.update if commit else self._rvol.peek
+            rvol = step(rows, b.session, b.minute, v)
+        volume_signal = rvol if cfg.intraday else vratio
+        prev_close = np.where(self._last_time[rows] > np.iinfo(np.int64).min, self._last_close[rows], np.nan)
+
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ret20 = c / self._close_lag.oldest(rows) - 1.0
+            # Closes and 20-bar returns of every symbol at this bar time, for the links.
+            here = self._last_time == t
+            close_now = np.where(here, self._last_close, np.nan)
+            ret_now = np.where(here, self._last_ret, np.nan)
+            close_now[rows] = c
+            ret_now[rows] = ret20
+            bench, comp = self._bench[rows], self._comp[rows]
+            ratio = np.where(bench >= 0, c / close_now[bench], np.nan)
+            rs_roc = ratio / self._ratio_lag.oldest(rows) - 1.0
+            breadth = np.where(comp >= 0, ret20 - ret_now[comp], np.nan)
+            y = np.full(n, self.rates.asof(t)[()] if self.rates is not None else np.nan)
+            rates_delta = y - self._rates_lag.oldest(rows)
+            atr_pct = 100.0 * atr / c
+
+        if commit:
+            self._close_lag.push(rows, c)
+            self._ratio_lag.push(rows, ratio)
+            self._rates_lag.push(rows, y)
+            self._last_time[rows] = t
+            self._last_close[rows] = c
+            self._last_ret[rows] = ret20
+            self.rings.push(
+                rows,
+                {"time": np.full(n, t), "open": b.open, "high": h, "low": lo, "close": c, "volume": v},
+            )
+
+        subs = {
+            "rsi": sub_rsi(rsi),
+            "macd": sub_macd(macd_hist, atr),
+            "fib": sub_fib(sw.direction, sw.fib_ratio),
+            "volume": sub_volume(volume_signal, c, prev_close),
+            "atr": sub_atr(atr_pct),
+            "rs": sub_rs(rs_roc),
+            "breadth": sub_breadth(breadth),
+            "rates": sub_rates(rates_delta),
+        }
+        cols: dict[str, FloatArray] = {
+            "open": b.open, "high": h, "low": lo, "close": c, "volume": v, "prev_close": prev_close,
+            "rsi14": rsi, "macd": macd, "macd_signal": macd_sig, "macd_hist": macd_hist,
+            "atr14": atr, "atr_pct": atr_pct,
+            "volume_ratio": vratio, "rvol": rvol, "volume_signal": volume_signal,
+            "donchian_high20": don_hi, "donchian_low20": don_lo,
+            "swing_high": sw.swing_high, "swing_low": sw.swing_low,
+            "swing_dir": np.asarray(sw.direction, dtype=np.float64), "fib_ratio": sw.fib_ratio,
+            "ret20": ret20, "rs_ratio": ratio, "rs_roc20": rs_roc, "breadth20": breadth,
+            "rates": y, "rates_delta20": rates_delta,
+        }  # fmt: skip
+        for j, name in enumerate(FIB_COLUMNS):
+            cols[name] = sw.levels[:, j]
+        for s, arr in subs.items():
+            cols[f"sub_{s}"] = arr
+        cols["score"] = composite(subs, cfg.weights, cfg.min_signals)
+        return cols

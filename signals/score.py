@@ -1,0 +1,180 @@
+"""The eight sub-scores and the composite 0-100 score (DESIGN section 5).
+
+Every function here is vectorised over numpy arrays and maps NaN (signal not
+available: warming up, missing benchmark, no rates source) to NaN. 50 is
+neutral; above 50 favours the symbol long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from signals.arrays import FloatArray
+
+SIGNALS: tuple[str, ...] = ("rsi", "macd", "fib", "volume", "atr", "rs", "breadth", "rates")
+MIN_SIGNALS = 5
+
+# RSI(14) -> sub-score, piecewise linear: the 35-42 dip zone scores highest.
+RSI_POINTS: tuple[tuple[float, float], ...] = (
+    (0, 60), (30, 75), (35, 90), (42, 90), (50, 55), (60, 45), (70, 20), (80, 5), (100, 0),
+)
+_RSI_X = np.array([p[0] for p in RSI_POINTS], dtype=np.float64)
+_RSI_Y = np.array([p[1] for p in RSI_POINTS], dtype=np.float64)
+
+
+def _f(x: npt.ArrayLike) -> FloatArray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def sub_rsi(rsi: npt.ArrayLike) -> FloatArray:
+    """RSI(14) through the piecewise-linear points of `RSI_POINTS`."""
+    r = _f(rsi)
+    return np.where(np.isnan(r), np.nan, np.interp(r, _RSI_X, _RSI_Y))
+
+
+def sub_macd(hist: npt.ArrayLike, atr: npt.ArrayLike) -> FloatArray:
+    """50 + 50*tanh(h / (0.25*ATR14)); unavailable when ATR is not positive (no range to scale by)."""
+    h, a = _f(hist), _f(atr)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(a > 0.0, 50.0 + 50.0 * np.tanh(h / (0.25 * a)), np.nan)
+
+
+# Fibonacci position -> sub-score, for an up-swing retracement r; a down-swing
+# bounce b uses the same intervals and scores 100 minus these.
+_FIB_UP_BELOW_ZERO = 75.0
+
+
+def sub_fib(direction: npt.ArrayLike, ratio: npt.ArrayLike) -> FloatArray:
+    """Up-swing (+1): r<0 75, [0,.382) 60, [.382,.618] 80, (.618,.786] 45, >.786 20; down-swing (-1): 100 minus."""
+    d, r = _f(direction), _f(ratio)
+    up = np.select(
+        [r < 0.0, r < 0.382, r <= 0.618, r <= 0.786],
+        [_FIB_UP_BELOW_ZERO, 60.0, 80.0, 45.0],
+        default=20.0,
+    )
+    score = np.where(d > 0, up, 100.0 - up)
+    return np.where(np.isnan(r) | np.isnan(d), np.nan, score)
+
+
+def sub_volume(ratio: npt.ArrayLike, close: npt.ArrayLike, prev_close: npt.ArrayLike) -> FloatArray:
+    """50 + 50*tanh(max(ratio-1, 0))*sign(close - previous close)."""
+    v, c, p = _f(ratio), _f(close), _f(prev_close)
+    return 50.0 + 50.0 * np.tanh(np.maximum(v - 1.0, 0.0)) * np.sign(c - p)
+
+
+def sub_atr(atr_pct: npt.ArrayLike) -> FloatArray:
+    """55 below 1.5 %; 50 up to 2.5 %; linear to 20 at 4.0 %; 20 above."""
+    a = _f(atr_pct)
+    out = np.interp(a, [1.5, 2.5, 4.0], [50.0, 50.0, 20.0])
+    out = np.where(a < 1.5, 55.0, out)
+    return np.where(np.isnan(a), np.nan, out)
+
+
+def _tanh_score(x: npt.ArrayLike, scale: float, sign: float = 1.0) -> FloatArray:
+    return 50.0 + sign * 50.0 * np.tanh(_f(x) / scale)
+
+
+def sub_rs(rs_roc20: npt.ArrayLike) -> FloatArray:
+    """50 + 50*tanh(rs_roc20 / 0.03)."""
+    return _tanh_score(rs_roc20, 0.03)
+
+
+def sub_breadth(breadth20: npt.ArrayLike) -> FloatArray:
+    """50 + 50*tanh(breadth20 / 0.03)."""
+    return _tanh_score(breadth20, 0.03)
+
+
+def sub_rates(rates_delta20: npt.ArrayLike) -> FloatArray:
+    """50 - 50*tanh(rates_delta20 / 0.25): rising 2-year yields weigh on small caps."""
+    return _tanh_score(rates_delta20, 0.25, sign=-1.0)
+
+
+def composite(
+    subs: Mapping[str, FloatArray],
+    weights: Mapping[str, float] | None = None,
+    min_signals: int = MIN_SIGNALS,
+) -> FloatArray:
+    """Weighted mean of the available sub-scores, renormalised; NaN ("warming up") below `min_signals`."""
+    names = [n for n in SIGNALS if n in subs]
+    if not names:
+        raise ValueError("composite needs at least one sub-score column")
+    w = np.array([1.0 if weights is None else weights.get(n, 1.0) for n in names])
+    stack = np.vstack([np.asarray(subs[n], dtype=np.float64) for n in names])  # (k, rows)
+    avail = ~np.isnan(stack) & (w[:, None] > 0)
+    wsum = (avail * w[:, None]).sum(axis=0)
+    total = np.where(avail, stack * w[:, None], 0.0).sum(axis=0)
+    enough = avail.sum(axis=0) >= min_signals
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(enough & (wsum > 0), total / wsum, np.nan)
+
+
+def label(score: float) -> str:
+    """The word for a score: strong bullish, bullish, neutral, bearish, strong bearish, or warming up."""
+    if np.isnan(score):
+        return "warming up"
+    if score >= 70:
+        return "strong bullish"
+    if score >= 60:
+        return "bullish"
+    if score <= 30:
+        return "strong bearish"
+    if score <= 40:
+        return "bearish"
+    return "neutral"
+
+
+@dataclass(frozen=True)
+class SignalPart:
+    """One signal's contribution: its raw value, sub-score and effective (renormalised) weight."""
+
+    name: str
+    raw: float
+    sub: float
+    weight: float
+
+    @property
+    def available(self) -> bool:
+        """Whether the signal counted towards the score."""
+        return not np.isnan(self.sub) and self.weight > 0
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """A score with the parts that made it, so an alert can explain itself."""
+
+    score: float
+    label: str
+    parts: tuple[SignalPart, ...]
+
+    def as_dict(self) -> dict[str, dict[str, float | None]]:
+        """JSON-ready: NaN becomes None."""
+        return {
+            p.name: {"raw": _opt(p.raw), "sub": _opt(p.sub), "weight": p.weight} for p in self.parts
+        }
+
+
+def _opt(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+def breakdown(
+    raw: Mapping[str, float],
+    subs: Mapping[str, float],
+    weights: Mapping[str, float] | None = None,
+    min_signals: int = MIN_SIGNALS,
+) -> Breakdown:
+    """The breakdown of one symbol-bar from its raw values and sub-scores (keyed by signal name)."""
+    sub = {n: float(subs.get(n, np.nan)) for n in SIGNALS}
+    score = float(composite({n: np.array([v]) for n, v in sub.items()}, weights, min_signals)[0])
+    w = {n: (1.0 if weights is None else weights.get(n, 1.0)) for n in SIGNALS}
+    avail = {n: not np.isnan(sub[n]) and w[n] > 0 for n in SIGNALS}
+    wsum = sum(w[n] for n in SIGNALS if avail[n])
+    parts = tuple(
+        SignalPart(n, float(raw.get(n, np.nan)), sub[n], w[n] / wsum if avail[n] and wsum else 0.0)
+        for n in SIGNALS
+    )
+    return Breakdown(score, label(score), parts)

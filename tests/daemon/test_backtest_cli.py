@@ -1,0 +1,100 @@
+"""`iwm-alerts backtest` end to end: files in, indicators.csv out, through the streaming engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import talib
+
+from daemon.cli import main
+from daemon.sample import sample_daily
+
+REQUIRED = [
+    "symbol", "time", "close", "rsi14", "macd", "macd_signal", "macd_hist", "atr14", "atr_pct",
+    "volume_ratio", "donchian_high20", "donchian_low20", "swing_high", "swing_low", "rs_roc20",
+    "breadth20", "score", "sub_rsi", "sub_macd", "sub_fib", "sub_volume", "sub_atr", "sub_rs",
+    "sub_breadth", "sub_rates", "rates_delta20",
+]  # fmt: skip
+
+
+def _write_sample(tmp: Path) -> list[Path]:
+    """The bundled sample split into one file per symbol (symbol from the file stem)."""
+    paths = []
+    for (sym,), g in sample_daily().group_by("symbol", maintain_order=True):
+        p = tmp / f"{str(sym).lower()}.csv"
+        g.drop("symbol").write_csv(p)
+        paths.append(p)
+    return paths
+
+
+def _fred(tmp: Path) -> Path:
+    days = pl.date_range(pl.date(2022, 12, 1), pl.date(2025, 12, 31), eager=True)
+    values = [None if d.weekday() >= 5 else f"{4.0 + 0.001 * i:.2f}" for i, d in enumerate(days)]
+    p = tmp / "DGS2.csv"
+    pl.DataFrame({"observation_date": days, "DGS2": values}).write_csv(p)
+    return p
+
+
+def test_backtest_writes_talib_exact_indicators(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = _write_sample(tmp_path)
+    out = tmp_path / "out"
+    rc = main(["backtest", "--bars", *map(str, files), "--timeframe", "1d", "--out", str(out),
+               "--rates", str(_fred(tmp_path)), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    df = pl.read_csv(out / "indicators.csv")
+    assert set(REQUIRED) <= set(df.columns)
+    assert sorted(df["symbol"].unique().to_list()) == ["IWM", "QQQ", "SPY"]
+    assert df.height == 1500
+    iwm = df.filter(pl.col("symbol") == "IWM")
+    assert iwm["time"][0] == "2023-01-03"
+    close = iwm["close"].to_numpy()
+    high, low = iwm["high"].to_numpy(), iwm["low"].to_numpy()
+    for col, ref in [
+        ("rsi14", talib.RSI(close, 14)),
+        ("macd_hist", talib.MACD(close, 12, 26, 9)[2]),
+        ("atr14", talib.ATR(high, low, close, 14)),
+    ]:
+        got = iwm[col].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        assert np.array_equal(np.isnan(got), np.isnan(ref)), col
+        assert np.nanmax(np.abs(got - ref)) < 1e-9, col
+    # Five signals (RSI, ATR, volume, RS, breadth, rates) are warm from bar 20, before MACD and swing.
+    assert iwm["score"].null_count() == 20 and iwm["score"][20] is not None
+    assert iwm["sub_macd"].null_count() == 33 and iwm["sub_fib"].null_count() == 60
+    assert iwm["sub_rates"].drop_nulls().len() > 400
+    assert df.filter(pl.col("symbol") == "SPY")["rs_roc20"].null_count() == 500
+    printed = capsys.readouterr().out
+    assert "1500 symbol-bars, 3 symbols" in printed and "indicators.csv" in printed
+
+
+def test_backtest_sample_runs(tmp_path: Path) -> None:
+    assert main(["backtest", "--sample", "--out", str(tmp_path), "--no-progress"]) == 0
+    df = pl.read_csv(tmp_path / "indicators.csv")
+    assert df["sub_rates"].null_count() == df.height  # no --rates: the signal drops out
+    assert df["score"].drop_nulls().len() > 1000
+
+
+def test_bad_bar_files_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "IWM.csv"
+    bad.write_text("date,open,high,close\n2024-01-02,1,2,1.5\n")
+    assert main(["backtest", "--bars", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "IWM.csv" in err and "low" in err and "volume" in err
+
+
+def test_invalid_bars_are_dropped_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "IWM.csv"
+    p.write_text(
+        "date,open,high,low,close,volume\n"
+        "2024-01-02,10,11,9,10.5,100\n"
+        "2024-01-03,10,9,11,10.5,100\n"  # high < low
+        "2024-01-04,10,11,9,10.5,-5\n"  # negative volume
+        "2024-01-05,10,11,9,10.5,100\n"
+        "2024-01-05,10,11,9,10.5,100\n"  # duplicate
+    )
+    assert main(["backtest", "--bars", str(p), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "duplicate=1" in out and "high_below_low=1" in out and "negative_volume=1" in out
+    assert pl.read_csv(tmp_path / "o" / "indicators.csv").height == 2
