@@ -27,7 +27,7 @@ Oracle = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 def _shift(x: np.ndarray, k: int = 1) -> np.ndarray:
-    return np.r_[np.full(k, np.nan), x[:-k]]
+    return np.concatenate([np.full(k, np.nan), x[:-k]])
 
 
 ORACLES: dict[str, Oracle] = {
@@ -43,7 +43,9 @@ ORACLES: dict[str, Oracle] = {
     "volume_ratio": lambda a: a["volume"] / _shift(talib.SMA(a["volume"], 20)),
     "ret20": lambda a: talib.ROCR(a["close"], 20) - 1.0,
     "rs_roc20": lambda a: talib.ROCR(a["close"] / a["bench_close"], 20) - 1.0,
-    "breadth20": lambda a: (talib.ROCR(a["close"], 20) - 1.0) - (talib.ROCR(a["comp_close"], 20) - 1.0),
+    "breadth20": lambda a: (
+        (talib.ROCR(a["close"], 20) - 1.0) - (talib.ROCR(a["comp_close"], 20) - 1.0)
+    ),
 }
 
 
@@ -57,13 +59,23 @@ def validate(data: Path, symbols: list[str]) -> pl.DataFrame:
         df = ind.filter(pl.col("symbol") == sym).sort("time")
         # Cross-symbol oracles run on the dates both symbols have (as the engine's join does).
         df = df.join(
-            closes.filter(pl.col("symbol") == "SPY").select("time", pl.col("close").alias("bench_close")),
-            on="time", how="left",
+            closes.filter(pl.col("symbol") == "SPY").select(
+                "time", pl.col("close").alias("bench_close")
+            ),
+            on="time",
+            how="left",
         ).join(
-            closes.filter(pl.col("symbol") == "QQQ").select("time", pl.col("close").alias("comp_close")),
-            on="time", how="left",
+            closes.filter(pl.col("symbol") == "QQQ").select(
+                "time", pl.col("close").alias("comp_close")
+            ),
+            on="time",
+            how="left",
         )
-        a = {c: df[c].cast(pl.Float64).fill_null(np.nan).to_numpy() for c in df.columns if c not in ("symbol", "time")}
+        a = {
+            c: df[c].cast(pl.Float64).fill_null(np.nan).to_numpy()
+            for c in df.columns
+            if c not in ("symbol", "time")
+        }
         for col, oracle in ORACLES.items():
             if (col == "rs_roc20" and sym == "SPY") or (col == "breadth20" and sym == "QQQ"):
                 continue  # a symbol is never its own benchmark or comparator
@@ -78,8 +90,14 @@ def validate(data: Path, symbols: list[str]) -> pl.DataFrame:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/market/daily")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared/data/market/daily",
+    )
     p.add_argument("--symbols", nargs="+", default=["IWM", "SPY", "QQQ"])
     args = p.parse_args()
     report = validate(args.data, args.symbols)
@@ -92,7 +110,9 @@ def main() -> int:
         print("largest difference per column over all symbols:")
         print(worst)
     overall = float(report["max_abs_diff"].max())  # type: ignore[arg-type]
-    print(f"overall max |engine - TA-Lib| = {overall:.3e}; NaN mismatches = {int(report['nan_mismatch'].sum())}")
+    print(
+        f"overall max |engine - TA-Lib| = {overall:.3e}; NaN mismatches = {int(report['nan_mismatch'].sum())}"
+    )
     return 0 if overall <= 1e-9 and int(report["nan_mismatch"].sum()) == 0 else 1
 
 

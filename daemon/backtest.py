@@ -40,7 +40,8 @@ def run_backtest(
     bounds = np.flatnonzero(np.r_[True, times[1:] != times[:-1], True])
     last = len(bounds) - 1
     chunks = [
-        (int(bounds[i]), int(bounds[min(i + CHUNK_TIMES, last)])) for i in range(0, last, CHUNK_TIMES)
+        (int(bounds[i]), int(bounds[min(i + CHUNK_TIMES, last)]))
+        for i in range(0, last, CHUNK_TIMES)
     ]
     parts: list[pl.DataFrame] = []
     # disable=None lets tqdm show the bar only on a terminal.
@@ -64,8 +65,10 @@ def format_times(df: pl.DataFrame, timeframe: str) -> pl.DataFrame:
     if timeframe == "1d":
         return df.with_columns(t.dt.date().cast(pl.Utf8).alias("time"))
     return df.with_columns(
-        t.dt.replace_time_zone("UTC").dt.convert_time_zone("America/New_York")
-        .dt.strftime("%Y-%m-%dT%H:%M:%S%:z").alias("time")
+        t.dt.replace_time_zone("UTC")
+        .dt.convert_time_zone("America/New_York")
+        .dt.strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .alias("time")
     )
 
 
@@ -83,8 +86,11 @@ def summary_lines(result: BacktestResult, symbols: Sequence[str] | None = None) 
     if df.height == 0:
         return ["no bars processed"]
     last = df.group_by("symbol", maintain_order=True).agg(
-        pl.len().alias("bars"), pl.col("time").first().alias("first"), pl.col("time").last().alias("last"),
-        pl.col("score").last().alias("score"), pl.col("rsi14").last().alias("rsi14"),
+        pl.len().alias("bars"),
+        pl.col("time").first().alias("first"),
+        pl.col("time").last().alias("last"),
+        pl.col("score").last().alias("score"),
+        pl.col("rsi14").last().alias("rsi14"),
     )
     lines = [f"{df.height} symbol-bars, {last.height} symbols"]
     for row in last.iter_rows(named=True):
@@ -92,7 +98,11 @@ def summary_lines(result: BacktestResult, symbols: Sequence[str] | None = None) 
             continue
         score = "warming up" if row["score"] is None else f"{row['score']:.1f}"
         rsi = "-" if row["rsi14"] is None else f"{row['rsi14']:.1f}"
-        lines.append(f"  {row['symbol']:<6} {row['bars']:>6} bars  last score {score:>10}  RSI {rsi}")
+        lines.append(
+            f"  {row['symbol']:<6} {row['bars']:>6} bars  last score {score:>10}  RSI {rsi}"
+        )
     if result.rejected:
-        lines.append("rejected: " + ", ".join(f"{k}={v}" for k, v in sorted(result.rejected.items())))
+        lines.append(
+            "rejected: " + ", ".join(f"{k}={v}" for k, v in sorted(result.rejected.items()))
+        )
     return lines

@@ -46,7 +46,11 @@ def frame_to_batch(df: pl.DataFrame) -> BarBatch:
 def read_bar_file(path: Path) -> pl.DataFrame:
     """One file as (symbol, time, open, high, low, close, volume); `time` in epoch seconds UTC."""
     try:
-        raw = pl.read_parquet(path) if path.suffix.lower() == ".parquet" else pl.read_csv(path, infer_schema_length=10000)
+        raw = (
+            pl.read_parquet(path)
+            if path.suffix.lower() == ".parquet"
+            else pl.read_csv(path, infer_schema_length=10000)
+        )
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise BarFileError(f"{path}: cannot read bars: {exc}") from exc
     cols = {c.lower(): c for c in raw.columns}
@@ -86,7 +90,9 @@ def _epoch_seconds(col: pl.Series) -> pl.Expr:
         if col.dtype.time_zone is not None:
             expr = expr.dt.convert_time_zone("UTC")
     else:
-        raise BarFileError(f"time column {col.name!r} has type {col.dtype}, expected text, date or datetime")
+        raise BarFileError(
+            f"time column {col.name!r} has type {col.dtype}, expected text, date or datetime"
+        )
     return expr.dt.epoch("s")
 
 

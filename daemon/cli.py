@@ -29,14 +29,26 @@ def _parser() -> argparse.ArgumentParser:
         "DIR/indicators.csv with one row per symbol-bar.",
     )
     src = bt.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bars", nargs="+", type=Path, metavar="PATH",
-                     help="bar files: date|timestamp, open, high, low, close, volume; symbol column or file stem")
-    src.add_argument("--sample", action="store_true",
-                     help="use the bundled synthetic IWM/SPY/QQQ daily sample (no files needed)")
+    src.add_argument(
+        "--bars",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="bar files: date|timestamp, open, high, low, close, volume; symbol column or file stem",
+    )
+    src.add_argument(
+        "--sample",
+        action="store_true",
+        help="use the bundled synthetic IWM/SPY/QQQ daily sample (no files needed)",
+    )
     bt.add_argument("--timeframe", choices=["1d"], default="1d", help="bar timeframe (default 1d)")
     bt.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    bt.add_argument("--rates", type=Path, metavar="FILE",
-                    help="FRED CSV of the 2-year yield (observation_date,DGS2) for the rates signal")
+    bt.add_argument(
+        "--rates",
+        type=Path,
+        metavar="FILE",
+        help="FRED CSV of the 2-year yield (observation_date,DGS2) for the rates signal",
+    )
     bt.add_argument("--benchmark", default="SPY", help="relative-strength benchmark (default SPY)")
     bt.add_argument("--comparator", default="QQQ", help="breadth comparator (default QQQ)")
     bt.add_argument("--no-progress", action="store_true", help="never show a progress bar")

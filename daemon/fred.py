@@ -26,10 +26,14 @@ def parse_fred_csv(text: str, source: str, series: str = "DGS2") -> RatesSeries:
             f"{source}: expected columns observation_date (or DATE) and {series}, got {df.columns}"
         )
     try:
-        out = df.select(
-            pl.col(date_col).str.to_date().cast(pl.Datetime("us")).dt.epoch("s").alias("t"),
-            pl.col(series).replace({".": None, "": None}).cast(pl.Float64).alias("v"),
-        ).drop_nulls().sort("t")
+        out = (
+            df.select(
+                pl.col(date_col).str.to_date().cast(pl.Datetime("us")).dt.epoch("s").alias("t"),
+                pl.col(series).replace({".": None, "": None}).cast(pl.Float64).alias("v"),
+            )
+            .drop_nulls()
+            .sort("t")
+        )
     except pl.exceptions.PolarsError as exc:
         raise RatesFileError(f"{source}: cannot parse dates or values: {exc}") from exc
     if out.height == 0:

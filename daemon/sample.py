@@ -18,7 +18,9 @@ START_PRICE = {"IWM": 150.0, "SPY": 300.0, "QQQ": 250.0}
 BETA = {"IWM": 1.25, "SPY": 1.0, "QQQ": 1.15}
 
 
-def sample_daily(n_days: int = 500, seed: int = 2000, start: date = date(2023, 1, 3)) -> pl.DataFrame:
+def sample_daily(
+    n_days: int = 500, seed: int = 2000, start: date = date(2023, 1, 3)
+) -> pl.DataFrame:
     """Long-format daily bars (symbol, date, open, high, low, close, volume) on weekdays."""
     rng = np.random.default_rng(seed)
     days: list[date] = []

@@ -135,7 +135,16 @@ class BarBatch:
         """Per bar, the reason it is invalid (as `Bar` would say) or None. Vectorised."""
         o, h, lo, c, v = self.open, self.high, self.low, self.close, self.volume
         checks: list[tuple[str, BoolArray]] = [
-            ("non_finite", ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) & np.isfinite(v))),
+            (
+                "non_finite",
+                ~(
+                    np.isfinite(o)
+                    & np.isfinite(h)
+                    & np.isfinite(lo)
+                    & np.isfinite(c)
+                    & np.isfinite(v)
+                ),
+            ),
             ("non_positive_price", np.minimum(np.minimum(o, h), np.minimum(lo, c)) <= 0.0),
             ("high_below_low", h < lo),
             ("open_close_outside_range", (o < lo) | (o > h) | (c < lo) | (c > h)),

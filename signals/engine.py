@@ -150,7 +150,9 @@ class Evaluation:
 class Engine:
     """Incremental indicators and the score for every symbol of one timeframe."""
 
-    def __init__(self, config: EngineConfig | None = None, rates: RatesSeries | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig | None = None, rates: RatesSeries | None = None
+    ) -> None:
         self.config = cfg = config or EngineConfig()
         self.rates = rates
         self._rows: dict[str, int] = {}
@@ -167,7 +169,9 @@ class Engine:
         self._donchian = Donchian(cfg.donchian_period)
         self._swing = Swing(cfg.swing_lookback)
         self._vratio = VolumeRatio(cfg.volume_period)
-        self._rvol = RelativeVolume(cfg.rvol_sessions, cfg.minutes_per_session) if cfg.intraday else None
+        self._rvol = (
+            RelativeVolume(cfg.rvol_sessions, cfg.minutes_per_session) if cfg.intraday else None
+        )
         self._close_lag = Window(cfg.change_period)
         self._ratio_lag = Window(cfg.change_period)
         self._rates_lag = Window(cfg.change_period)
@@ -206,14 +210,18 @@ class Engine:
         old = len(self._bench)
         self._bench = np.concatenate([self._bench, np.full(n - old, -1, np.int64)])
         self._comp = np.concatenate([self._comp, np.full(n - old, -1, np.int64)])
-        self._last_time = np.concatenate([self._last_time, np.full(n - old, np.iinfo(np.int64).min)])
+        self._last_time = np.concatenate(
+            [self._last_time, np.full(n - old, np.iinfo(np.int64).min)]
+        )
         self._last_close = np.concatenate([self._last_close, np.full(n - old, np.nan)])
         self._last_ret = np.concatenate([self._last_ret, np.full(n - old, np.nan)])
         self.rings.resize(n)
         for ind in self._indicators():
             ind.resize(n)
 
-    def _indicators(self) -> list[RSI | MACD | ATR | Donchian | Swing | VolumeRatio | RelativeVolume | Window]:
+    def _indicators(
+        self,
+    ) -> list[RSI | MACD | ATR | Donchian | Swing | VolumeRatio | RelativeVolume | Window]:
         inds: list[RSI | MACD | ATR | Donchian | Swing | VolumeRatio | RelativeVolume | Window] = [
             self._rsi, self._macd, self._atr, self._donchian, self._swing, self._vratio,
             self._close_lag, self._ratio_lag, self._rates_lag,
@@ -258,7 +266,10 @@ class Engine:
         for r in rejected:
             self.rejected_total[r.reason] = self.rejected_total.get(r.reason, 0) + 1
         idx_all = np.concatenate(out_idx) if out_idx else np.zeros(0, np.int64)
-        cols = {c: np.concatenate([o[c] for o in out_cols]) if out_cols else np.zeros(0) for c in COLUMNS}
+        cols = {
+            c: np.concatenate([o[c] for o in out_cols]) if out_cols else np.zeros(0)
+            for c in COLUMNS
+        }
         return Evaluation(
             symbol=tuple(batch.symbol[i] for i in idx_all),
             time=batch.time[idx_all],
@@ -314,7 +325,9 @@ class Engine:
             step = self._rvol.update if commit else self._rvol.peek
             rvol = step(rows, b.session, b.minute, v)
         volume_signal = rvol if cfg.intraday else vratio
-        prev_close = np.where(self._last_time[rows] > np.iinfo(np.int64).min, self._last_close[rows], np.nan)
+        prev_close = np.where(
+            self._last_time[rows] > np.iinfo(np.int64).min, self._last_close[rows], np.nan
+        )
 
         with np.errstate(divide="ignore", invalid="ignore"):
             ret20 = c / self._close_lag.oldest(rows) - 1.0
@@ -341,7 +354,14 @@ class Engine:
             self._last_ret[rows] = ret20
             self.rings.push(
                 rows,
-                {"time": np.full(n, t), "open": b.open, "high": h, "low": lo, "close": c, "volume": v},
+                {
+                    "time": np.full(n, t),
+                    "open": b.open,
+                    "high": h,
+                    "low": lo,
+                    "close": c,
+                    "volume": v,
+                },
             )
 
         subs = {

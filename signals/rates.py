@@ -19,7 +19,9 @@ class RatesSeries:
         t = np.asarray(times, dtype=np.int64)
         v = np.asarray(values, dtype=np.float64)
         if t.shape != v.shape or t.ndim != 1:
-            raise ValueError(f"times and values must be 1-D of one length, got {t.shape} and {v.shape}")
+            raise ValueError(
+                f"times and values must be 1-D of one length, got {t.shape} and {v.shape}"
+            )
         keep = np.isfinite(v)
         t, v = t[keep], v[keep]
         if np.any(np.diff(t) <= 0):

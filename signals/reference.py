@@ -49,7 +49,9 @@ def _own_columns(g: pl.DataFrame, cfg: EngineConfig, rates: RatesSeries | None) 
         "atr14": atr_batch(h, lo, c, cfg.atr_period),
         "volume_ratio": volume_ratio_batch(v, cfg.volume_period),
         "rvol": (
-            rvol_batch(g.select("session", "minute", "volume"), cfg.rvol_sessions, cfg.minutes_per_session)
+            rvol_batch(
+                g.select("session", "minute", "volume"), cfg.rvol_sessions, cfg.minutes_per_session
+            )
             if cfg.intraday
             else pl.Series([None] * g.height, dtype=pl.Float64)
         ),
@@ -84,18 +86,28 @@ def reference_frame(
             "symbol": own["symbol"].unique().to_list(),
         }
     ).with_columns(
-        pl.col("symbol").map_elements(lambda s: _other(cfg.links_for(s).benchmark, s), pl.Utf8).alias("bench"),
-        pl.col("symbol").map_elements(lambda s: _other(cfg.links_for(s).comparator, s), pl.Utf8).alias("comp"),
+        pl.col("symbol")
+        .map_elements(lambda s: _other(cfg.links_for(s).benchmark, s), pl.Utf8)
+        .alias("bench"),
+        pl.col("symbol")
+        .map_elements(lambda s: _other(cfg.links_for(s).comparator, s), pl.Utf8)
+        .alias("comp"),
     )
     df = (
         own.join(links, on="symbol", how="left")
         .join(
-            at_time.select(pl.col("symbol").alias("bench"), "time", pl.col("close").alias("bench_close")),
-            on=["bench", "time"], how="left",
+            at_time.select(
+                pl.col("symbol").alias("bench"), "time", pl.col("close").alias("bench_close")
+            ),
+            on=["bench", "time"],
+            how="left",
         )
         .join(
-            at_time.select(pl.col("symbol").alias("comp"), "time", pl.col("ret20").alias("comp_ret20")),
-            on=["comp", "time"], how="left",
+            at_time.select(
+                pl.col("symbol").alias("comp"), "time", pl.col("ret20").alias("comp_ret20")
+            ),
+            on=["comp", "time"],
+            how="left",
         )
         .sort(["symbol", "time"])
         .with_columns(
@@ -106,10 +118,16 @@ def reference_frame(
             (pl.col("rvol") if cfg.intraday else pl.col("volume_ratio")).alias("volume_signal"),
         )
         .with_columns(
-            (pl.col("rs_ratio") / pl.col("rs_ratio").shift(k).over("symbol") - 1.0).alias("rs_roc20")
+            (pl.col("rs_ratio") / pl.col("rs_ratio").shift(k).over("symbol") - 1.0).alias(
+                "rs_roc20"
+            )
         )
     )
-    a = {c: df[c].cast(pl.Float64).to_numpy() for c in df.columns if c not in ("symbol", "bench", "comp")}
+    a = {
+        c: df[c].cast(pl.Float64).to_numpy()
+        for c in df.columns
+        if c not in ("symbol", "bench", "comp")
+    }
     subs = {
         "rsi": sub_rsi(a["rsi14"]),
         "macd": sub_macd(a["macd_hist"], a["atr14"]),

@@ -29,7 +29,8 @@ class Rings:
         self.columns = tuple(columns)
         self._n_rows = 0
         self._data: dict[str, np.ndarray] = {
-            c: np.empty((0, capacity), dtype=np.int64 if c == "time" else np.float64) for c in columns
+            c: np.empty((0, capacity), dtype=np.int64 if c == "time" else np.float64)
+            for c in columns
         }
         self._head = np.zeros(0, dtype=np.int64)
         self._count = np.zeros(0, dtype=np.int64)
@@ -82,7 +83,7 @@ class Rings:
         """The newest `last` (default all held) values of one column for one row, oldest first (a copy)."""
         n = self.count(row) if last is None else min(last, self.count(row))
         idx = (self._head[row] - n + np.arange(n)) % self.capacity
-        return self._data[name][row, idx]
+        return np.asarray(self._data[name][row, idx])
 
     def frame(self, row: int, last: int | None = None) -> pl.DataFrame:
         """The newest `last` bars of one row as a DataFrame, oldest first.

@@ -20,7 +20,15 @@ MIN_SIGNALS = 5
 
 # RSI(14) -> sub-score, piecewise linear: the 35-42 dip zone scores highest.
 RSI_POINTS: tuple[tuple[float, float], ...] = (
-    (0, 60), (30, 75), (35, 90), (42, 90), (50, 55), (60, 45), (70, 20), (80, 5), (100, 0),
+    (0, 60),
+    (30, 75),
+    (35, 90),
+    (42, 90),
+    (50, 55),
+    (60, 45),
+    (70, 20),
+    (80, 5),
+    (100, 0),
 )
 _RSI_X = np.array([p[0] for p in RSI_POINTS], dtype=np.float64)
 _RSI_Y = np.array([p[1] for p in RSI_POINTS], dtype=np.float64)

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from signals.arrays import FloatArray, IntArray, as_rows
+from signals.arrays import BoolArray, FloatArray, IntArray, as_rows
 
 # A state field's fresh value and its width (None: one value per row;
 # k: k values per row, a 2-D array of shape (n_rows, k)).
@@ -103,9 +103,9 @@ class Window(Columnar):
         """How many values each row holds (at most `size`)."""
         return self._count[rows]
 
-    def full(self, rows: IntArray) -> np.ndarray:
+    def full(self, rows: IntArray) -> BoolArray:
         """Whether each row holds `size` values."""
-        return self._count[rows] == self.size
+        return np.asarray(self._count[rows] == self.size, dtype=np.bool_)
 
     def oldest(self, rows: IntArray) -> FloatArray:
         """The value pushed `size` pushes ago (NaN until full): a lag of `size` bars."""
@@ -120,4 +120,4 @@ class Window(Columnar):
     def values(self, rows: IntArray) -> FloatArray:
         """A (len(rows), size) copy, oldest first; slots not yet filled are NaN."""
         idx = (self._pos[rows, None] + np.arange(self.size)) % self.size
-        return self._buf[rows[:, None], idx]
+        return np.asarray(self._buf[rows[:, None], idx], dtype=np.float64)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
-from signals.arrays import FloatArray, IntArray
+from signals.arrays import BoolArray, FloatArray, IntArray
 from signals.indicators.columnar import Columnar, Fresh
 
 
@@ -38,7 +38,9 @@ class EMA(Columnar):
         prev = self._value[rows]
         seeded = (self._seed[rows] + x) / self.period
         at_seed = self._count[rows] + 1 == self.period
-        return np.where(np.isnan(prev), np.where(at_seed, seeded, np.nan), prev + self.alpha * (x - prev))
+        return np.where(
+            np.isnan(prev), np.where(at_seed, seeded, np.nan), prev + self.alpha * (x - prev)
+        )
 
     def update(self, rows: IntArray, x: FloatArray) -> FloatArray:
         """Advance `rows` by one closed input each; returns their EMA."""
@@ -47,6 +49,19 @@ class EMA(Columnar):
         self._count[rows] += 1
         self._value[rows] = value
         return value
+
+    def step_where(
+        self, rows: IntArray, x: FloatArray, mask: BoolArray, *, advance: bool
+    ) -> FloatArray:
+        """Feed `x` to the rows in `mask` only (NaN elsewhere): `update` if `advance`, else `peek`.
+
+        For composites whose input does not exist yet on some rows (a first
+        bar has no change, a MACD line is not yet defined).
+        """
+        out = np.full(len(rows), np.nan)
+        step = self.update if advance else self.peek
+        out[mask] = step(rows[mask], x[mask])
+        return out
 
     def value(self, rows: IntArray) -> FloatArray:
         """The current (last closed) EMA of `rows`."""

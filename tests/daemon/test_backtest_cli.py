@@ -38,7 +38,9 @@ def _fred(tmp: Path) -> Path:
     return p
 
 
-def test_backtest_writes_talib_exact_indicators(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_backtest_writes_talib_exact_indicators(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     files = _write_sample(tmp_path)
     out = tmp_path / "out"
     rc = main(["backtest", "--bars", *map(str, files), "--timeframe", "1d", "--out", str(out),
@@ -84,7 +86,9 @@ def test_bad_bar_files_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "IWM.csv" in err and "low" in err and "volume" in err
 
 
-def test_invalid_bars_are_dropped_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_bars_are_dropped_and_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     p = tmp_path / "IWM.csv"
     p.write_text(
         "date,open,high,low,close,volume\n"

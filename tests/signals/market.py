@@ -12,7 +12,10 @@ DAY = 86_400
 
 
 def random_market(
-    seed: int, n_bars: int, symbols: tuple[str, ...] = ("IWM", "SPY", "QQQ"), skip_prob: float = 0.05
+    seed: int,
+    n_bars: int,
+    symbols: tuple[str, ...] = ("IWM", "SPY", "QQQ"),
+    skip_prob: float = 0.05,
 ) -> pl.DataFrame:
     """symbol, time, OHLCV; each symbol misses a bar now and then (skip_prob)."""
     rng = np.random.default_rng(seed)
@@ -50,7 +53,9 @@ def batches(df: pl.DataFrame, seed: int) -> list[BarBatch]:
     while i < len(times):
         k = int(rng.integers(1, 5))
         chunk = df.filter(pl.col("time").is_between(times[i], times[min(i + k, len(times)) - 1]))
-        out.append(to_batch(chunk.sample(fraction=1.0, shuffle=True, seed=int(rng.integers(1 << 31)))))
+        out.append(
+            to_batch(chunk.sample(fraction=1.0, shuffle=True, seed=int(rng.integers(1 << 31))))
+        )
         i += k
     return out
 

@@ -25,7 +25,9 @@ def assert_frames_close(got: pl.DataFrame, want: pl.DataFrame, tol: float = 1e-9
         g = got[col].cast(pl.Float64).fill_null(np.nan).to_numpy()
         w = want[col].cast(pl.Float64).fill_null(np.nan).to_numpy()
         nan_g, nan_w = np.isnan(g), np.isnan(w)
-        assert np.array_equal(nan_g, nan_w), f"{col}: NaN pattern differs at {np.flatnonzero(nan_g != nan_w)[:5]}"
+        assert np.array_equal(nan_g, nan_w), (
+            f"{col}: NaN pattern differs at {np.flatnonzero(nan_g != nan_w)[:5]}"
+        )
         if (~nan_g).any():
             scale = np.maximum(1.0, np.abs(w[~nan_w]))
             worst = float(np.max(np.abs(g[~nan_g] - w[~nan_w]) / scale))
@@ -135,3 +137,23 @@ def test_symbols_grow_and_links_resolve() -> None:
     assert len(e.symbols) == 43
     assert e.rings.n_rows >= 43
     assert e.last_time("IWM") is None
+
+
+def test_a_benchmark_bar_must_not_come_after_its_dependents() -> None:
+    """The documented contract: cross signals see the other symbol's bar only if it came first."""
+    df = random_market(seed=4, n_bars=40, skip_prob=0.0)
+    head, last = (
+        df.filter(pl.col("time") < df["time"].max()),
+        df.filter(pl.col("time") == df["time"].max()),
+    )
+    iwm, spy = last.filter(pl.col("symbol") == "IWM"), last.filter(pl.col("symbol") == "SPY")
+
+    in_order = Engine()
+    in_order.on_bars(to_batch(head))
+    in_order.on_bars(to_batch(spy))
+    assert not np.isnan(in_order.on_bars(to_batch(iwm)).columns["rs_roc20"][0])
+
+    late = Engine()
+    late.on_bars(to_batch(head))
+    assert np.isnan(late.on_bars(to_batch(iwm)).columns["rs_roc20"][0])
+    late.on_bars(to_batch(spy))

@@ -77,14 +77,18 @@ def _subs(**vals: float) -> dict[str, np.ndarray]:
 def test_composite_renormalises_over_available() -> None:
     full = _subs(rsi=90, macd=70, fib=80, volume=50, atr=50, rs=60, breadth=40, rates=20)
     assert s.composite(full)[0] == pytest.approx(57.5)
-    part = _subs(rsi=90, macd=70, fib=80, volume=50, atr=50, rs=np.nan, breadth=np.nan, rates=np.nan)
+    part = _subs(
+        rsi=90, macd=70, fib=80, volume=50, atr=50, rs=np.nan, breadth=np.nan, rates=np.nan
+    )
     assert s.composite(part)[0] == pytest.approx(68.0)
     weighted = s.composite(part, weights={"rsi": 3.0})[0]
     assert weighted == pytest.approx((3 * 90 + 70 + 80 + 50 + 50) / 7)
 
 
 def test_composite_warming_up_below_five() -> None:
-    four = _subs(rsi=90, macd=70, fib=80, volume=50, atr=np.nan, rs=np.nan, breadth=np.nan, rates=np.nan)
+    four = _subs(
+        rsi=90, macd=70, fib=80, volume=50, atr=np.nan, rs=np.nan, breadth=np.nan, rates=np.nan
+    )
     assert np.isnan(s.composite(four)[0])
     assert s.label(float(s.composite(four)[0])) == "warming up"
     # A zero weight switches a signal off: it does not count towards the five.

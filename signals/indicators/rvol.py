@@ -1,0 +1,161 @@
+"""Intraday relative volume (RVOL) by time of day.
+
+RVOL at minute m of a session = the session's cumulative volume up to and
+including m, over the mean cumulative volume at minute m of the previous
+`sessions` completed sessions. A past session's cumulative volume at m counts
+its bars up to and including m: it is 0 before its first bar, carries forward
+over minutes without a bar, and keeps its final value after an early close.
+Sessions without bars (holidays, a halted symbol) are not sessions at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import polars as pl
+
+from signals.arrays import BoolArray, FloatArray, IntArray
+from signals.indicators.columnar import Columnar, Fresh
+
+
+class RelativeVolume(Columnar):
+    """Time-of-day relative volume of 1-minute bars per row.
+
+    `update(rows, session, minute, volume)` takes, per row, an increasing session
+    id (e.g. the session date's ordinal; gaps are fine) and the minute since the
+    session open, 0 .. `minutes_per_session` - 1, strictly increasing within a
+    session (minutes may be skipped). A minute outside that range, a session id
+    going back, or a minute not after the row's last one raises `ValueError`
+    before any state changes: extended-hours, duplicate and out-of-order bars are
+    the caller's to drop, and piling them onto a clamped minute would skew the
+    profile silently. The first bar of a new session completes the previous one.
+
+    NaN until `sessions` sessions have completed, and NaN when the past mean at
+    this minute is 0. State per row is `sessions` x `minutes_per_session` float64
+    (62 KB per row at the defaults).
+    """
+
+    _history: FloatArray
+    _slot: IntArray
+    _done: IntArray
+    _current: FloatArray
+    _total: FloatArray
+    _session: IntArray
+    _minute: IntArray
+
+    def __init__(self, sessions: int = 20, minutes_per_session: int = 390, n_rows: int = 0) -> None:
+        if sessions < 1:
+            raise ValueError(f"sessions must be >= 1, got {sessions}")
+        if minutes_per_session < 1:
+            raise ValueError(f"minutes_per_session must be >= 1, got {minutes_per_session}")
+        self.sessions = sessions
+        self.minutes_per_session = minutes_per_session
+        super().__init__(n_rows)
+
+    def _state_spec(self) -> Mapping[str, Fresh]:
+        s, m = self.sessions, self.minutes_per_session
+        return {
+            # Cumulative-volume profiles of completed sessions: a ring of `s` slots of `m` minutes.
+            "_history": (0.0, s * m),
+            "_slot": (0, None),  # the ring slot the next completed session takes (the oldest)
+            "_done": (0, None),  # completed sessions held, at most `s`
+            "_current": (0.0, m),  # this session's volume per minute (0 where no bar)
+            "_total": (0.0, None),  # this session's cumulative volume
+            "_session": (0, None),
+            "_minute": (-1, None),  # last minute seen in this session; -1: no bar yet
+        }
+
+    def _profiles(self) -> FloatArray:
+        """`_history` as (n_rows, sessions, minutes): a view, so writes go through."""
+        return self._history.reshape(self.n_rows, self.sessions, self.minutes_per_session)
+
+    def _check(self, rows: IntArray, session: IntArray, minute: IntArray) -> None:
+        if np.any((minute < 0) | (minute >= self.minutes_per_session)):
+            bad = minute[(minute < 0) | (minute >= self.minutes_per_session)]
+            raise ValueError(
+                f"minute must be in [0, {self.minutes_per_session}), got {bad.tolist()}"
+            )
+        started = self._minute[rows] >= 0
+        if np.any(started & (session < self._session[rows])):
+            raise ValueError("session ids must not go back")
+        if np.any(started & (session == self._session[rows]) & (minute <= self._minute[rows])):
+            raise ValueError("minutes must increase within a session")
+
+    def _step(
+        self, rows: IntArray, session: IntArray, minute: IntArray, volume: FloatArray
+    ) -> tuple[BoolArray, BoolArray, FloatArray, FloatArray, FloatArray]:
+        """(new session, closing, profiles of the closing sessions, session total, RVOL)."""
+        self._check(rows, session, minute)
+        new = (self._minute[rows] < 0) | (session != self._session[rows])
+        closing = new & (self._minute[rows] >= 0)
+        closed = np.cumsum(self._current[rows[closing]], axis=1)
+        done = np.minimum(self._done[rows] + closing, self.sessions)
+        # The past sessions at this minute, the closing session already in the
+        # slot it is about to take: update and peek then sum the same numbers.
+        past = self._profiles()[rows[:, None], np.arange(self.sessions), minute[:, None]]
+        past[closing, self._slot[rows[closing]]] = closed[np.arange(len(closed)), minute[closing]]
+        mean = past.sum(axis=1) / self.sessions
+        mean = np.where((done == self.sessions) & (mean > 0.0), mean, np.nan)
+        total = np.where(new, 0.0, self._total[rows]) + volume
+        return new, closing, closed, total, total / mean
+
+    def peek(
+        self, rows: IntArray, session: IntArray, minute: IntArray, volume: FloatArray
+    ) -> FloatArray:
+        """RVOL if the forming bar closed with `volume`; does not mutate."""
+        return self._step(rows, session, minute, volume)[4]
+
+    def update(
+        self, rows: IntArray, session: IntArray, minute: IntArray, volume: FloatArray
+    ) -> FloatArray:
+        """Advance `rows` by one closed 1-minute bar each; returns their RVOL."""
+        new, closing, closed, total, rvol = self._step(rows, session, minute, volume)
+        ended = rows[closing]
+        self._profiles()[ended, self._slot[ended]] = closed
+        self._slot[ended] = (self._slot[ended] + 1) % self.sessions
+        self._done[ended] = np.minimum(self._done[ended] + 1, self.sessions)
+        self._current[rows[new]] = 0.0
+        self._current[rows, minute] = volume
+        self._total[rows] = total
+        self._session[rows] = session
+        self._minute[rows] = minute
+        return rvol
+
+
+def rvol_batch(df: pl.DataFrame, sessions: int = 20, minutes_per_session: int = 390) -> pl.Series:
+    """Batch reference for one symbol: `df` holds session, minute, volume in bar order.
+
+    Builds every session's cumulative profile on a session x minute grid
+    (forward-filled), averages each minute over the previous `sessions`
+    sessions, and joins that back onto the bars. Null until warm or mean 0.
+    """
+    bars = df.select(
+        pl.col("session").cast(pl.Int64),
+        pl.col("minute").cast(pl.Int64),
+        pl.col("volume").cast(pl.Float64).cum_sum().over("session").alias("cumulative"),
+    )
+    minutes = pl.DataFrame({"minute": pl.int_range(0, minutes_per_session, eager=True)})
+    grid = (
+        bars.select(pl.col("session").unique())
+        .join(minutes, how="cross")
+        .join(bars, on=["session", "minute"], how="left")
+        .sort("session", "minute")
+        .with_columns(pl.col("cumulative").forward_fill().over("session").fill_null(0.0))
+        .with_columns(
+            pl.col("cumulative")
+            .rolling_mean(window_size=sessions)
+            .shift(1)
+            .over("minute", order_by="session")
+            .alias("mean")
+        )
+    )
+    out = bars.join(
+        grid.select("session", "minute", "mean"),
+        on=["session", "minute"],
+        how="left",
+        maintain_order="left",
+    )
+    return out.select(
+        pl.when(pl.col("mean") > 0.0).then(pl.col("cumulative") / pl.col("mean")).alias("rvol")
+    ).to_series()

@@ -1,0 +1,155 @@
+"""The swing of the previous `lookback` bars and the close's Fibonacci position in it.
+
+H is the highest high and L the lowest low of the previous `lookback` bars (the
+current bar excluded), each at its most recent bar on ties. The swing is up
+(+1) when L's bar comes strictly before H's bar, else down (-1). The close is
+placed in it as `fib_ratio`: an up-swing's retracement (H - close)/(H - L), a
+down-swing's bounce (close - L)/(H - L); 0 at the swing's end, 1 at its start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from signals.arrays import FloatArray, IntArray
+from signals.indicators.columnar import Columnar, Window
+
+FIB_RETRACEMENTS: tuple[float, ...] = (0.236, 0.382, 0.5, 0.618, 0.786)
+FIB_EXTENSIONS: tuple[float, ...] = (1.272, 1.618)
+FIB_RATIOS: tuple[float, ...] = FIB_RETRACEMENTS + FIB_EXTENSIONS
+"""The ratios of `SwingValues.levels`' columns, in order: retracements, then extensions."""
+FIB_LEVEL_NAMES: tuple[str, ...] = tuple(f"fib_{round(r * 1000):d}" for r in FIB_RATIOS)
+"""Column names of the levels (`fib_236` ... `fib_1618`), as in `swing_batch`."""
+
+_RETRACEMENTS = np.array(FIB_RETRACEMENTS)
+_EXTENSIONS = np.array(FIB_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class SwingValues:
+    """One value per row (levels: one row of `len(FIB_RATIOS)` prices per row); NaN until warm.
+
+    `high_age`/`low_age` say how many bars ago H and L were (1: the previous bar).
+    `direction` is +1.0 (up-swing) or -1.0 (down-swing). When H == L there is no
+    swing to measure against: `fib_ratio` and `levels` are NaN.
+    Retracement level k is H - k(H-L) in an up-swing and L + k(H-L) in a
+    down-swing; extension e is L + e(H-L) (above H), resp. H - e(H-L) (below L).
+    """
+
+    swing_high: FloatArray
+    swing_low: FloatArray
+    high_age: FloatArray
+    low_age: FloatArray
+    direction: FloatArray
+    fib_ratio: FloatArray
+    levels: FloatArray
+
+
+class Swing(Columnar):
+    """Swing high/low, direction, Fibonacci ratio and levels per row over `lookback` bars."""
+
+    def __init__(self, lookback: int = 60, n_rows: int = 0) -> None:
+        if lookback < 2:
+            raise ValueError(f"lookback must be >= 2 (a swing spans two bars), got {lookback}")
+        self.lookback = lookback
+        self._highs = Window(lookback)
+        self._lows = Window(lookback)
+        super().__init__(n_rows)
+
+    def _children(self) -> Iterator[Columnar]:
+        yield self._highs
+        yield self._lows
+
+    def peek(
+        self, rows: IntArray, high: FloatArray, low: FloatArray, close: FloatArray
+    ) -> SwingValues:
+        """The swing valid for the forming bar, with its close placed in it; does not mutate.
+
+        `high` and `low` do not enter the result (the current bar is excluded);
+        they are taken so that `peek` and `update` share one signature.
+        """
+        highs, lows = self._highs.values(rows), self._lows.values(rows)
+        # arg-extremes over the window read newest first: the first hit is the most recent tie.
+        high_back = np.argmax(highs[:, ::-1], axis=1)
+        low_back = np.argmin(lows[:, ::-1], axis=1)
+        k = np.arange(len(rows))
+        warm = self._highs.full(rows)
+        h = np.where(warm, highs[k, self.lookback - 1 - high_back], np.nan)
+        lo = np.where(warm, lows[k, self.lookback - 1 - low_back], np.nan)
+        high_age = np.where(warm, high_back + 1.0, np.nan)
+        low_age = np.where(warm, low_back + 1.0, np.nan)
+        up = low_age > high_age
+        direction = np.where(warm, np.where(up, 1.0, -1.0), np.nan)
+        # The swing's end is H going up and L going down; ratios run back from it.
+        end, start = np.where(up, h, lo), np.where(up, lo, h)
+        sign = np.where(up, -1.0, 1.0)
+        span = h - lo
+        span = np.where(span > 0.0, span, np.nan)  # H == L: no swing, no ratio
+        ratio = sign * (close - end) / span
+        levels = np.concatenate(
+            [
+                end[:, None] + sign[:, None] * _RETRACEMENTS * span[:, None],
+                start[:, None] - sign[:, None] * _EXTENSIONS * span[:, None],
+            ],
+            axis=1,
+        )
+        return SwingValues(h, lo, high_age, low_age, direction, ratio, levels)
+
+    def update(
+        self, rows: IntArray, high: FloatArray, low: FloatArray, close: FloatArray
+    ) -> SwingValues:
+        """The swing for this closed bar, then take the bar into the window."""
+        values = self.peek(rows, high, low, close)
+        self._highs.push(rows, high)
+        self._lows.push(rows, low)
+        return values
+
+
+def swing_batch(
+    high: pl.Series, low: pl.Series, close: pl.Series, lookback: int = 60
+) -> pl.DataFrame:
+    """Batch reference: one row per bar, null until warm and where undefined (H == L).
+
+    Columns: swing_high, swing_low, high_age, low_age, direction (Int64 +1/-1),
+    fib_ratio, then the levels named in `FIB_LEVEL_NAMES`.
+    """
+    frame = pl.DataFrame(
+        {"high": high.cast(pl.Float64), "low": low.cast(pl.Float64)}
+    ).with_row_index("bar")
+    window = frame.rolling(index_column="bar", period=f"{lookback}i").agg(
+        pl.len().alias("n"),
+        pl.col("high").max().alias("swing_high"),
+        pl.col("low").min().alias("swing_low"),
+        # arg-extremes of the reversed window: the first hit is the most recent tie.
+        (pl.col("high").reverse().arg_max().cast(pl.Int64) + 1).alias("high_age"),
+        (pl.col("low").reverse().arg_min().cast(pl.Int64) + 1).alias("low_age"),
+    )
+    swing_cols = ["swing_high", "swing_low", "high_age", "low_age"]
+    # Mask short windows, then shift: the swing of bars up to t-1 belongs to bar t.
+    swings = window.select(
+        pl.when(pl.col("n") >= lookback).then(pl.col(c)).shift(1).alias(c) for c in swing_cols
+    ).with_columns(close=close.cast(pl.Float64))
+
+    up = pl.col("low_age") > pl.col("high_age")
+    h, lo = pl.col("swing_high"), pl.col("swing_low")
+    span = pl.when(h > lo).then(h - lo)
+    n_retracements = len(FIB_RETRACEMENTS)
+    retracements = zip(FIB_RETRACEMENTS, FIB_LEVEL_NAMES[:n_retracements], strict=True)
+    extensions = zip(FIB_EXTENSIONS, FIB_LEVEL_NAMES[n_retracements:], strict=True)
+    return swings.select(
+        *swing_cols,
+        pl.when(up).then(1).when(~up).then(-1).cast(pl.Int64).alias("direction"),
+        pl.when(up)
+        .then((h - pl.col("close")) / span)
+        .otherwise((pl.col("close") - lo) / span)
+        .alias("fib_ratio"),
+        *(
+            pl.when(up).then(h - r * span).otherwise(lo + r * span).alias(n)
+            for r, n in retracements
+        ),
+        *(pl.when(up).then(lo + e * span).otherwise(h - e * span).alias(n) for e, n in extensions),
+    )
