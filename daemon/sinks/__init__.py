@@ -1,0 +1,1 @@
+"""Where alerts go: Telegram, MQTT, console, JSONL. Every sink speaks `Sink`."""
