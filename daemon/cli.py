@@ -8,10 +8,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from daemon.backtest import run_backtest, summary_lines, write_indicators
+from daemon.backtest import run_backtest, summary_lines, write_outputs
 from daemon.bars import BarFileError, load_bars
 from daemon.fred import RatesFileError, read_fred_csv
+from daemon.rules_file import load_rules
 from daemon.sample import sample_daily
+from signals.rules.spec import RuleError
 from signals.engine import EngineConfig, Links
 
 
@@ -41,7 +43,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use the bundled synthetic IWM/SPY/QQQ daily sample (no files needed)",
     )
-    bt.add_argument("--timeframe", choices=["1d"], default="1d", help="bar timeframe (default 1d)")
+    bt.add_argument(
+        "--timeframe",
+        choices=["1d", "1m"],
+        default="1d",
+        help="timeframe of the input bars (default 1d); 1m runs the intraday path",
+    )
+    bt.add_argument(
+        "--rules", type=Path, metavar="FILE", help="rules TOML replacing the bundled defaults"
+    )
     bt.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     bt.add_argument(
         "--rates",
@@ -52,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--benchmark", default="SPY", help="relative-strength benchmark (default SPY)")
     bt.add_argument("--comparator", default="QQQ", help="breadth comparator (default QQQ)")
     bt.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    bt.add_argument(
+        "--daily-bars", nargs="+", type=Path, metavar="PATH",
+        help="with --timeframe 1m: daily bars that warm the daily timeframe up (days before the first minute)",
+    )  # fmt: skip
     return p
 
 
@@ -62,13 +76,18 @@ def _backtest(args: argparse.Namespace) -> int:
             paths = [Path(tmp) / "sample.csv"]
             sample_daily().write_csv(paths[0])
         bars = load_bars(paths)
+    daily = load_bars(args.daily_bars) if args.daily_bars else None
     rates = read_fred_csv(args.rates) if args.rates else None
+    rules = load_rules(args.rules)
     config = EngineConfig(links=Links(benchmark=args.benchmark, comparator=args.comparator))
-    result = run_backtest(bars, config, rates, progress=False if args.no_progress else None)
-    path = write_indicators(result, args.out, args.timeframe)
+    result = run_backtest(
+        bars, config, rules, rates, timeframe=args.timeframe,
+        progress=False if args.no_progress else None, daily_history=daily,
+    )  # fmt: skip
+    paths = write_outputs(result, args.out)
     for line in summary_lines(result):
         print(line)
-    print(f"wrote {path}")
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -78,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "backtest":
             return _backtest(args)
-    except (BarFileError, RatesFileError) as exc:
+    except (BarFileError, RatesFileError, RuleError) as exc:
         print(f"iwm-alerts: {exc}", file=sys.stderr)
         return 2
     raise AssertionError(f"unhandled command {args.command}")

@@ -24,8 +24,9 @@ import polars as pl
 from signals.arrays import FloatArray, IntArray
 from signals.bar import BarBatch
 from signals.indicators.atr import ATR
-from signals.indicators.columnar import Window
+from signals.indicators.columnar import Columnar, Window
 from signals.indicators.donchian import Donchian
+from signals.indicators.ema import EMA
 from signals.indicators.macd import MACD
 from signals.indicators.rsi import RSI
 from signals.indicators.rvol import RelativeVolume
@@ -71,7 +72,8 @@ COLUMNS: tuple[str, ...] = (
     "volume_ratio", "rvol", "volume_signal",
     "donchian_high20", "donchian_low20",
     "swing_high", "swing_low", "swing_dir", "fib_ratio", *FIB_COLUMNS,
-    "ret20", "rs_ratio", "rs_roc20", "breadth20", "rates", "rates_delta20",
+    "ret20", "rs_ratio", "rs_roc20", "rs_ema_fast", "rs_ema_slow", "rs_ema_spread",
+    "breadth20", "rates", "rates_delta20",
     *(f"sub_{s}" for s in SIGNALS), "score",
 )  # fmt: skip
 
@@ -100,6 +102,8 @@ class EngineConfig:
     rvol_sessions: int = 20
     minutes_per_session: int = 390
     change_period: int = 20
+    rs_ema_fast: int = 10
+    rs_ema_slow: int = 40
     links: Links = Links()
     symbol_links: Mapping[str, Links] = field(default_factory=dict)
     weights: Mapping[str, float] = field(default_factory=dict)
@@ -140,6 +144,17 @@ class Evaluation:
         data.update(self.columns)
         return pl.DataFrame(data).fill_nan(None)
 
+    def take(self, idx: IntArray) -> Evaluation:
+        """The elements at positions `idx` (rejections stay with the whole)."""
+        return Evaluation(
+            symbol=tuple(self.symbol[i] for i in idx),
+            time=self.time[idx],
+            columns={c: v[idx] for c, v in self.columns.items()},
+            rejected=(),
+            weights=self.weights,
+            min_signals=self.min_signals,
+        )
+
     def breakdown(self, i: int) -> Breakdown:
         """The score of element `i` with each signal's raw value, sub-score and weight."""
         raw = {s: float(self.columns[RAW_COLUMN[s]][i]) for s in SIGNALS}
@@ -172,6 +187,8 @@ class Engine:
         self._rvol = (
             RelativeVolume(cfg.rvol_sessions, cfg.minutes_per_session) if cfg.intraday else None
         )
+        self._rs_fast = EMA(cfg.rs_ema_fast)
+        self._rs_slow = EMA(cfg.rs_ema_slow)
         self._close_lag = Window(cfg.change_period)
         self._ratio_lag = Window(cfg.change_period)
         self._rates_lag = Window(cfg.change_period)
@@ -224,7 +241,7 @@ class Engine:
     ) -> list[RSI | MACD | ATR | Donchian | Swing | VolumeRatio | RelativeVolume | Window]:
         inds: list[RSI | MACD | ATR | Donchian | Swing | VolumeRatio | RelativeVolume | Window] = [
             self._rsi, self._macd, self._atr, self._donchian, self._swing, self._vratio,
-            self._close_lag, self._ratio_lag, self._rates_lag,
+            self._close_lag, self._ratio_lag, self._rates_lag, self._rs_fast, self._rs_slow,
         ]  # fmt: skip
         if self._rvol is not None:
             inds.append(self._rvol)
@@ -256,7 +273,10 @@ class Engine:
         out_cols: list[dict[str, FloatArray]] = []
         times = batch.time[order]
         starts = np.flatnonzero(np.r_[True, times[1:] != times[:-1]])
-        for a, b in zip(starts, np.r_[starts[1:], len(order)], strict=True):
+        ends = np.r_[starts[1:], len(order)]
+        if not len(times):
+            starts = ends = times
+        for a, b in zip(starts, ends, strict=True):
             idx = order[a:b]
             t = int(times[a])
             keep = self._accept(idx, rows, t, batch, rejected)
@@ -343,6 +363,10 @@ class Engine:
             breadth = np.where(comp >= 0, ret20 - ret_now[comp], np.nan)
             y = np.full(n, self.rates.asof(t)[()] if self.rates is not None else np.nan)
             rates_delta = y - self._rates_lag.oldest(rows)
+            has_ratio = ~np.isnan(ratio)
+            rs_fast = self._rs_fast.step_where(rows, ratio, has_ratio, advance=commit)
+            rs_slow = self._rs_slow.step_where(rows, ratio, has_ratio, advance=commit)
+            rs_spread = rs_fast / rs_slow - 1.0
             atr_pct = 100.0 * atr / c
 
         if commit:
@@ -382,7 +406,8 @@ class Engine:
             "donchian_high20": don_hi, "donchian_low20": don_lo,
             "swing_high": sw.swing_high, "swing_low": sw.swing_low,
             "swing_dir": np.asarray(sw.direction, dtype=np.float64), "fib_ratio": sw.fib_ratio,
-            "ret20": ret20, "rs_ratio": ratio, "rs_roc20": rs_roc, "breadth20": breadth,
+            "ret20": ret20, "rs_ratio": ratio, "rs_roc20": rs_roc,
+            "rs_ema_fast": rs_fast, "rs_ema_slow": rs_slow, "rs_ema_spread": rs_spread, "breadth20": breadth,
             "rates": y, "rates_delta20": rates_delta,
         }  # fmt: skip
         for j, name in enumerate(FIB_COLUMNS):

@@ -13,6 +13,7 @@ import polars as pl
 from signals.engine import COLUMNS, FIB_COLUMNS, EngineConfig
 from signals.indicators.atr import atr_batch
 from signals.indicators.donchian import donchian_batch
+from signals.indicators.ema import ema_batch
 from signals.indicators.macd import macd_batch
 from signals.indicators.rsi import rsi_batch
 from signals.indicators.rvol import rvol_batch
@@ -123,6 +124,9 @@ def reference_frame(
             )
         )
     )
+    df = pl.concat(
+        [_ratio_emas(g, cfg) for _, g in df.group_by("symbol", maintain_order=True)]
+    ).with_columns((pl.col("rs_ema_fast") / pl.col("rs_ema_slow") - 1.0).alias("rs_ema_spread"))
     a = {
         c: df[c].cast(pl.Float64).to_numpy()
         for c in df.columns
@@ -143,6 +147,17 @@ def reference_frame(
         pl.Series("score", composite(subs, cfg.weights, cfg.min_signals)),
     )
     return df.select("symbol", "time", *COLUMNS).sort(["time", "symbol"]).fill_nan(None)
+
+
+def _ratio_emas(g: pl.DataFrame, cfg: EngineConfig) -> pl.DataFrame:
+    """EMAs of the benchmark ratio over the bars that have one (bars without one get null)."""
+    have = g["rs_ratio"].is_not_null()
+    ratio = g["rs_ratio"].filter(have)
+    out = {}
+    for name, period in (("rs_ema_fast", cfg.rs_ema_fast), ("rs_ema_slow", cfg.rs_ema_slow)):
+        values = iter(ema_batch(ratio, period).to_list())
+        out[name] = pl.Series(name, [next(values) if h else None for h in have], dtype=pl.Float64)
+    return g.with_columns(**out)
 
 
 def _other(link: str | None, symbol: str) -> str | None:

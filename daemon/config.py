@@ -1,0 +1,702 @@
+"""The daemon's configuration: one TOML file, decoded once into frozen, typed sections.
+
+`load_config` reads the file, refuses anything that looks like a secret
+(secrets come from the environment or systemd credentials, see
+`daemon.secrets`), decodes it with msgspec (unknown keys rejected, types
+checked) and runs the semantic checks each section declares in
+`__post_init__`. Every failure is one `ConfigError` whose message names the
+file and the dotted key (`feed.provider`, `engine.symbols.TNA.benchmark`,
+`feed.symbols[2]`).
+
+Relative paths are kept as written: they resolve against the daemon's working
+directory (systemd `WorkingDirectory=`), not the config file's directory.
+Each component receives its own section (`config.feed`, `config.sinks.mqtt`...).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import sys
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TextIO
+from urllib.parse import parse_qsl, urlsplit
+
+import msgspec
+from msgspec import Meta
+
+from daemon.secrets import (
+    MQTT_PASSWORD,
+    PROVIDER_SECRETS,
+    SECRET_NAMES,
+    TELEGRAM_BOT_TOKEN,
+    load_secret,
+    required_secrets,
+)
+from signals.engine import EngineConfig, Links
+from signals.score import MIN_SIGNALS, SIGNALS
+
+SYMBOL = re.compile(r"[A-Z0-9.-]{1,10}")
+DEFAULT_SYMBOLS: tuple[str, ...] = ("IWM", "SPY", "QQQ")
+FRED_DGS2_URL = "https://fred.stlouisfed.org/graph/fredgraph.csv?id=DGS2"
+MIB = 1 << 20
+
+# Key names that can only mean a secret. Matched on the lower-cased key with
+# `-` read as `_`, so `ALPACA_API_KEY = ...` pasted from an env file is caught.
+_SECRET_KEY = re.compile(
+    r"secret|token|passw(or)?d|passphrase|api_?key|access_?key|private_?key|credential"
+    r"|^key$|^pass$|^pwd$"
+)
+TELEGRAM_TOKEN = re.compile(r"\d{6,12}:[A-Za-z0-9_-]{30,}")
+_PEM_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(gt=0)]
+Provider = Literal["alpaca", "massive", "finnhub", "replay"]
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used: one line naming the file, the key and the problem."""
+
+    def __init__(self, file: Path, key: str | None, detail: str) -> None:
+        super().__init__(f"{file}: {key}: {detail}" if key else f"{file}: {detail}")
+        self.file = file
+        self.key = key
+        self.detail = detail
+
+
+class _Invalid(ValueError):
+    """A semantic check failed at `key`, relative to the section that raised it."""
+
+    def __init__(self, *key: str | int, detail: str) -> None:
+        super().__init__(f"{_dotted(key)}: {detail}")
+        self.key = key
+        self.detail = detail
+
+
+def _dotted(parts: typing.Iterable[str | int]) -> str:
+    """`("engine", "symbols", "BRK.B", "benchmark")` -> `engine.symbols."BRK.B".benchmark`."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = part if _BARE_KEY.fullmatch(part) else json.dumps(part)
+            out += f".{name}" if out else name
+    return out
+
+
+def _show(value: str) -> str:
+    """A value for an error message; long strings are described, not echoed (could be a key)."""
+    return repr(value) if len(value) <= 12 else f"a {len(value)}-character string"
+
+
+def _check_symbol(value: str, *key: str | int) -> None:
+    if not SYMBOL.fullmatch(value):
+        raise _Invalid(*key, detail=f"{_show(value)} is not a symbol (1-10 of A-Z 0-9 . -)")
+
+
+def _check_url(url: str, schemes: tuple[str, ...], *key: str) -> None:
+    expected = " or ".join(f"{s}://" for s in schemes)
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        got = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        raise _Invalid(*key, detail=f"expected a URL starting with {expected}, got {got}")
+    if not parts.hostname or any(c.isspace() for c in url):
+        raise _Invalid(*key, detail="expected a URL with a host and no spaces")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError:
+        raise _Invalid(*key, detail="the URL's port is not a number in 0-65535") from None
+
+
+def _check_topic(value: str, *key: str) -> None:
+    # The base of every topic we publish: MQTT forbids wildcards there.
+    if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "+#\0"):
+        raise _Invalid(*key, detail="expected a topic without +, #, or a leading/trailing /")
+
+
+def _link(value: str) -> str | None:
+    return value or None
+
+
+class FeedSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[feed]`: where bars come from, which symbols, and the reconnect policy."""
+
+    provider: Provider
+    url: str | None = None
+    rest_url: str | None = None
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    alpaca_feed: Literal["iex", "sip", "test"] = "iex"
+    replay_files: tuple[Path, ...] = ()
+    replay_speed: PositiveFloat = 1.0
+    max_frame_bytes: PositiveInt = MIB
+    silence_timeout_s: PositiveFloat = 90.0
+    backoff_initial_s: PositiveFloat = 1.0
+    backoff_max_s: PositiveFloat = 60.0
+    warmup_days: Annotated[int, Meta(ge=0)] = 120
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            _check_url(self.url, ("ws", "wss"), "url")
+        if self.rest_url is not None:
+            _check_url(self.rest_url, ("http", "https"), "rest_url")
+        if not self.symbols:
+            raise _Invalid("symbols", detail="expected at least one symbol")
+        for i, symbol in enumerate(self.symbols):
+            _check_symbol(symbol, "symbols", i)
+            if symbol in self.symbols[:i]:
+                raise _Invalid("symbols", i, detail=f"{symbol} is listed twice")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise _Invalid("backoff_max_s", detail="must be >= backoff_initial_s")
+
+
+class SymbolLinks(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[engine.symbols.SYM]`: this symbol's benchmark / comparator; unset inherits, "" drops."""
+
+    benchmark: str | None = None
+    comparator: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("benchmark", "comparator"):
+            value = getattr(self, name)
+            if value:
+                _check_symbol(value, name)
+
+
+class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[engine]`: score links and weights. `benchmark = ""` drops the rs signal."""
+
+    benchmark: str = "SPY"
+    comparator: str = "QQQ"
+    symbols: Mapping[str, SymbolLinks] = {}
+    weights: Mapping[str, Annotated[float, Meta(ge=0)]] = {}
+    min_signals: Annotated[int, Meta(ge=1, le=len(SIGNALS))] = MIN_SIGNALS
+
+    def __post_init__(self) -> None:
+        for name in ("benchmark", "comparator"):
+            value = getattr(self, name)
+            if value:
+                _check_symbol(value, name)
+        for symbol in self.symbols:
+            _check_symbol(symbol, "symbols", symbol)
+        for signal, weight in self.weights.items():
+            if signal not in SIGNALS:
+                raise _Invalid(
+                    "weights", signal, detail=f"unknown signal; expected one of {', '.join(SIGNALS)}"
+                )
+            if not math.isfinite(weight):
+                raise _Invalid("weights", signal, detail="expected a finite number")
+
+    def links_for(self, symbol: str) -> tuple[str, str]:
+        """The effective (benchmark, comparator) of `symbol`; "" means none."""
+        own = self.symbols.get(symbol, SymbolLinks())
+        return (
+            self.benchmark if own.benchmark is None else own.benchmark,
+            self.comparator if own.comparator is None else own.comparator,
+        )
+
+    def engine_config(self, intraday: bool) -> EngineConfig:
+        """The signals engine's config for the daily (`intraday=False`) or 1-minute timeframe."""
+        symbol_links = {}
+        for symbol in self.symbols:
+            benchmark, comparator = self.links_for(symbol)
+            symbol_links[symbol] = Links(_link(benchmark), _link(comparator))
+        return EngineConfig(
+            intraday=intraday,
+            links=Links(_link(self.benchmark), _link(self.comparator)),
+            symbol_links=symbol_links,
+            weights=dict(self.weights),
+            min_signals=self.min_signals,
+        )
+
+
+class RulesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[rules]`: a rules TOML file, or None for the built-in default rules."""
+
+    file: Path | None = None
+
+
+class ConsoleSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[sinks.console]`: alerts printed to stdout."""
+
+    enabled: bool = True
+
+
+class JsonlSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[sinks.jsonl]`: alerts appended to a JSON-lines file."""
+
+    path: Path
+
+
+class MqttSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[sinks.mqtt]`: an MQTT broker, with Home Assistant discovery. Password: MQTT_PASSWORD."""
+
+    url: str
+    base_topic: str = "iwm-alerts"
+    discovery_prefix: str = "homeassistant"
+    username: str | None = None
+    client_id: str = "iwm-alerts"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    qos: Literal[0, 1, 2] = 1
+
+    def __post_init__(self) -> None:
+        _check_url(self.url, ("mqtt", "mqtts"), "url")
+        parts = urlsplit(self.url)
+        if parts.username is not None:
+            raise _Invalid(
+                "url", detail="no user in the URL: set sinks.mqtt.username (password: MQTT_PASSWORD)"
+            )
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise _Invalid("url", detail="expected mqtt[s]://host[:port] with no path or query")
+        _check_topic(self.base_topic, "base_topic")
+        _check_topic(self.discovery_prefix, "discovery_prefix")
+        if not self.client_id:
+            raise _Invalid("client_id", detail="expected a non-empty client id")
+        if self.username == "":
+            raise _Invalid("username", detail="expected a non-empty user name (or leave it out)")
+        for name in ("ca_file", "cert_file", "key_file"):
+            if getattr(self, name) is not None and not self.tls:
+                raise _Invalid(name, detail="TLS files need an mqtts:// url")
+        if self.key_file is not None and self.cert_file is None:
+            raise _Invalid("key_file", detail="a client key needs cert_file too")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection uses TLS (`mqtts://`)."""
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def host(self) -> str:
+        """The broker's host name."""
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        """The broker's port: as given, else 8883 with TLS and 1883 without."""
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+
+class TelegramSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[sinks.telegram]`: the bot. Token: TELEGRAM_BOT_TOKEN.
+
+    `access = "open"` lets anyone /start; `"allowlist"` only `allowed_user_ids`
+    and `admin_user_ids`. Admin commands always need `admin_user_ids`.
+    `rate_per_chat_s` is the minimum gap between two messages to one chat;
+    `rate_global_per_s` the most messages per second overall.
+    """
+
+    api_base_url: str = "https://api.telegram.org/bot"
+    access: Literal["open", "allowlist"] = "open"
+    allowed_user_ids: tuple[int, ...] = ()
+    admin_user_ids: tuple[int, ...] = ()
+    rate_per_chat_s: PositiveFloat = 1.0
+    rate_global_per_s: PositiveFloat = 30.0
+
+    def __post_init__(self) -> None:
+        # http is for a self-hosted Bot API server on the same machine.
+        _check_url(self.api_base_url, ("https", "http"), "api_base_url")
+        for name in ("allowed_user_ids", "admin_user_ids"):
+            for i, user_id in enumerate(getattr(self, name)):
+                if user_id <= 0:
+                    raise _Invalid(name, i, detail="expected a positive Telegram user id")
+        if self.access == "allowlist" and not (self.allowed_user_ids or self.admin_user_ids):
+            raise _Invalid(
+                "allowed_user_ids", detail='access = "allowlist" needs at least one user id'
+            )
+
+
+class SinksSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[sinks]`: console is on by default; jsonl, mqtt and telegram are on when present."""
+
+    console: ConsoleSinkSettings = ConsoleSinkSettings()
+    jsonl: JsonlSinkSettings | None = None
+    mqtt: MqttSinkSettings | None = None
+    telegram: TelegramSinkSettings | None = None
+
+    def enabled(self) -> list[str]:
+        """Names of the enabled sinks."""
+        names = ["console"] if self.console.enabled else []
+        names += [n for n in ("jsonl", "mqtt", "telegram") if getattr(self, n) is not None]
+        return names
+
+
+class StateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[state]`: where the outbox, subscribers and snapshots live."""
+
+    dir: Path = Path("state")
+
+
+class HealthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[health]`: the `/healthz` and `/metrics` endpoint (port 0: any free port)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 9108
+
+    def __post_init__(self) -> None:
+        if not self.host or any(c.isspace() or c == "/" for c in self.host):
+            raise _Invalid("host", detail="expected a host name or IP address")
+
+
+class RatesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[rates]`: the 2-year yield for the rates signal: FRED CSV, a proxy ETF, or none."""
+
+    source: Literal["fred", "proxy", "none"] = "none"
+    url: str = FRED_DGS2_URL
+    proxy_symbol: str = "SHY"
+
+    def __post_init__(self) -> None:
+        _check_url(self.url, ("https", "http"), "url")
+        _check_symbol(self.proxy_symbol, "proxy_symbol")
+
+
+class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`[log]`: level and format; "auto" is JSON unless stderr is a terminal."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def json(self) -> bool | None:
+        """The `json` argument of `daemon.logs.configure_logging`."""
+        return None if self.format == "auto" else self.format == "json"
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The whole file. Only `[feed]` (with `provider`) is required."""
+
+    feed: FeedSettings
+    engine: EngineSettings = EngineSettings()
+    rules: RulesSettings = RulesSettings()
+    sinks: SinksSettings = SinksSettings()
+    state: StateSettings = StateSettings()
+    health: HealthSettings = HealthSettings()
+    rates: RatesSettings = RatesSettings()
+    log: LogSettings = LogSettings()
+
+    def __post_init__(self) -> None:
+        # The engine needs a benchmark's bars to compute rs: it must be fed.
+        tracked = set(self.feed.symbols)
+        engine = self.engine
+        for name in ("benchmark", "comparator"):
+            value = getattr(engine, name)
+            if value and value not in tracked:
+                raise _Invalid(
+                    "engine",
+                    name,
+                    detail=f'{value} is not in feed.symbols: add it there, or set "" to drop the signal',
+                )
+        for symbol, own in engine.symbols.items():
+            if symbol not in tracked:
+                raise _Invalid("engine", "symbols", symbol, detail="not in feed.symbols")
+            for name in ("benchmark", "comparator"):
+                value = getattr(own, name)
+                if value and value not in tracked:
+                    raise _Invalid(
+                        "engine", "symbols", symbol, name, detail=f"{value} is not in feed.symbols"
+                    )
+        if self.rates.source == "proxy" and self.rates.proxy_symbol not in tracked:
+            raise _Invalid(
+                "rates", "proxy_symbol", detail="not in feed.symbols: the feed must carry it"
+            )
+        for symbol in (None, *engine.symbols):
+            possible = self._possible_signals(symbol)
+            if possible < engine.min_signals:
+                whose = f" for {symbol}" if symbol else ""
+                raise _Invalid(
+                    "engine",
+                    "min_signals",
+                    detail=f"only {possible} signals can ever be available{whose}; "
+                    "the score would stay 'warming up'",
+                )
+
+    def _possible_signals(self, symbol: str | None) -> int:
+        """How many signals have a positive weight and a source, for `symbol` (None: default)."""
+        if symbol is None:
+            benchmark, comparator = self.engine.benchmark, self.engine.comparator
+        else:
+            benchmark, comparator = self.engine.links_for(symbol)
+        dropped = {
+            "rs": not benchmark or benchmark == symbol,
+            "breadth": not comparator or comparator == symbol,
+            "rates": self.rates.source == "none",
+        }
+        weights = self.engine.weights
+        return sum(1 for s in SIGNALS if weights.get(s, 1.0) > 0 and not dropped.get(s, False))
+
+
+# -- loading ---------------------------------------------------------------------
+
+
+def load_config(path: Path) -> Config:
+    """Read, check and decode the config file at `path`; `ConfigError` on any problem."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(path, None, "not UTF-8 text") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # The message gives line and column, never the offending text.
+        raise ConfigError(path, None, f"invalid TOML: {exc}") from exc
+    _refuse_secrets(raw, (), path, raw)
+    try:
+        config = msgspec.convert(raw, Config, dec_hook=_decode_path)
+    except msgspec.ValidationError as exc:
+        raise _translate(exc, raw, path) from None
+    _check_files(config, path)
+    return config
+
+
+def _decode_path(tp: type, obj: Any) -> Any:
+    if tp is Path:
+        if isinstance(obj, str) and obj:
+            return Path(obj)
+        raise TypeError("expected a non-empty path string")
+    raise NotImplementedError(f"no decoder for {tp}")
+
+
+def _check_files(config: Config, file: Path) -> None:
+    """Input files must exist now, not when the daemon first reaches for them."""
+    files: list[tuple[tuple[str | int, ...], Path | None]] = [
+        (("rules", "file"), config.rules.file),
+        *((("feed", "replay_files", i), p) for i, p in enumerate(config.feed.replay_files)),
+    ]
+    if config.sinks.mqtt is not None:
+        files += [
+            (("sinks", "mqtt", name), getattr(config.sinks.mqtt, name))
+            for name in ("ca_file", "cert_file", "key_file")
+        ]
+    for key, p in files:
+        if p is not None and not p.is_file():
+            raise ConfigError(file, _dotted(key), f"no such file: {p}")
+
+
+def _secret_hint(key: tuple[str | int, ...], raw: Mapping[str, Any]) -> str:
+    """Which variables to use instead, by where the secret was written."""
+    names: tuple[str, ...] = SECRET_NAMES
+    if key[:2] == ("sinks", "telegram"):
+        names = (TELEGRAM_BOT_TOKEN,)
+    elif key[:2] == ("sinks", "mqtt"):
+        names = (MQTT_PASSWORD,)
+    elif key[:1] == ("feed",):
+        feed = raw.get("feed")
+        provider = feed.get("provider") if isinstance(feed, dict) else None
+        names = PROVIDER_SECRETS.get(provider, ()) if isinstance(provider, str) else ()
+        names = names or SECRET_NAMES
+    return (
+        f"secrets are not read from the config file; remove it and set {' / '.join(names)} "
+        "in the environment or as a systemd credential (LoadCredential=)"
+    )
+
+
+def _refuse_secrets(
+    node: Any, key: tuple[str | int, ...], file: Path, raw: Mapping[str, Any]
+) -> None:
+    """Fail on a secret-looking key or value anywhere. Messages never carry the value."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            # Keys of [engine.symbols] are ticker symbols, not setting names.
+            if key != ("engine", "symbols") and _SECRET_KEY.search(name.lower().replace("-", "_")):
+                raise ConfigError(file, _dotted((*key, name)), _secret_hint((*key, name), raw))
+            _refuse_secrets(value, (*key, name), file, raw)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_secrets(value, (*key, i), file, raw)
+    elif isinstance(node, str):
+        problem = None
+        if TELEGRAM_TOKEN.search(node):
+            problem = "looks like a Telegram bot token"
+        elif _PEM_PRIVATE_KEY.search(node):
+            problem = "holds a private key"
+        elif "://" in node:
+            parts = urlsplit(node)
+            if parts.password is not None:
+                problem = "the URL holds a password"
+            elif any(_SECRET_KEY.search(k.lower()) for k, _ in parse_qsl(parts.query)):
+                problem = "the URL's query holds a key or token"
+        if problem:
+            raise ConfigError(file, _dotted(key), f"{problem}: {_secret_hint(key, raw)}")
+
+
+# -- msgspec errors -> dotted keys ------------------------------------------------
+
+_AT = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", re.DOTALL)
+_SEGMENT = re.compile(r"\.(?P<field>[A-Za-z_][A-Za-z0-9_]*)|\[(?P<index>\d+)\]|(?P<any>\[\.\.\.\])")
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`")
+_MISSING = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
+_EXPECTED = re.compile(r"Expected `(?P<want>[^`]*)`(?P<bound>[^,]*)(?:, got `(?P<got>[^`]*)`)?")
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "a boolean",
+    "array": "a list",
+    "object": "a table",
+    "datetime": "a date-time",
+    "date": "a date",
+    "time": "a time",
+}
+
+
+def _words(names: str) -> str:
+    return " or ".join(_TYPE_WORDS.get(n, n) for n in names.split(" | ") if n != "null")
+
+
+def _strip(tp: Any) -> Any:
+    """`tp` without `Annotated[...]` and without the `None` of an optional."""
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        arms = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = _strip(arms[0]) if len(arms) == 1 else tp
+    return tp
+
+
+def _child(tp: Any, part: str | int) -> Any:
+    """The declared type one key or index below `tp` (None when unknown)."""
+    tp = _strip(tp)
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        fields = {f.encode_name: f.type for f in msgspec.structs.fields(tp)}
+        return fields.get(part) if isinstance(part, str) else None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (dict, Mapping) and len(args) == 2:
+        return args[1]
+    if origin in (tuple, list) and args:
+        return args[0]
+    return None
+
+
+def _resolve(path: str, raw: Any) -> tuple[list[str | int], Any]:
+    """msgspec's `$.a[0][...]` as key parts, `[...]` replaced by the failing map key; and its type."""
+    parts: list[str | int] = []
+    node, tp = raw, Config
+    for m in _SEGMENT.finditer(path):
+        part: str | int
+        if m["field"] is not None:
+            part = m["field"]
+        elif m["index"] is not None:
+            part = int(m["index"])
+        else:
+            # msgspec does not say which map entry failed: find the first that does.
+            value_tp = _child(tp, "")
+            entries = node.items() if isinstance(node, dict) else []
+            part = next((k for k, v in entries if not _converts(v, value_tp)), "...")
+        parts.append(part)
+        tp = _child(tp, part)
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return parts, tp
+
+
+def _converts(value: Any, tp: Any) -> bool:
+    try:
+        msgspec.convert(value, tp, dec_hook=_decode_path)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def _translate(exc: msgspec.ValidationError, raw: Mapping[str, Any], file: Path) -> ConfigError:
+    """One `ConfigError` naming the dotted key, from msgspec's `... - at $.a.b` message."""
+    m = _AT.match(str(exc))
+    message, path = (m["message"], m["path"]) if m else (str(exc), "$")
+    parts, tp = _resolve(path, raw)
+    cause = exc.__cause__
+    if isinstance(cause, _Invalid):
+        return ConfigError(file, _dotted([*parts, *cause.key]), cause.detail)
+    if u := _UNKNOWN.match(message):
+        name = u["name"]
+        fields = [f.encode_name for f in msgspec.structs.fields(_strip(tp))]
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else f"; expected one of {', '.join(fields)}"
+        return ConfigError(file, _dotted([*parts, name]), f"unknown key{hint}")
+    if r := _MISSING.match(message):
+        return ConfigError(file, _dotted([*parts, r["name"]]), "required but missing")
+    if message.startswith("Invalid enum value"):
+        choices = ", ".join(json.dumps(c) for c in typing.get_args(_strip(tp)))
+        return ConfigError(file, _dotted(parts), f"expected one of {choices}")
+    if e := _EXPECTED.match(message):
+        detail = f"expected {_words(e['want'])}{e['bound']}"
+        if e["got"]:
+            detail += f", got {_words(e['got'])}"
+        return ConfigError(file, _dotted(parts), detail)
+    return ConfigError(file, _dotted(parts), message)
+
+
+# -- check-config ----------------------------------------------------------------
+
+
+def summary_lines(config: Config) -> list[str]:
+    """A few lines describing what the daemon would run with."""
+    feed, engine, sinks = config.feed, config.engine, config.sinks
+    source = f"{feed.provider} ({feed.alpaca_feed})" if feed.provider == "alpaca" else feed.provider
+    links = f"benchmark {engine.benchmark or 'none'}, comparator {engine.comparator or 'none'}"
+    overrides = f", overrides for {', '.join(engine.symbols)}" if engine.symbols else ""
+    sink_names = []
+    for name in sinks.enabled():
+        if name == "mqtt" and sinks.mqtt is not None:
+            name = f"mqtt ({sinks.mqtt.host}:{sinks.mqtt.port}{', TLS' if sinks.mqtt.tls else ''})"
+        sink_names.append(name)
+    rates = config.rates.source
+    if rates == "proxy":
+        rates += f" ({config.rates.proxy_symbol})"
+    health = (
+        f"http://{config.health.host}:{config.health.port}" if config.health.enabled else "off"
+    )
+    return [
+        f"feed: {source}, symbols {', '.join(feed.symbols)}",
+        f"engine: {links}{overrides}, min_signals {engine.min_signals}",
+        f"rules: {config.rules.file or 'built-in defaults'}",
+        f"sinks: {', '.join(sink_names) or 'none'}",
+        f"rates: {rates}",
+        f"state: {config.state.dir}",
+        f"health: {health}",
+    ]
+
+
+def check_config_main(path: Path, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """`iwm-alerts check-config`: 0 and a summary for a good file, 2 and the error for a bad one.
+
+    Also says which secrets the config needs and whether this environment has
+    them (never their values); a missing one is not an error here, because the
+    service may get it from systemd credentials this shell cannot see.
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"iwm-alerts: config error: {exc}", file=err)
+        return 2
+    print(f"{path}: OK", file=out)
+    for line in summary_lines(config):
+        print(f"  {line}", file=out)
+    needed = required_secrets(config)
+    if needed:
+        states = []
+        for name in needed:
+            try:
+                found = load_secret(name, os.environ) is not None
+            except ValueError:
+                found = False
+            states.append(f"{name} ({'set' if found else 'not set here'})")
+        print(f"  secrets: {', '.join(states)}", file=out)
+    else:
+        print("  secrets: none needed", file=out)
+    return 0

@@ -1,0 +1,228 @@
+"""Home Assistant MQTT discovery: the topic layout and the config payloads (pure, no I/O).
+
+Topics under the base topic (default `iwm-alerts`):
+
+- `<base>/status`: `online` / `offline`, retained (last will).
+- `<base>/<SYMBOL>/state`: JSON object with the `STATE_FIELDS` keys, retained.
+- `<base>/alerts` and `<base>/<SYMBOL>/alerts`: alert JSON, not retained.
+
+Discovery configs go to `<prefix>/<component>/<unique_id>/config` (HA's advice:
+object id = unique id, no node id). One device per base topic; per symbol six
+sensors, a `breakout` binary sensor and an `event` entity fed by the alerts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+JsonObject = dict[str, Any]
+
+PAYLOAD_ONLINE = "online"
+PAYLOAD_OFFLINE = "offline"
+
+# Keys of the per-symbol state JSON that the discovery templates read.
+# `rs_roc20` is a fraction (0.012 = +1.2%); HA shows it in percent.
+STATE_FIELDS: tuple[str, ...] = (
+    "price",
+    "score",
+    "rsi14",
+    "rvol",
+    "atr_pct",
+    "rs_roc20",
+    "breakout",
+)
+
+_SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9.\-]*")
+# HA accepts only these characters in a discovery topic's object id.
+_NOT_ID = re.compile(r"[^a-z0-9]+")
+
+
+class _Sensor(NamedTuple):
+    key: str
+    name: str
+    field: str
+    unit: str | None
+    precision: int
+    icon: str
+    scale: float = 1.0
+
+
+_SENSORS: tuple[_Sensor, ...] = (
+    _Sensor("price", "price", "price", "USD", 2, "mdi:currency-usd"),
+    _Sensor("score", "score", "score", None, 0, "mdi:gauge"),
+    _Sensor("rsi", "RSI", "rsi14", None, 1, "mdi:chart-line"),
+    _Sensor("rvol", "RVOL", "rvol", None, 2, "mdi:chart-bar"),
+    _Sensor("atr_pct", "ATR %", "atr_pct", "%", 2, "mdi:arrow-expand-vertical"),
+    _Sensor("rs", "relative strength", "rs_roc20", "%", 2, "mdi:scale-balance", 100.0),
+)
+
+# What the event entity exposes as attributes besides `event_type`.
+_EVENT_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("alert_id", "id"),
+    ("title", "title"),
+    ("severity", "severity"),
+    ("timeframe", "timeframe"),
+    ("score", "score"),
+    ("label", "label"),
+    ("delayed", "delayed"),
+)
+
+
+def validate_topic_part(value: str, what: str) -> str:
+    """`value` if it is a usable topic prefix: non-empty, no wildcards, no empty levels."""
+    if not value or "+" in value or "#" in value or "\x00" in value:
+        raise ValueError(f"{what} must be non-empty without '+', '#' or NUL, got {value!r}")
+    if value.startswith("/") or value.endswith("/") or "//" in value:
+        raise ValueError(f"{what} must not have empty topic levels, got {value!r}")
+    return value
+
+
+def validate_symbol(symbol: str) -> str:
+    """`symbol` if it is a ticker that is safe inside a topic (`[A-Z0-9.-]`)."""
+    if not _SYMBOL.fullmatch(symbol):
+        raise ValueError(f"symbol must match [A-Z0-9][A-Z0-9.-]*, got {symbol!r}")
+    return symbol
+
+
+def status_topic(base_topic: str) -> str:
+    """`<base>/status`: online/offline, retained, also the last will."""
+    return f"{base_topic}/status"
+
+
+def state_topic(base_topic: str, symbol: str) -> str:
+    """`<base>/<SYMBOL>/state`: the latest state JSON, retained."""
+    return f"{base_topic}/{validate_symbol(symbol)}/state"
+
+
+def alerts_topic(base_topic: str, symbol: str | None = None) -> str:
+    """`<base>/alerts`, or `<base>/<SYMBOL>/alerts` for one symbol."""
+    if symbol is None:
+        return f"{base_topic}/alerts"
+    return f"{base_topic}/{validate_symbol(symbol)}/alerts"
+
+
+def ha_status_topic(discovery_prefix: str) -> str:
+    """Where Home Assistant announces itself (`online` after a restart)."""
+    return f"{discovery_prefix}/status"
+
+
+def _slug(text: str) -> str:
+    return _NOT_ID.sub("_", text.lower()).strip("_")
+
+
+def _number_template(field: str, scale: float) -> str:
+    # HA turns a rendered "None" into `unknown`: a warming-up (null) or missing
+    # field must not show as 0 or as a stale number.
+    value = f"value_json.{field}"
+    if scale != 1.0:
+        value = f"({value} * {scale:g}) | round(6)"
+    return f"{{{{ {value} if value_json.{field} is number else None }}}}"
+
+
+_BREAKOUT_TEMPLATE = (
+    "{{ ('ON' if value_json.breakout else 'OFF') if value_json.breakout is boolean else 'None' }}"
+)
+
+
+def _event_template() -> str:
+    # The alert JSON names its rule `rule`; HA's event entity wants `event_type`.
+    pairs = ", ".join(f"'{attr}': value_json.{key}" for attr, key in _EVENT_ATTRIBUTES)
+    return f"{{{{ {{'event_type': value_json.rule, {pairs}}} | tojson }}}}"
+
+
+def discovery_messages(
+    *,
+    symbols: Sequence[str],
+    rule_names: Sequence[str],
+    base_topic: str = "iwm-alerts",
+    discovery_prefix: str = "homeassistant",
+    qos: int = 1,
+    sw_version: str | None = None,
+) -> list[tuple[str, JsonObject]]:
+    """Every discovery (topic, config) pair, to be published retained.
+
+    Entity ids are suggested with `default_entity_id` (HA 2025.10 deprecated
+    `object_id` for this; older HA ignores unknown discovery keys). Without
+    rule names there is no event entity (HA requires `event_types`).
+    """
+    validate_topic_part(base_topic, "base_topic")
+    validate_topic_part(discovery_prefix, "discovery_prefix")
+    node = _slug(base_topic)
+    if not node:
+        raise ValueError(f"base_topic needs a letter or digit, got {base_topic!r}")
+    slugs: dict[str, str] = {}
+    for symbol in symbols:
+        slug = _slug(validate_symbol(symbol))
+        if slug in slugs.values():
+            raise ValueError(f"symbols {symbols!r} collide on the entity id {slug!r}")
+        slugs[symbol] = slug
+
+    device: JsonObject = {
+        "identifiers": [node],
+        "name": base_topic,
+        "manufacturer": "iwm-alerts",
+        "model": "signal alert daemon",
+    }
+    origin: JsonObject = {"name": "iwm-alerts"}
+    if sw_version is not None:
+        device["sw_version"] = sw_version
+        origin["sw_version"] = sw_version
+    common: JsonObject = {
+        "availability_topic": status_topic(base_topic),
+        "payload_available": PAYLOAD_ONLINE,
+        "payload_not_available": PAYLOAD_OFFLINE,
+        "device": device,
+        "origin": origin,
+        "qos": qos,
+    }
+
+    def entry(component: str, uid: str, config: JsonObject) -> tuple[str, JsonObject]:
+        payload = {"unique_id": uid, "default_entity_id": f"{component}.{uid}", **config}
+        return f"{discovery_prefix}/{component}/{uid}/config", payload | common
+
+    messages: list[tuple[str, JsonObject]] = []
+    for symbol, slug in slugs.items():
+        state = state_topic(base_topic, symbol)
+        for sensor in _SENSORS:
+            config: JsonObject = {
+                "name": f"{symbol} {sensor.name}",
+                "state_topic": state,
+                "value_template": _number_template(sensor.field, sensor.scale),
+                "state_class": "measurement",
+                "suggested_display_precision": sensor.precision,
+                "icon": sensor.icon,
+            }
+            if sensor.unit is not None:
+                config["unit_of_measurement"] = sensor.unit
+            messages.append(entry("sensor", f"{node}_{slug}_{sensor.key}", config))
+        messages.append(
+            entry(
+                "binary_sensor",
+                f"{node}_{slug}_breakout",
+                {
+                    "name": f"{symbol} breakout",
+                    "state_topic": state,
+                    "value_template": _BREAKOUT_TEMPLATE,
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
+                    "icon": "mdi:rocket-launch",
+                },
+            )
+        )
+        if rule_names:
+            messages.append(
+                entry(
+                    "event",
+                    f"{node}_{slug}_alert",
+                    {
+                        "name": f"{symbol} alert",
+                        "state_topic": alerts_topic(base_topic, symbol),
+                        "event_types": list(dict.fromkeys(rule_names)),
+                        "value_template": _event_template(),
+                        "icon": "mdi:bell-alert",
+                    },
+                )
+            )
+    return messages

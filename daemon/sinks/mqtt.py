@@ -1,0 +1,338 @@
+"""The MQTT sink (aiomqtt): alerts, per-symbol state and Home Assistant discovery.
+
+One background task owns the connection. Each attempt uses a fresh
+`aiomqtt.Client` (no half-dead paho state carried across reconnects); after a
+loss it waits an exponential, jittered, capped delay and tries again. On every
+connect it publishes `online`, the discovery configs and the remembered states
+(all retained), then listens to `<discovery_prefix>/status` and publishes them
+again whenever Home Assistant says `online`.
+
+`send` never waits for a connection: while there is none it raises
+`SinkUnavailable` at once and the outbox retries later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import random
+import ssl
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit
+
+import aiomqtt
+import msgspec
+import structlog
+
+from daemon.sinks import ha_discovery as ha
+from daemon.sinks.base import SinkRejected, SinkUnavailable
+from signals.alerts import Alert, encode_alert
+
+_log = structlog.get_logger(__name__)
+
+_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+def backoff_delays(initial_s: float, max_s: float) -> Iterator[float]:
+    """Reconnect delays: doubling from `initial_s` up to `max_s`, each drawn from
+    [d/2, d] so that many clients cut off together do not come back together."""
+    if not 0 < initial_s <= max_s:
+        raise ValueError(f"need 0 < initial_s <= max_s, got {initial_s} and {max_s}")
+    ceiling = initial_s
+    while True:
+        yield random.uniform(ceiling / 2, ceiling)
+        ceiling = min(ceiling * 2, max_s)
+
+
+def _parse_url(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of `mqtt://host[:port]` or `mqtts://host[:port]`.
+
+    Error messages never echo the URL: a user may have put a password in it.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError("url is not a valid mqtt:// or mqtts:// URL") from exc
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise ValueError("url scheme must be mqtt:// or mqtts://")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("url must not carry credentials: use username= and password=")
+    if not parts.hostname:
+        raise ValueError("url needs a host, as in mqtt://host:1883")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("url must be just mqtt[s]://host[:port]")
+    return parts.hostname, port or _DEFAULT_PORTS[parts.scheme], parts.scheme == "mqtts"
+
+
+def _package_version() -> str | None:
+    try:
+        return importlib.metadata.version("iwm-alerts")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class MqttSink:
+    """Publishes alerts and state to an MQTT broker, with Home Assistant discovery.
+
+    `url` is `mqtt://host[:port]` or `mqtts://host[:port]`; with `mqtts` the
+    broker certificate is verified (against `ca_file`, else the system store)
+    and a failure is never downgraded to an unverified connection. `cert_file`
+    / `key_file` add a client certificate. `password` is a secret: it is never
+    logged, put in an exception or in a payload.
+
+    Alerts go to `<base>/alerts` and `<base>/<SYMBOL>/alerts` at `qos`, not
+    retained. An alert encoded larger than `max_payload_bytes` is rejected:
+    set it at or below the broker's message size limit.
+    """
+
+    name = "mqtt"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        base_topic: str = "iwm-alerts",
+        discovery_prefix: str = "homeassistant",
+        username: str | None = None,
+        password: str | None = None,
+        client_id: str = "iwm-alerts",
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        qos: int = 1,
+        symbols: Sequence[str] = (),
+        rule_names: Sequence[str] = (),
+        keepalive_s: int = 30,
+        publish_timeout_s: float = 5.0,
+        reconnect_initial_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        max_payload_bytes: int = 128 * 1024,
+    ) -> None:
+        self._host, self._port, self._tls = _parse_url(url)
+        if not self._tls and (ca_file or cert_file or key_file):
+            raise ValueError("ca_file/cert_file/key_file need an mqtts:// url")
+        if key_file and not cert_file:
+            raise ValueError("key_file needs cert_file")
+        if password is not None and username is None:
+            raise ValueError("password needs username")
+        if qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
+        if publish_timeout_s <= 0 or keepalive_s <= 0 or max_payload_bytes <= 0:
+            raise ValueError("publish_timeout_s, keepalive_s and max_payload_bytes must be > 0")
+        backoff_delays(reconnect_initial_s, reconnect_max_s)  # validates eagerly
+        self._base = ha.validate_topic_part(base_topic, "base_topic")
+        self._prefix = ha.validate_topic_part(discovery_prefix, "discovery_prefix")
+        self._symbols = tuple(ha.validate_symbol(s) for s in symbols)
+        self._rule_names = tuple(rule_names)
+        self._username = username
+        self._password = password
+        self._client_id = client_id
+        self._ca_file, self._cert_file, self._key_file = ca_file, cert_file, key_file
+        self._qos = qos
+        self._keepalive_s = keepalive_s
+        self._publish_timeout_s = publish_timeout_s
+        self._reconnect = (reconnect_initial_s, reconnect_max_s)
+        self._max_payload_bytes = max_payload_bytes
+        # Fails here, not at the first connect, on a bad symbol or base topic.
+        self._discovery: list[tuple[str, bytes]] = self._encode_discovery(None)
+        self._states: dict[str, bytes] = {}
+        self._client: aiomqtt.Client | None = None
+        self._ready = asyncio.Event()
+        # Serialises retained publishes so a republish never overwrites a newer state.
+        self._publish_lock = asyncio.Lock()
+        self._stack: AsyncExitStack | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"MqttSink(host={self._host!r}, port={self._port}, tls={self._tls})"
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker session is up and the retained topics are published."""
+        return self._client is not None
+
+    async def wait_connected(self) -> None:
+        """Return once connected (wrap in `asyncio.timeout`: it waits as long as it takes)."""
+        await self._ready.wait()
+
+    async def __aenter__(self) -> Self:
+        """Start the connection task; does not wait for the broker."""
+        self._discovery = self._encode_discovery(_package_version())
+        async with AsyncExitStack() as stack:
+            tg = await stack.enter_async_context(asyncio.TaskGroup())
+            self._task = tg.create_task(self._run(), name="mqtt.connection")
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Publish `offline` (retained), then disconnect cleanly and stop the task."""
+        client = self._client
+        if client is not None:
+            try:
+                async with self._publish_lock, asyncio.timeout(self._publish_timeout_s):
+                    await client.publish(
+                        ha.status_topic(self._base), ha.PAYLOAD_OFFLINE, qos=1, retain=True
+                    )
+            except (aiomqtt.MqttError, TimeoutError) as err:
+                _log.warning("mqtt.offline_failed", error=self._redact(str(err)))
+        if self._task is not None:
+            self._task.cancel()
+        if self._stack is not None:
+            await self._stack.aclose()
+        self._task, self._stack, self._client = None, None, None
+        self._ready.clear()
+
+    async def send(self, alert: Alert) -> None:
+        """Publish one alert to `<base>/alerts` and `<base>/<SYMBOL>/alerts`."""
+        payload = encode_alert(alert)
+        if len(payload) > self._max_payload_bytes:
+            raise SinkRejected(
+                self.name,
+                f"alert {alert.id} is {len(payload)} bytes, over the "
+                f"{self._max_payload_bytes}-byte limit",
+            )
+        try:
+            topics = (ha.alerts_topic(self._base), ha.alerts_topic(self._base, alert.symbol))
+        except ValueError as exc:
+            raise SinkRejected(self.name, f"alert {alert.id}: {exc}") from exc
+        client = self._client
+        if client is None:
+            raise SinkUnavailable(self.name, "not connected to the broker")
+        try:
+            async with asyncio.timeout(self._publish_timeout_s):
+                for topic in topics:
+                    await client.publish(topic, payload, qos=self._qos, retain=False)
+        except TimeoutError as exc:
+            raise SinkUnavailable(self.name, "publish timed out") from exc
+        except aiomqtt.MqttError as exc:
+            raise SinkUnavailable(self.name, self._redact(str(exc))) from exc
+        except ValueError as exc:  # paho refuses the payload itself (beyond the MQTT limit)
+            raise SinkRejected(self.name, f"alert {alert.id}: {exc}") from exc
+
+    async def publish_state(
+        self, symbol: str, state: Mapping[str, float | str | bool | None]
+    ) -> None:
+        """Publish `state` retained to `<base>/<SYMBOL>/state` and remember it.
+
+        Keys are `ha_discovery.STATE_FIELDS` (more are kept, HA ignores them);
+        NaN is sent as null. Transport problems are logged, not raised: the
+        latest state per symbol is published again on every (re)connect.
+        """
+        topic = ha.state_topic(self._base, symbol)
+        payload = msgspec.json.encode(dict(state))
+        async with self._publish_lock:
+            self._states[symbol] = payload
+            client = self._client
+            if client is None:
+                return
+            try:
+                async with asyncio.timeout(self._publish_timeout_s):
+                    await client.publish(topic, payload, qos=self._qos, retain=True)
+            except (aiomqtt.MqttError, TimeoutError) as err:
+                _log.info("mqtt.state_deferred", symbol=symbol, error=self._redact(str(err)))
+
+    def _encode_discovery(self, sw_version: str | None) -> list[tuple[str, bytes]]:
+        messages = ha.discovery_messages(
+            symbols=self._symbols,
+            rule_names=self._rule_names,
+            base_topic=self._base,
+            discovery_prefix=self._prefix,
+            qos=self._qos,
+            sw_version=sw_version,
+        )
+        return [(topic, msgspec.json.encode(config)) for topic, config in messages]
+
+    def _redact(self, text: str) -> str:
+        # Library error texts are not ours to vouch for: scrub the secret anyway.
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text or "unknown error"
+
+    def _tls_context(self) -> ssl.SSLContext:
+        # create_default_context: CERT_REQUIRED and hostname checking, so a wrong
+        # CA or name fails the handshake instead of connecting unverified.
+        context = ssl.create_default_context(cafile=self._ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self._cert_file:
+            context.load_cert_chain(self._cert_file, self._key_file)
+        return context
+
+    async def _new_client(self) -> aiomqtt.Client:
+        tls_context = await asyncio.to_thread(self._tls_context) if self._tls else None
+        return aiomqtt.Client(
+            self._host,
+            self._port,
+            username=self._username,
+            password=self._password,
+            identifier=self._client_id,
+            will=aiomqtt.Will(ha.status_topic(self._base), ha.PAYLOAD_OFFLINE, qos=1, retain=True),
+            clean_session=True,
+            keepalive=self._keepalive_s,
+            timeout=self._publish_timeout_s,
+            tls_context=tls_context,
+        )
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delays = backoff_delays(*self._reconnect)
+        while True:
+            since: float | None = None
+            try:
+                client = await self._new_client()
+                async with client:
+                    since = loop.time()
+                    _log.info("mqtt.connected", host=self._host, port=self._port, tls=self._tls)
+                    await self._session(client)
+            except (aiomqtt.MqttError, OSError) as err:
+                # MqttError: refused, TLS handshake, connection lost; OSError: CA/cert files.
+                event = "mqtt.disconnected" if since is not None else "mqtt.connect_failed"
+                self._client = None
+                self._ready.clear()
+                _log.warning(event, host=self._host, port=self._port, error=self._redact(str(err)))
+            # Only a session that held for a while earns a fast retry: a broker
+            # that accepts then drops us (a client-id clash) must not make a storm.
+            if since is not None and loop.time() - since >= self._reconnect[1]:
+                delays = backoff_delays(*self._reconnect)
+            delay = next(delays)
+            _log.info("mqtt.reconnect", delay_s=round(delay, 3))
+            await asyncio.sleep(delay)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        """Announce, publish the retained topics, then follow Home Assistant's status."""
+        async with self._publish_lock:
+            await client.publish(ha.status_topic(self._base), ha.PAYLOAD_ONLINE, qos=1, retain=True)
+            await self._publish_retained(client, reason="connect")
+            # Only now may publish_state go direct: anything older is already out.
+            self._client = client
+        await client.subscribe(ha.ha_status_topic(self._prefix), qos=1)
+        self._ready.set()
+        async for message in client.messages:
+            # A retained birth is an old one (delivered on subscribe): we have
+            # just published everything anyway. Live births come unretained.
+            if message.retain or message.payload not in (b"online", "online"):
+                continue
+            async with self._publish_lock:
+                await self._publish_retained(client, reason="ha_online")
+
+    async def _publish_retained(self, client: aiomqtt.Client, *, reason: str) -> None:
+        for topic, payload in self._discovery:
+            await client.publish(topic, payload, qos=self._qos, retain=True)
+        for symbol, state in self._states.items():
+            await client.publish(
+                ha.state_topic(self._base, symbol), state, qos=self._qos, retain=True
+            )
+        _log.info(
+            "mqtt.discovery_published",
+            reason=reason,
+            configs=len(self._discovery),
+            states=len(self._states),
+        )

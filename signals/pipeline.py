@@ -1,0 +1,198 @@
+"""The whole signal path: bars in, evaluations per timeframe and alerts out.
+
+Two ways in. Daily bars (a daily backtest) go straight to the daily engine and
+the daily rules. One-minute bars (live, replay, intraday backtest) go to the
+1-minute engine (with the time-of-day relative volume), and are aggregated
+into the regular-session daily bar (and any 5m/15m/1h a rule asks for). Daily
+rules look at the forming daily bar through a non-mutating peek after every
+minute, unless they only look at closed bars; the 1-minute breakout rule
+takes its levels (prior-day high, 20-day high, Fibonacci) from the daily
+timeframe, and every alert carries the daily score's breakdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from signals.aggregate import Aggregator, Timeframe
+from signals.alerts import Alert
+from signals.arrays import FloatArray
+from signals.bar import BarBatch
+from signals.engine import Engine, EngineConfig, Evaluation
+from signals.indicators.swing import FIB_LEVEL_NAMES
+from signals.rates import RatesSeries
+from signals.rules.book import RuleBook
+from signals.rules.spec import RuleSpec
+from signals.score import Breakdown
+from signals.sessions import DAY_S, SessionTable
+
+
+@dataclass
+class Step:
+    """What one call produced: closed-bar evaluations by timeframe, the forming daily peek, alerts."""
+
+    closed: dict[str, Evaluation] = field(default_factory=dict)
+    forming_daily: Evaluation | None = None
+    alerts: list[Alert] = field(default_factory=list)
+    outside_hours: int = 0
+
+
+class Pipeline:
+    """Engines per timeframe, aggregators, and the rule book, fed in time order."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        rules: Sequence[RuleSpec],
+        *,
+        sessions: SessionTable | None = None,
+        rates: RatesSeries | None = None,
+        delayed_after_s: int | None = None,
+    ) -> None:
+        self.config = config
+        self.book = RuleBook(rules)
+        self.sessions = sessions
+        self.delayed_after_s = delayed_after_s
+        self.daily = Engine(replace(config, intraday=False), rates)
+        self.minute: Engine | None = None
+        self._aggregators: dict[str, Aggregator] = {}
+        self._engines: dict[str, Engine] = {"1d": self.daily}
+        if sessions is not None:
+            self.minute = Engine(replace(config, intraday=True), rates)
+            self._engines["1m"] = self.minute
+            wanted = {"1d"} | {t for t in self.book.timeframes() if t not in ("1m", "1d")}
+            for name in sorted(wanted):
+                self._aggregators[name] = Aggregator(Timeframe.parse(name), sessions)
+                if name != "1d":
+                    self._engines[name] = Engine(replace(config, intraday=False), rates)
+
+    def engine(self, timeframe: str) -> Engine:
+        """The engine of `timeframe` (`1m`, `1d`, ...)."""
+        return self._engines[timeframe]
+
+    # -- daily input ---------------------------------------------------------------
+    def on_daily_bars(self, batch: BarBatch, wall_now: int | None = None) -> Step:
+        """Closed daily bars (time = session date at 00:00 UTC): daily engine and daily rules."""
+        ev = self.daily.on_bars(batch)
+        step = Step(closed={"1d": ev})
+        step.alerts = self._closed_alerts("1d", ev, wall_now)
+        return step
+
+    # -- minute input --------------------------------------------------------------
+    def on_minute_bars(self, batch: BarBatch, wall_now: int | None = None) -> Step:
+        """Closed 1-minute bars: every timeframe, the forming daily bar, and all rules."""
+        if self.minute is None or self.sessions is None:
+            raise ValueError("minute bars need a session table")
+        loc = self.sessions.locate(batch.time)
+        regular = np.flatnonzero(loc.regular)
+        step = Step(outside_hours=len(batch) - len(regular))
+        if not len(regular):
+            return step
+        sub = batch.take(regular)
+        sub = replace(sub, session=loc.label[regular] // DAY_S, minute=loc.minute[regular])
+        ev = self.minute.on_bars(sub)
+        step.closed["1m"] = ev
+        accepted = _bars_of(ev)
+        for name, agg in self._aggregators.items():
+            done = agg.update(accepted)
+            if len(done):
+                closed_ev = self._engines[name].on_bars(done)
+                step.closed[name] = closed_ev
+                step.alerts += self._closed_alerts(name, closed_ev, wall_now)
+        forming = self._aggregators["1d"].forming(list(dict.fromkeys(ev.symbol)))
+        peek = self.daily.peek(forming)
+        step.forming_daily = peek
+        context = {peek.symbol[i]: peek.breakdown(i) for i in range(len(peek))}
+        levels = self._levels(ev, peek)
+        now = int(ev.time.max()) + 60 if len(ev) else 0
+        step.alerts += self.book.evaluate(
+            "1m", ev, closed=True, now=now, levels=levels, context=context,
+            delayed=self._delayed(now, wall_now),
+        )  # fmt: skip
+        step.alerts += self.book.evaluate(
+            "1d", peek, closed=False, now=now, context=context, delayed=self._delayed(now, wall_now)
+        )
+        return step
+
+    def flush(self, now: int, wall_now: int | None = None) -> Step:
+        """Close aggregated bars whose end has passed by `now` (their last minutes never came)."""
+        step = Step()
+        for name, agg in self._aggregators.items():
+            done = agg.flush(now)
+            if len(done):
+                ev = self._engines[name].on_bars(done)
+                step.closed[name] = ev
+                step.alerts += self._closed_alerts(name, ev, wall_now)
+        return step
+
+    # -- helpers -------------------------------------------------------------------
+    def _closed_alerts(self, timeframe: str, ev: Evaluation, wall_now: int | None) -> list[Alert]:
+        alerts: list[Alert] = []
+        # One evaluation may span several bar times (a backtest chunk): rules see them in order.
+        times = np.unique(ev.time)
+        for t in times:
+            idx = np.flatnonzero(ev.time == t)
+            part = ev.take(idx) if len(times) > 1 else ev
+            now = self._bar_end(timeframe, int(t))
+            context = self._daily_context(part) if timeframe != "1d" else None
+            alerts += self.book.evaluate(
+                timeframe, part, closed=True, now=now, context=context,
+                delayed=self._delayed(now, wall_now),
+            )  # fmt: skip
+        return alerts
+
+    def _bar_end(self, timeframe: str, start: int) -> int:
+        if timeframe == "1d":
+            if self.sessions is not None:
+                i = int(np.searchsorted(self.sessions.label, start))
+                if i < len(self.sessions) and self.sessions.label[i] == start:
+                    return int(self.sessions.close[i])
+            return start + DAY_S
+        minutes = Timeframe.parse(timeframe).minutes
+        return start + 60 * (minutes or 1)
+
+    def _daily_context(self, ev: Evaluation) -> dict[str, Breakdown] | None:
+        if "1d" not in self._aggregators:
+            return None
+        peek = self.daily.peek(self._aggregators["1d"].forming(list(ev.symbol)))
+        return {peek.symbol[i]: peek.breakdown(i) for i in range(len(peek))}
+
+    def _levels(self, ev: Evaluation, peek: Evaluation) -> dict[str, FloatArray]:
+        """Daily breakout levels aligned with the 1-minute evaluation `ev`."""
+        n = len(ev)
+        pos = {s: i for i, s in enumerate(peek.symbol)}
+        names = ("donchian_high20", "donchian_low20", *FIB_LEVEL_NAMES)
+        out = {k: np.full(n, np.nan) for k in (*names, "prior_day_high", "prior_day_low")}
+        for i, sym in enumerate(ev.symbol):
+            j = pos.get(sym)
+            if j is not None:
+                for k in names:
+                    out[k][i] = peek.columns[k][j]
+            row = self.daily.row(sym)
+            if self.daily.rings.count(row):
+                out["prior_day_high"][i] = self.daily.rings.column(row, "high", 1)[0]
+                out["prior_day_low"][i] = self.daily.rings.column(row, "low", 1)[0]
+        return out
+
+    def _delayed(self, event_end: int, wall_now: int | None) -> bool:
+        return (
+            wall_now is not None
+            and self.delayed_after_s is not None
+            and wall_now - event_end > self.delayed_after_s
+        )
+
+
+def _bars_of(ev: Evaluation) -> BarBatch:
+    c = ev.columns
+    return BarBatch(
+        symbol=list(ev.symbol),
+        time=ev.time,
+        open=c["open"],
+        high=c["high"],
+        low=c["low"],
+        close=c["close"],
+        volume=c["volume"],
+    )

@@ -1,0 +1,1 @@
+"""Declarative alert rules (TOML, no code) and the state machines that run them."""
