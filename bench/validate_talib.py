@@ -52,7 +52,7 @@ ORACLES: dict[str, Oracle] = {
 def validate(data: Path, symbols: list[str]) -> pl.DataFrame:
     """Per symbol and column: rows compared, max |engine - TA-Lib|, NaN-pattern mismatches."""
     bars = load_bars([data / f"{s}.csv" for s in symbols])
-    ind = run_backtest(bars, EngineConfig(), progress=False).indicators
+    ind = run_backtest(bars, EngineConfig(), progress=False).main
     closes = ind.select("symbol", "time", "close")
     rows = []
     for sym in symbols:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from datetime import date
 
 import exchange_calendars as xcals
@@ -12,7 +13,10 @@ from signals.sessions import SessionTable
 
 def xnys_sessions(start: date, end: date) -> SessionTable:
     """Regular NYSE sessions from `start` to `end` inclusive."""
-    cal = xcals.get_calendar("XNYS", start=start.isoformat(), end=end.isoformat())
+    with warnings.catch_warnings():
+        # exchange-calendars 4.x reads Series.values, which pandas 3.1 deprecates; not ours to fix.
+        warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
+        cal = xcals.get_calendar("XNYS", start=start.isoformat(), end=end.isoformat())
     sched = cal.schedule.loc[start.isoformat() : end.isoformat()]
     label = np.array([d.value // 1_000_000_000 for d in sched.index], dtype=np.int64)
     opens = np.array([t.value // 1_000_000_000 for t in sched["open"]], dtype=np.int64)

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from daemon.backtest import run_backtest, summary_lines, write_outputs
 from daemon.bars import BarFileError, load_bars
+from daemon.config import check_config_main, load_config
 from daemon.fred import RatesFileError, read_fred_csv
 from daemon.rules_file import load_rules
 from daemon.sample import sample_daily
-from signals.rules.spec import RuleError
 from signals.engine import EngineConfig, Links
+from signals.rules.spec import RuleError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +67,24 @@ def _parser() -> argparse.ArgumentParser:
         "--daily-bars", nargs="+", type=Path, metavar="PATH",
         help="with --timeframe 1m: daily bars that warm the daily timeframe up (days before the first minute)",
     )  # fmt: skip
+
+    cc = sub.add_parser(
+        "check-config",
+        help="validate a config file (and its rules file) and exit",
+        description="Validate the TOML config once, as the daemon would at start-up: exit 0 with a "
+        "summary, or 2 with the offending key and file named.",
+    )
+    cc.add_argument("--config", type=Path, required=True, metavar="PATH", help="the config TOML")
     return p
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    rc = check_config_main(args.config)
+    if rc != 0:
+        return rc
+    specs = load_rules(load_config(args.config).rules.file)
+    print(f"  rules enabled: {', '.join(s.name for s in specs if s.enabled)}")
+    return 0
 
 
 def _backtest(args: argparse.Namespace) -> int:
@@ -97,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "backtest":
             return _backtest(args)
+        if args.command == "check-config":
+            return _check_config(args)
     except (BarFileError, RatesFileError, RuleError) as exc:
         print(f"iwm-alerts: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import re
 import sys
 import tomllib
@@ -37,6 +36,8 @@ from daemon.secrets import (
     PROVIDER_SECRETS,
     SECRET_NAMES,
     TELEGRAM_BOT_TOKEN,
+    TELEGRAM_TOKEN_SHAPE,
+    SecretError,
     load_secret,
     required_secrets,
 )
@@ -54,7 +55,6 @@ _SECRET_KEY = re.compile(
     r"secret|token|passw(or)?d|passphrase|api_?key|access_?key|private_?key|credential"
     r"|^key$|^pass$|^pwd$"
 )
-TELEGRAM_TOKEN = re.compile(r"\d{6,12}:[A-Za-z0-9_-]{30,}")
 _PEM_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -106,7 +106,10 @@ def _check_symbol(value: str, *key: str | int) -> None:
 
 def _check_url(url: str, schemes: tuple[str, ...], *key: str) -> None:
     expected = " or ".join(f"{s}://" for s in schemes)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a malformed [IPv6] host
+        raise _Invalid(*key, detail="not a valid URL") from None
     if parts.scheme not in schemes:
         got = f"{parts.scheme}://" if parts.scheme else "no scheme"
         raise _Invalid(*key, detail=f"expected a URL starting with {expected}, got {got}")
@@ -191,7 +194,9 @@ class EngineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
         for signal, weight in self.weights.items():
             if signal not in SIGNALS:
                 raise _Invalid(
-                    "weights", signal, detail=f"unknown signal; expected one of {', '.join(SIGNALS)}"
+                    "weights",
+                    signal,
+                    detail=f"unknown signal; expected one of {', '.join(SIGNALS)}",
                 )
             if not math.isfinite(weight):
                 raise _Invalid("weights", signal, detail="expected a finite number")
@@ -255,7 +260,8 @@ class MqttSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         parts = urlsplit(self.url)
         if parts.username is not None:
             raise _Invalid(
-                "url", detail="no user in the URL: set sinks.mqtt.username (password: MQTT_PASSWORD)"
+                "url",
+                detail="no user in the URL: set sinks.mqtt.username (password: MQTT_PASSWORD)",
             )
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise _Invalid("url", detail="expected mqtt[s]://host[:port] with no path or query")
@@ -410,10 +416,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
             raise _Invalid(
                 "rates", "proxy_symbol", detail="not in feed.symbols: the feed must carry it"
             )
-        for symbol in (None, *engine.symbols):
-            possible = self._possible_signals(symbol)
+        for whom in (None, *engine.symbols):
+            possible = self._possible_signals(whom)
             if possible < engine.min_signals:
-                whose = f" for {symbol}" if symbol else ""
+                whose = f" for {whom}" if whom else ""
                 raise _Invalid(
                     "engine",
                     "min_signals",
@@ -517,13 +523,21 @@ def _refuse_secrets(
         for i, value in enumerate(node):
             _refuse_secrets(value, (*key, i), file, raw)
     elif isinstance(node, str):
+        if _PEM_PRIVATE_KEY.search(node):
+            raise ConfigError(
+                file,
+                _dotted(key),
+                "holds a private key; secrets are not read from the config file: "
+                "put it in a file only the service can read and give its path",
+            )
         problem = None
-        if TELEGRAM_TOKEN.search(node):
+        if TELEGRAM_TOKEN_SHAPE.search(node):
             problem = "looks like a Telegram bot token"
-        elif _PEM_PRIVATE_KEY.search(node):
-            problem = "holds a private key"
         elif "://" in node:
-            parts = urlsplit(node)
+            try:
+                parts = urlsplit(node)
+            except ValueError:  # not a URL after all; the section's own check reports it
+                return
             if parts.password is not None:
                 problem = "the URL holds a password"
             elif any(_SECRET_KEY.search(k.lower()) for k, _ in parse_qsl(parts.query)):
@@ -622,7 +636,9 @@ def _translate(exc: msgspec.ValidationError, raw: Mapping[str, Any], file: Path)
         return ConfigError(file, _dotted([*parts, *cause.key]), cause.detail)
     if u := _UNKNOWN.match(message):
         name = u["name"]
-        fields = [f.encode_name for f in msgspec.structs.fields(_strip(tp))]
+        struct = _strip(tp)
+        is_struct = isinstance(struct, type) and issubclass(struct, msgspec.Struct)
+        fields = [f.encode_name for f in msgspec.structs.fields(struct)] if is_struct else []
         close = difflib.get_close_matches(name, fields, n=1)
         hint = f" (did you mean {close[0]}?)" if close else f"; expected one of {', '.join(fields)}"
         return ConfigError(file, _dotted([*parts, name]), f"unknown key{hint}")
@@ -648,17 +664,14 @@ def summary_lines(config: Config) -> list[str]:
     source = f"{feed.provider} ({feed.alpaca_feed})" if feed.provider == "alpaca" else feed.provider
     links = f"benchmark {engine.benchmark or 'none'}, comparator {engine.comparator or 'none'}"
     overrides = f", overrides for {', '.join(engine.symbols)}" if engine.symbols else ""
-    sink_names = []
-    for name in sinks.enabled():
-        if name == "mqtt" and sinks.mqtt is not None:
-            name = f"mqtt ({sinks.mqtt.host}:{sinks.mqtt.port}{', TLS' if sinks.mqtt.tls else ''})"
-        sink_names.append(name)
-    rates = config.rates.source
+    sink_names = sinks.enabled()
+    if sinks.mqtt is not None:
+        broker = f"{sinks.mqtt.host}:{sinks.mqtt.port}{', TLS' if sinks.mqtt.tls else ''}"
+        sink_names[sink_names.index("mqtt")] = f"mqtt ({broker})"
+    rates: str = config.rates.source
     if rates == "proxy":
         rates += f" ({config.rates.proxy_symbol})"
-    health = (
-        f"http://{config.health.host}:{config.health.port}" if config.health.enabled else "off"
-    )
+    health = f"http://{config.health.host}:{config.health.port}" if config.health.enabled else "off"
     return [
         f"feed: {source}, symbols {', '.join(feed.symbols)}",
         f"engine: {links}{overrides}, min_signals {engine.min_signals}",
@@ -692,10 +705,10 @@ def check_config_main(path: Path, out: TextIO | None = None, err: TextIO | None 
         states = []
         for name in needed:
             try:
-                found = load_secret(name, os.environ) is not None
-            except ValueError:
-                found = False
-            states.append(f"{name} ({'set' if found else 'not set here'})")
+                state = "set" if load_secret(name) is not None else "not set here"
+            except SecretError:
+                state = "unreadable"
+            states.append(f"{name} ({state})")
         print(f"  secrets: {', '.join(states)}", file=out)
     else:
         print("  secrets: none needed", file=out)

@@ -24,7 +24,7 @@ from typing import TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from daemon.secrets import Secret
+from daemon.secrets import TELEGRAM_TOKEN_SHAPE, Secret
 
 REDACTED = "***"
 
@@ -40,7 +40,6 @@ _LEVELS = {
 # bot token: keep them quiet even before redaction.
 _QUIET_LOGGERS = ("httpx", "httpcore")
 
-_TELEGRAM_TOKEN = re.compile(r"\d{6,12}:[A-Za-z0-9_-]{30,}")
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]+@")
 _QUERY_SECRET = re.compile(
     r"(?P<head>[?&](?:token|api_?key|key|secret|password|access_token)=)[^&\s\"'#]+",
@@ -79,7 +78,7 @@ class Redactor:
         """`text` with every secret replaced by `***`."""
         if self._known is not None:
             text = self._known.sub(REDACTED, text)
-        text = _TELEGRAM_TOKEN.sub(REDACTED, text)
+        text = TELEGRAM_TOKEN_SHAPE.sub(REDACTED, text)
         text = _URL_PASSWORD.sub(rf"\g<head>:{REDACTED}@", text)
         return _QUERY_SECRET.sub(rf"\g<head>{REDACTED}", text)
 
@@ -90,9 +89,13 @@ class Redactor:
             return value
         if depth < _MAX_DEPTH:
             if isinstance(value, dict):
-                return {self._value(k, depth + 1): self._value(v, depth + 1) for k, v in value.items()}
+                return {
+                    self._value(k, depth + 1): self._value(v, depth + 1) for k, v in value.items()
+                }
             if isinstance(value, list | tuple):
-                return type(value)(self._value(v, depth + 1) for v in value)
+                # Plain list or tuple: a NamedTuple's constructor takes fields, not an iterable.
+                items = [self._value(v, depth + 1) for v in value]
+                return items if isinstance(value, list) else tuple(items)
         # Anything else renders through its repr: replace it only when that leaks.
         text = repr(value)
         clean = self.redact(text)
@@ -200,4 +203,3 @@ def configure_logging(
 def redact(text: str) -> str:
     """`text` as it would appear in a log line: secrets replaced by `***`."""
     return _REDACTOR.redact(text)
-

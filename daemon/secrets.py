@@ -49,6 +49,9 @@ PROVIDER_SECRETS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
+# A Telegram bot token (`<bot id>:<secret>`): refused in the config, redacted in logs.
+TELEGRAM_TOKEN_SHAPE = re.compile(r"\d{6,12}:[A-Za-z0-9_-]{30,}")
+
 # Names double as file names under $CREDENTIALS_DIRECTORY: no path separators.
 _NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 

@@ -78,7 +78,7 @@ class Aggregator:
         """Take closed 1-minute bars (one per symbol; other hours are ignored); return bars that closed."""
         start, end, regular = self._bucket(batch.time)
         keep = np.flatnonzero(regular)
-        rows = np.array([self._row(batch.symbol[i]) for i in keep], dtype=np.int64)
+        rows = np.array([self._row(batch.symbol[int(i)]) for i in keep], dtype=np.int64)
         start, end = start[keep], end[keep]
         # A minute of a new bucket closes the bucket it replaces.
         superseded = (self._start[rows] != NONE) & (self._start[rows] != start)

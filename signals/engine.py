@@ -236,10 +236,8 @@ class Engine:
         for ind in self._indicators():
             ind.resize(n)
 
-    def _indicators(
-        self,
-    ) -> list[RSI | MACD | ATR | Donchian | Swing | VolumeRatio | RelativeVolume | Window]:
-        inds: list[RSI | MACD | ATR | Donchian | Swing | VolumeRatio | RelativeVolume | Window] = [
+    def _indicators(self) -> list[Columnar]:
+        inds: list[Columnar] = [
             self._rsi, self._macd, self._atr, self._donchian, self._swing, self._vratio,
             self._close_lag, self._ratio_lag, self._rates_lag, self._rs_fast, self._rs_slow,
         ]  # fmt: skip

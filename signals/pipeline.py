@@ -83,9 +83,30 @@ class Pipeline:
 
     # -- minute input --------------------------------------------------------------
     def on_minute_bars(self, batch: BarBatch, wall_now: int | None = None) -> Step:
-        """Closed 1-minute bars: every timeframe, the forming daily bar, and all rules."""
+        """Closed 1-minute bars: every timeframe, the forming daily bar, and all rules.
+
+        A batch spanning several minutes (a backfill burst) is run minute by
+        minute, so rules see every minute in order, exactly as live.
+        """
         if self.minute is None or self.sessions is None:
             raise ValueError("minute bars need a session table")
+        times = np.unique(batch.time)
+        if len(times) <= 1:
+            return self._one_minute(batch, wall_now)
+        merged = Step()
+        for t in times:
+            step = self._one_minute(batch.take(np.flatnonzero(batch.time == t)), wall_now)
+            merged.alerts += step.alerts
+            merged.outside_hours += step.outside_hours
+            merged.forming_daily = step.forming_daily or merged.forming_daily
+            for name, ev in step.closed.items():
+                merged.closed[name] = (
+                    _join(merged.closed[name], ev) if name in merged.closed else ev
+                )
+        return merged
+
+    def _one_minute(self, batch: BarBatch, wall_now: int | None) -> Step:
+        assert self.minute is not None and self.sessions is not None
         loc = self.sessions.locate(batch.time)
         regular = np.flatnonzero(loc.regular)
         step = Step(outside_hours=len(batch) - len(regular))
@@ -183,6 +204,17 @@ class Pipeline:
             and self.delayed_after_s is not None
             and wall_now - event_end > self.delayed_after_s
         )
+
+
+def _join(a: Evaluation, b: Evaluation) -> Evaluation:
+    return Evaluation(
+        symbol=a.symbol + b.symbol,
+        time=np.concatenate([a.time, b.time]),
+        columns={c: np.concatenate([a.columns[c], b.columns[c]]) for c in a.columns},
+        rejected=a.rejected + b.rejected,
+        weights=a.weights,
+        min_signals=a.min_signals,
+    )
 
 
 def _bars_of(ev: Evaluation) -> BarBatch:

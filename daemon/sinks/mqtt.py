@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import os
 import random
 import ssl
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ import aiomqtt
 import msgspec
 import structlog
 
+from daemon.secrets import Secret
 from daemon.sinks import ha_discovery as ha
 from daemon.sinks.base import SinkRejected, SinkUnavailable
 from signals.alerts import Alert, encode_alert
@@ -41,10 +43,14 @@ def backoff_delays(initial_s: float, max_s: float) -> Iterator[float]:
     [d/2, d] so that many clients cut off together do not come back together."""
     if not 0 < initial_s <= max_s:
         raise ValueError(f"need 0 < initial_s <= max_s, got {initial_s} and {max_s}")
-    ceiling = initial_s
-    while True:
-        yield random.uniform(ceiling / 2, ceiling)
-        ceiling = min(ceiling * 2, max_s)
+
+    def delays() -> Iterator[float]:
+        ceiling = initial_s
+        while True:
+            yield random.uniform(ceiling / 2, ceiling)
+            ceiling = min(ceiling * 2, max_s)
+
+    return delays()
 
 
 def _parse_url(url: str) -> tuple[str, int, bool]:
@@ -81,8 +87,8 @@ class MqttSink:
     `url` is `mqtt://host[:port]` or `mqtts://host[:port]`; with `mqtts` the
     broker certificate is verified (against `ca_file`, else the system store)
     and a failure is never downgraded to an unverified connection. `cert_file`
-    / `key_file` add a client certificate. `password` is a secret: it is never
-    logged, put in an exception or in a payload.
+    / `key_file` add a client certificate. `password` (a str or a
+    `daemon.secrets.Secret`) is never logged, put in an exception or a payload.
 
     Alerts go to `<base>/alerts` and `<base>/<SYMBOL>/alerts` at `qos`, not
     retained. An alert encoded larger than `max_payload_bytes` is rejected:
@@ -98,11 +104,11 @@ class MqttSink:
         base_topic: str = "iwm-alerts",
         discovery_prefix: str = "homeassistant",
         username: str | None = None,
-        password: str | None = None,
+        password: str | Secret | None = None,
         client_id: str = "iwm-alerts",
-        ca_file: str | None = None,
-        cert_file: str | None = None,
-        key_file: str | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
         qos: int = 1,
         symbols: Sequence[str] = (),
         rule_names: Sequence[str] = (),
@@ -123,15 +129,18 @@ class MqttSink:
             raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
         if publish_timeout_s <= 0 or keepalive_s <= 0 or max_payload_bytes <= 0:
             raise ValueError("publish_timeout_s, keepalive_s and max_payload_bytes must be > 0")
-        backoff_delays(reconnect_initial_s, reconnect_max_s)  # validates eagerly
+        backoff_delays(reconnect_initial_s, reconnect_max_s)  # a bad range fails here, not later
         self._base = ha.validate_topic_part(base_topic, "base_topic")
         self._prefix = ha.validate_topic_part(discovery_prefix, "discovery_prefix")
         self._symbols = tuple(ha.validate_symbol(s) for s in symbols)
         self._rule_names = tuple(rule_names)
         self._username = username
-        self._password = password
+        # Kept wrapped so that it prints as *** wherever the sink's state ends up.
+        self._password = Secret(password) if isinstance(password, str) else password
         self._client_id = client_id
-        self._ca_file, self._cert_file, self._key_file = ca_file, cert_file, key_file
+        self._ca_file, self._cert_file, self._key_file = (
+            None if f is None else os.fspath(f) for f in (ca_file, cert_file, key_file)
+        )
         self._qos = qos
         self._keepalive_s = keepalive_s
         self._publish_timeout_s = publish_timeout_s
@@ -178,7 +187,7 @@ class MqttSink:
         client = self._client
         if client is not None:
             try:
-                async with self._publish_lock, asyncio.timeout(self._publish_timeout_s):
+                async with asyncio.timeout(self._publish_timeout_s), self._publish_lock:
                     await client.publish(
                         ha.status_topic(self._base), ha.PAYLOAD_OFFLINE, qos=1, retain=True
                     )
@@ -190,6 +199,8 @@ class MqttSink:
             await self._stack.aclose()
         self._task, self._stack, self._client = None, None, None
         self._ready.clear()
+        if client is not None:
+            _log.info("mqtt.disconnected", host=self._host, port=self._port, reason="shutdown")
 
     async def send(self, alert: Alert) -> None:
         """Publish one alert to `<base>/alerts` and `<base>/<SYMBOL>/alerts`."""
@@ -225,20 +236,20 @@ class MqttSink:
 
         Keys are `ha_discovery.STATE_FIELDS` (more are kept, HA ignores them);
         NaN is sent as null. Transport problems are logged, not raised: the
-        latest state per symbol is published again on every (re)connect.
+        latest state per symbol is published again on every (re)connect. A
+        symbol that is unsafe in a topic raises `ValueError`.
         """
         topic = ha.state_topic(self._base, symbol)
-        payload = msgspec.json.encode(dict(state))
-        async with self._publish_lock:
-            self._states[symbol] = payload
-            client = self._client
-            if client is None:
-                return
-            try:
-                async with asyncio.timeout(self._publish_timeout_s):
-                    await client.publish(topic, payload, qos=self._qos, retain=True)
-            except (aiomqtt.MqttError, TimeoutError) as err:
-                _log.info("mqtt.state_deferred", symbol=symbol, error=self._redact(str(err)))
+        self._states[symbol] = msgspec.json.encode(dict(state))
+        try:
+            async with asyncio.timeout(self._publish_timeout_s), self._publish_lock:
+                client = self._client
+                if client is None:  # the next connect publishes it
+                    return
+                # The latest, not necessarily ours: a newer one may have come in meanwhile.
+                await client.publish(topic, self._states[symbol], qos=self._qos, retain=True)
+        except (aiomqtt.MqttError, TimeoutError) as err:
+            _log.info("mqtt.state_deferred", symbol=symbol, error=self._redact(str(err)))
 
     def _encode_discovery(self, sw_version: str | None) -> list[tuple[str, bytes]]:
         messages = ha.discovery_messages(
@@ -253,8 +264,8 @@ class MqttSink:
 
     def _redact(self, text: str) -> str:
         # Library error texts are not ours to vouch for: scrub the secret anyway.
-        if self._password:
-            text = text.replace(self._password, "***")
+        if self._password is not None and self._password.reveal():
+            text = text.replace(self._password.reveal(), "***")
         return text or "unknown error"
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -272,7 +283,7 @@ class MqttSink:
             self._host,
             self._port,
             username=self._username,
-            password=self._password,
+            password=None if self._password is None else self._password.reveal(),
             identifier=self._client_id,
             will=aiomqtt.Will(ha.status_topic(self._base), ha.PAYLOAD_OFFLINE, qos=1, retain=True),
             clean_session=True,
@@ -294,10 +305,13 @@ class MqttSink:
                     await self._session(client)
             except (aiomqtt.MqttError, OSError) as err:
                 # MqttError: refused, TLS handshake, connection lost; OSError: CA/cert files.
-                event = "mqtt.disconnected" if since is not None else "mqtt.connect_failed"
                 self._client = None
                 self._ready.clear()
-                _log.warning(event, host=self._host, port=self._port, error=self._redact(str(err)))
+                fields = {"host": self._host, "port": self._port, "error": self._redact(str(err))}
+                if since is None:
+                    _log.warning("mqtt.connect_failed", **fields)
+                else:
+                    _log.warning("mqtt.disconnected", reason="lost", **fields)
             # Only a session that held for a while earns a fast retry: a broker
             # that accepts then drops us (a client-id clash) must not make a storm.
             if since is not None and loop.time() - since >= self._reconnect[1]:
@@ -326,9 +340,12 @@ class MqttSink:
     async def _publish_retained(self, client: aiomqtt.Client, *, reason: str) -> None:
         for topic, payload in self._discovery:
             await client.publish(topic, payload, qos=self._qos, retain=True)
-        for symbol, state in self._states.items():
+        for symbol in list(self._states):  # publish_state may add symbols meanwhile
             await client.publish(
-                ha.state_topic(self._base, symbol), state, qos=self._qos, retain=True
+                ha.state_topic(self._base, symbol),
+                self._states[symbol],
+                qos=self._qos,
+                retain=True,
             )
         _log.info(
             "mqtt.discovery_published",

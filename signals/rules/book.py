@@ -334,7 +334,7 @@ def _breakout(
     )
     masked = np.where(crossed, grid, -np.inf if up else np.inf)
     k = np.argmax(masked, axis=1) if up else np.argmin(masked, axis=1)
-    any_cross = crossed.any(axis=1)
+    any_cross: BoolArray = np.asarray(crossed.any(axis=1), dtype=np.bool_)
     level = np.where(any_cross, grid[np.arange(n), k], np.nan)
     label: list[str | None] = []
     for i in range(n):

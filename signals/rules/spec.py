@@ -117,9 +117,9 @@ class RuleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         )
         if needs_threshold and self.threshold is None:
             raise RuleError(f"{where}: threshold is required for {self.operator}")
-        if self.operator in ("entering_channel", "exiting_channel"):
-            if self.lower is None or self.upper is None or self.lower > self.upper:
-                raise RuleError(f"{where}: lower and upper are required, lower <= upper")
+        channel = self.operator in ("entering_channel", "exiting_channel")
+        if channel and (self.lower is None or self.upper is None or self.lower > self.upper):
+            raise RuleError(f"{where}: lower and upper are required, lower <= upper")
         if self.rearm_below is not None and self.rearm_above is not None:
             raise RuleError(f"{where}: give rearm_below or rearm_above, not both")
         if not self.start_armed and self.rearm_below is None and self.rearm_above is None:

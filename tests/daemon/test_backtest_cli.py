@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import polars as pl
 import pytest
@@ -11,6 +12,7 @@ import talib
 
 from daemon.cli import main
 from daemon.sample import sample_daily
+from tests.daemon.minute_market import minute_market
 
 REQUIRED = [
     "symbol", "time", "close", "rsi14", "macd", "macd_signal", "macd_hist", "atr14", "atr_pct",
@@ -102,3 +104,93 @@ def test_invalid_bars_are_dropped_and_counted(
     out = capsys.readouterr().out
     assert "duplicate=1" in out and "high_below_low=1" in out and "negative_volume=1" in out
     assert pl.read_csv(tmp_path / "o" / "indicators.csv").height == 2
+
+
+ALERT_KEYS = {
+    "id",
+    "rule",
+    "symbol",
+    "timeframe",
+    "time",
+    "severity",
+    "values",
+    "score",
+    "breakdown",
+}
+
+
+def test_backtest_writes_alerts_and_the_rule_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = _write_sample(tmp_path)
+    assert (
+        main(
+            ["backtest", "--bars", *map(str, files), "--out", str(tmp_path / "o"), "--no-progress"]
+        )
+        == 0
+    )
+    lines = (tmp_path / "o" / "alerts.jsonl").read_text().splitlines()
+    assert lines
+    records = [msgspec.json.decode(line) for line in lines]
+    assert all(set(r) >= ALERT_KEYS for r in records)
+    assert len({r["id"] for r in records}) == len(records)
+    assert {r["timeframe"] for r in records} == {"1d"}
+    out = capsys.readouterr().out
+    assert "alerts per rule per year:" in out and "mean forward return" in out
+    for rule in {r["rule"] for r in records}:
+        assert rule in out
+
+
+def test_rules_file_replaces_the_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nname = "hot"\noperator = "greater_than"\nvalue = "rsi14"\nthreshold = 70.0\n'
+                     'rearm_below = 50.0\n')  # fmt: skip
+    args = [
+        "backtest",
+        "--sample",
+        "--out",
+        str(tmp_path / "o"),
+        "--rules",
+        str(rules),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    records = [
+        msgspec.json.decode(x) for x in (tmp_path / "o" / "alerts.jsonl").read_text().splitlines()
+    ]
+    assert records and {r["rule"] for r in records} == {"hot"}
+    assert all(r["values"]["rsi14"] > 70 for r in records)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rule]]\nname = "x"\noperator = "sideways"\n')
+    assert main(["backtest", "--sample", "--out", str(tmp_path / "p"), "--rules", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.toml" in err and "operator" in err
+
+
+def test_minute_backtest_runs_the_intraday_path(tmp_path: Path) -> None:
+    df, _ = minute_market(n_sessions=3)
+    for (sym,), g in df.group_by("symbol"):
+        g.with_columns(
+            pl.from_epoch("time", time_unit="s").dt.replace_time_zone("UTC")
+            .dt.convert_time_zone("America/New_York").dt.strftime("%Y-%m-%dT%H:%M:%S%:z").alias("timestamp")
+        ).drop("symbol", "time").write_csv(tmp_path / f"{sym}.csv")  # fmt: skip
+    files = [str(tmp_path / f"{s}.csv") for s in ("IWM", "SPY", "QQQ")]
+    out = tmp_path / "o"
+    assert (
+        main(
+            ["backtest", "--bars", *files, "--timeframe", "1m", "--out", str(out), "--no-progress"]
+        )
+        == 0
+    )
+    minutes = pl.read_csv(out / "indicators.csv")
+    daily = pl.read_csv(out / "indicators_1d.csv")
+    assert minutes.height == df.height
+    assert daily.height == 9 and sorted(set(daily["time"].to_list())) == [
+        "2024-01-02",
+        "2024-01-03",
+        "2024-01-04",
+    ]
+    assert minutes["time"][0].endswith("-05:00")
+    assert (out / "alerts.jsonl").exists()

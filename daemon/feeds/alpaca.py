@@ -1,0 +1,837 @@
+"""Alpaca market data v2: the websocket protocol (sans-I/O), the REST backfill, and the feed.
+
+The protocol, as documented by Alpaca ("WebSocket Stream", "Real-time Stock
+Data", "Historical bars"):
+
+- stream `wss://stream.data.alpaca.markets/v2/{iex|sip|test}`; every server
+  message is a JSON array of objects tagged by `"T"`; control messages
+  (`success`, `error`, `subscription`) come alone in their array;
+- on connect: `[{"T":"success","msg":"connected"}]`; the client sends
+  `{"action":"auth","key":..,"secret":..}` within about 10 s and gets
+  `[{"T":"success","msg":"authenticated"}]` or an error such as
+  `[{"T":"error","code":402,"msg":"auth failed"}]`;
+- `{"action":"subscribe","bars":[..],"updatedBars":[..],"dailyBars":[..]}` is
+  answered with the full `[{"T":"subscription",...}]` list;
+- bars `{"T":"b"|"u"|"d","S":sym,"o","h","l","c","v","t",("n","vw")}`: `b`
+  minute bars, `u` late corrections of a minute bar, `d` the forming daily
+  bar; `t` is the bar START, RFC 3339 UTC;
+- REST `GET {rest}/v2/stocks/bars?symbols=..&timeframe=1Min&start=..&end=..
+  &limit=..&feed=..&page_token=..` with `APCA-API-KEY-ID` /
+  `APCA-API-SECRET-KEY` headers returns `{"bars":{sym:[{t,o,h,l,c,v,n,vw}]},
+  "next_page_token":str|null}`, sorted by symbol then time; 429 when rate
+  limited.
+
+`AlpacaProtocol` is fed decoded websocket messages and read for events and
+messages to send; it never raises on input: anything that is not a valid bar
+comes back as a `Rejection` with a stable reason. `AlpacaFeed` moves bytes
+and runs the shared `FeedLoop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Final, Literal, Self
+
+import httpx
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidStatus,
+    InvalidURI,
+    WebSocketException,
+)
+from websockets.frames import CloseCode
+
+from daemon.feeds.base import (
+    FeedAuthFailed,
+    FeedBatch,
+    FeedError,
+    FeedFatal,
+    FeedKind,
+    FeedStats,
+    FeedThrottled,
+    FeedUnavailable,
+    FrameRejected,
+)
+from daemon.feeds.market_hours import xnys_is_open
+from daemon.feeds.reconnect import FeedLoop, ReconnectPolicy, Received, Rejection
+from signals.bar import SYMBOL_PATTERN, Bar, BarRejected
+
+DEFAULT_STREAM_URL: Final = "wss://stream.data.alpaca.markets/v2/{stream}"
+DEFAULT_REST_URL: Final = "https://data.alpaca.markets"
+
+Stream = Literal["iex", "sip", "test"]
+Channel = Literal["bars", "updatedBars", "dailyBars"]
+DEFAULT_CHANNELS: Final[tuple[Channel, ...]] = ("bars", "updatedBars", "dailyBars")
+
+ERROR_MESSAGES: Final[dict[int, str]] = {
+    400: "invalid syntax",
+    401: "not authenticated",
+    402: "auth failed",
+    403: "already authenticated",
+    404: "auth timeout",
+    405: "symbol limit exceeded",
+    406: "connection limit exceeded",
+    407: "slow client",
+    408: "v2 not enabled",
+    409: "insufficient subscription",
+    410: "invalid subscribe action for this feed",
+    500: "internal error",
+}
+"""Alpaca's stream error codes and their documented messages."""
+
+_KINDS: Final[dict[str, FeedKind]] = {"b": "live", "u": "updated", "d": "daily"}
+_DETAIL_CHARS = 160
+
+State = Literal["connecting", "authenticating", "subscribing", "streaming", "failed"]
+
+
+# Events read back from the protocol.
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The server greeted us; the auth message is queued."""
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """The server accepted the credentials; the subscribe message is queued."""
+
+
+@dataclass(frozen=True)
+class Subscribed:
+    """The server's full list of subscriptions after our subscribe."""
+
+    bars: tuple[str, ...]
+    updated_bars: tuple[str, ...]
+    daily_bars: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BarsReceived:
+    """Validated bars of one kind from one message, in order."""
+
+    kind: FeedKind
+    bars: tuple[Bar, ...]
+
+
+@dataclass(frozen=True)
+class ServerError:
+    """The server sent `{"T":"error"}`: the session is over. `message` is scrubbed of secrets."""
+
+    code: int
+    message: str
+
+
+Event = Connected | Authenticated | Subscribed | BarsReceived | Rejection | ServerError
+
+
+# Wire structs, one per message type. Unknown fields (n, vw...) are ignored.
+
+
+class _Head(msgspec.Struct):
+    T: str
+
+
+class _Success(msgspec.Struct):
+    msg: str
+
+
+class _Error(msgspec.Struct):
+    code: int
+    msg: str = ""
+
+
+class _Subscription(msgspec.Struct, rename={"updated": "updatedBars", "daily": "dailyBars"}):
+    bars: list[str] = []
+    updated: list[str] = []
+    daily: list[str] = []
+
+
+_BAR_RENAME: Final = {
+    "symbol": "S",
+    "time": "t",
+    "open": "o",
+    "high": "h",
+    "low": "l",
+    "close": "c",
+    "volume": "v",
+}
+
+
+class _StreamBar(msgspec.Struct, rename=_BAR_RENAME):
+    symbol: str
+    time: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+class _RestBar(msgspec.Struct, rename=_BAR_RENAME):
+    time: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+class _RestPage(msgspec.Struct):
+    bars: dict[str, list[msgspec.Raw]] | None = None
+    next_page_token: str | None = None
+
+
+def _excerpt(data: bytes | str) -> str:
+    text = data if isinstance(data, str) else data[:_DETAIL_CHARS].decode("utf-8", "replace")
+    return text[:_DETAIL_CHARS]
+
+
+def _field_problem(exc: msgspec.ValidationError) -> str:
+    """A reason for a bar that did not fit its struct."""
+    text = str(exc)
+    if "out of range" in text:  # 1e400 and friends: JSON numbers beyond a double
+        return "non_finite"
+    if "`$.t`" in text:
+        return "bad_time"
+    return "bad_field"
+
+
+def _bar_or_rejection(
+    symbol: str,
+    msg: _StreamBar | _RestBar,
+    *,
+    minute: bool,
+    symbols: frozenset[str],
+    now_s: float,
+    max_future_s: float,
+) -> Bar | Rejection:
+    """A validated `Bar` from decoded fields, or why not."""
+    stamp = msg.time
+    if stamp.tzinfo is None:
+        return Rejection("bad_time", f"{symbol[:12]!r}: time without a UTC offset: {stamp}")
+    try:
+        seconds = stamp.timestamp()
+    except (OverflowError, ValueError):
+        return Rejection("bad_time", f"{symbol[:12]!r}: time out of range: {stamp}")
+    epoch = math.floor(seconds)
+    if minute and (stamp.microsecond or epoch % 60):
+        return Rejection("bad_time", f"{symbol[:12]!r}: minute bar not on a minute: {stamp}")
+    if epoch < 0:
+        return Rejection("bad_time", f"{symbol[:12]!r}: time before 1970: {stamp}")
+    if epoch > now_s + max_future_s:
+        return Rejection("future_time", f"{symbol[:12]!r}: {stamp} is ahead of the clock")
+    try:
+        bar = Bar(symbol, epoch, msg.open, msg.high, msg.low, msg.close, msg.volume)
+    except BarRejected as exc:
+        return Rejection(exc.reason, str(exc))
+    if bar.symbol not in symbols:
+        return Rejection("unsubscribed_symbol", f"{bar.symbol!r} was not subscribed")
+    return bar
+
+
+class AlpacaProtocol:
+    """The Alpaca v2 stream protocol, sans I/O.
+
+    Feed each websocket message to `receive_frame`; read `events_received()`
+    and send what `data_to_send()` returns, as text frames, in order. States:
+    connecting -> authenticating -> subscribing -> streaming, or failed after
+    a server error. Input never raises: bad input becomes a `Rejection` event.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        secret: str,
+        symbols: Iterable[str],
+        *,
+        channels: Iterable[Channel] = DEFAULT_CHANNELS,
+        max_future_s: float = 300.0,
+    ) -> None:
+        self.symbols = tuple(dict.fromkeys(symbols))
+        if not self.symbols:
+            raise ValueError("at least one symbol is required")
+        chosen = tuple(dict.fromkeys(channels))
+        if not chosen or not set(chosen) <= set(DEFAULT_CHANNELS):
+            raise ValueError(f"channels must be a non-empty subset of {DEFAULT_CHANNELS}")
+        self._symbol_set = frozenset(self.symbols)
+        self._max_future_s = max_future_s
+        self._secrets = tuple(s for s in (key, secret) if s)
+        self._auth = msgspec.json.encode({"action": "auth", "key": key, "secret": secret}).decode()
+        subscribe: dict[str, object] = {"action": "subscribe"}
+        subscribe.update({channel: list(self.symbols) for channel in chosen})
+        self._subscribe = msgspec.json.encode(subscribe).decode()
+        self.state: State = "connecting"
+        self._events: list[Event] = []
+        self._outgoing: list[str] = []
+
+    def receive_frame(self, data: str | bytes, now_s: float) -> None:
+        """Process one websocket message received at wall-clock `now_s` (epoch seconds)."""
+        try:
+            items = msgspec.json.decode(data, type=list[msgspec.Raw])
+        except msgspec.ValidationError:
+            self._reject("not_a_list", _excerpt(data))
+            return
+        except msgspec.DecodeError:
+            self._reject("bad_json", _excerpt(data))
+            return
+        except RecursionError:
+            self._reject("too_deep", _excerpt(data))
+            return
+        pending: list[tuple[FeedKind, list[Bar]]] = []
+        for raw in items:
+            self._message(raw, now_s, pending)
+        self._flush(pending)
+
+    def events_received(self) -> list[Event]:
+        """Events since the last call, in order."""
+        events, self._events = self._events, []
+        return events
+
+    def data_to_send(self) -> list[str]:
+        """Messages to send since the last call, in order. They carry credentials: never log them."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def _message(self, raw: msgspec.Raw, now_s: float, pending: list[tuple[FeedKind, list[Bar]]]) -> None:
+        try:
+            kind = msgspec.json.decode(raw, type=_Head).T
+        except (msgspec.DecodeError, RecursionError):
+            self._reject("bad_message", _excerpt(bytes(raw)))
+            return
+        if kind in _KINDS:
+            result = self._bar(raw, minute=kind != "d", now_s=now_s)
+            if isinstance(result, Rejection):
+                self._events.append(result)
+                return
+            feed_kind = _KINDS[kind]
+            if pending and pending[-1][0] == feed_kind:
+                pending[-1][1].append(result)
+            else:
+                pending.append((feed_kind, [result]))
+            return
+        self._flush(pending)  # keep bars and control events in arrival order
+        if kind == "success":
+            self._success(raw)
+        elif kind == "subscription":
+            self._subscription(raw)
+        elif kind == "error":
+            self._error(raw)
+        else:
+            self._reject("unknown_type", f"T={self._scrub(kind)[:20]!r}")
+
+    def _bar(self, raw: msgspec.Raw, *, minute: bool, now_s: float) -> Bar | Rejection:
+        if self.state != "streaming":
+            return Rejection("unexpected_message", f"bar before subscription: {_excerpt(bytes(raw))}")
+        try:
+            msg = msgspec.json.decode(raw, type=_StreamBar)
+        except msgspec.ValidationError as exc:
+            return Rejection(_field_problem(exc), f"{exc}: {self._scrub(_excerpt(bytes(raw)))}")
+        except (msgspec.DecodeError, RecursionError):
+            return Rejection("bad_message", self._scrub(_excerpt(bytes(raw))))
+        return _bar_or_rejection(
+            msg.symbol,
+            msg,
+            minute=minute,
+            symbols=self._symbol_set,
+            now_s=now_s,
+            max_future_s=self._max_future_s,
+        )
+
+    def _success(self, raw: msgspec.Raw) -> None:
+        try:
+            msg = msgspec.json.decode(raw, type=_Success).msg
+        except (msgspec.DecodeError, RecursionError):
+            self._reject("bad_message", self._scrub(_excerpt(bytes(raw))))
+            return
+        if msg == "connected" and self.state == "connecting":
+            self.state = "authenticating"
+            self._outgoing.append(self._auth)
+            self._events.append(Connected())
+        elif msg == "authenticated" and self.state == "authenticating":
+            self.state = "subscribing"
+            self._outgoing.append(self._subscribe)
+            self._events.append(Authenticated())
+        else:
+            self._reject("unexpected_message", f"success {self._scrub(msg)[:40]!r} in {self.state}")
+
+    def _subscription(self, raw: msgspec.Raw) -> None:
+        try:
+            sub = msgspec.json.decode(raw, type=_Subscription)
+        except (msgspec.DecodeError, RecursionError):
+            self._reject("bad_message", self._scrub(_excerpt(bytes(raw))))
+            return
+        if self.state not in ("subscribing", "streaming"):
+            self._reject("unexpected_message", f"subscription in {self.state}")
+            return
+        self.state = "streaming"
+        self._events.append(Subscribed(tuple(sub.bars), tuple(sub.updated), tuple(sub.daily)))
+
+    def _error(self, raw: msgspec.Raw) -> None:
+        try:
+            err = msgspec.json.decode(raw, type=_Error)
+        except (msgspec.DecodeError, RecursionError):
+            self._reject("bad_message", self._scrub(_excerpt(bytes(raw))))
+            return
+        self.state = "failed"
+        self._events.append(ServerError(err.code, self._scrub(err.msg)[:_DETAIL_CHARS]))
+
+    def _flush(self, pending: list[tuple[FeedKind, list[Bar]]]) -> None:
+        self._events.extend(BarsReceived(kind, tuple(bars)) for kind, bars in pending)
+        pending.clear()
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self._events.append(Rejection(reason, self._scrub(detail)))
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def error_for_code(feed: str, code: int, message: str) -> FeedError:
+    """The feed error an Alpaca stream error code means: what the reconnect loop must do."""
+    detail = f"server error {code} ({ERROR_MESSAGES.get(code, message or 'unknown')})"
+    if code in (401, 402):  # refused or lost credentials: a few retries, then fatal
+        return FeedAuthFailed(feed, detail)
+    if code == 406:  # another session holds our slot; Alpaca frees half-dead ones after ~90 s
+        return FeedThrottled(feed, detail)
+    if code in (400, 405, 408, 409, 410):  # our request or our plan: retrying cannot fix it
+        return FeedFatal(feed, detail)
+    return FeedUnavailable(feed, detail)  # 403, 404, 407, 500, unknown: reconnect afresh
+
+
+@dataclass(frozen=True)
+class BarsPage:
+    """One decoded REST page: valid bars, rejections, and the token of the next page."""
+
+    bars: tuple[Bar, ...]
+    rejected: tuple[Rejection, ...]
+    next_page_token: str | None
+
+
+def parse_bars_page(
+    body: bytes, symbols: frozenset[str], now_s: float, max_future_s: float = 300.0
+) -> BarsPage:
+    """Decode a `/v2/stocks/bars` response body. Never raises: a bad envelope is one rejection."""
+    try:
+        page = msgspec.json.decode(body, type=_RestPage)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        return BarsPage((), (Rejection("bad_response", f"{exc}: {_excerpt(body)}"),), None)
+    bars: list[Bar] = []
+    rejected: list[Rejection] = []
+    for symbol, rows in (page.bars or {}).items():
+        for raw in rows:
+            try:
+                msg = msgspec.json.decode(raw, type=_RestBar)
+            except msgspec.ValidationError as exc:
+                rejected.append(Rejection(_field_problem(exc), f"{exc}: {_excerpt(bytes(raw))}"))
+                continue
+            except (msgspec.DecodeError, RecursionError):
+                rejected.append(Rejection("bad_message", _excerpt(bytes(raw))))
+                continue
+            result = _bar_or_rejection(
+                symbol, msg, minute=True, symbols=symbols, now_s=now_s, max_future_s=max_future_s
+            )
+            (rejected if isinstance(result, Rejection) else bars).append(result)  # type: ignore[arg-type]
+    return BarsPage(tuple(bars), tuple(rejected), page.next_page_token or None)
+
+
+def rfc3339(epoch_s: int) -> str:
+    """`2024-01-02T14:31:00Z` for an epoch second."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _retry_after_s(headers: httpx.Headers | Iterable[tuple[str, str]], now_s: float) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds) or `X-RateLimit-Reset` (epoch), if present."""
+    values = {k.lower(): v for k, v in (headers.items() if isinstance(headers, httpx.Headers) else headers)}
+    try:
+        if "retry-after" in values:
+            return max(0.0, float(values["retry-after"]))
+        if "x-ratelimit-reset" in values:
+            return max(0.0, float(values["x-ratelimit-reset"]) - now_s)
+    except ValueError:
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Everything a connection or a backfill needs, shared by both."""
+
+    name: str
+    url: str
+    rest_url: str
+    key: str
+    secret: str
+    symbols: tuple[str, ...]
+    channels: tuple[Channel, ...]
+    rest_feed: str
+    max_frame_bytes: int
+    open_timeout_s: float
+    handshake_timeout_s: float
+    ping_interval_s: float | None
+    ping_timeout_s: float | None
+    max_future_s: float
+    now: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+
+    def __repr__(self) -> str:  # never show credentials
+        return f"_Settings(name={self.name!r}, url={self.url!r}, symbols={self.symbols!r})"
+
+    def scrub(self, text: str) -> str:
+        for secret in (self.key, self.secret):
+            text = text.replace(secret, "***")
+        return text
+
+
+class AlpacaConnection:
+    """One websocket session: entering connects, authenticates and subscribes; then `receive`."""
+
+    def __init__(self, settings: _Settings) -> None:
+        self._s = settings
+        self._protocol = AlpacaProtocol(
+            settings.key,
+            settings.secret,
+            settings.symbols,
+            channels=settings.channels,
+            max_future_s=settings.max_future_s,
+        )
+        self._stack = AsyncExitStack()
+        self._ws: ClientConnection | None = None
+        self._early: list[Received] = []
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            try:
+                self._ws = await stack.enter_async_context(
+                    connect(
+                        self._s.url,
+                        max_size=self._s.max_frame_bytes,
+                        open_timeout=self._s.open_timeout_s,
+                        ping_interval=self._s.ping_interval_s,
+                        ping_timeout=self._s.ping_timeout_s,
+                        close_timeout=5.0,
+                    )
+                )
+            except (WebSocketException, OSError, TimeoutError, EOFError) as exc:
+                raise self._translate(exc) from exc
+            try:
+                async with asyncio.timeout(self._s.handshake_timeout_s):
+                    while self._protocol.state != "streaming":
+                        self._early.append(await self._next())
+            except TimeoutError as exc:
+                raise FeedUnavailable(
+                    self._s.name,
+                    f"no subscription confirmed within {self._s.handshake_timeout_s:g} s",
+                ) from exc
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def receive(self) -> Received:
+        """The next message as bars and rejections; raises a `FeedError` when the session ends."""
+        if self._early:
+            return self._early.pop(0)
+        return await self._next()
+
+    async def _next(self) -> Received:
+        ws = self._ws
+        assert ws is not None, "receive() before the connection was entered"
+        try:
+            data = await ws.recv()
+        except ConnectionClosed as exc:
+            raise self._translate(exc) from exc
+        self._protocol.receive_frame(data, self._s.now())
+        for message in self._protocol.data_to_send():
+            try:
+                await ws.send(message)
+            except ConnectionClosed as exc:
+                raise self._translate(exc) from exc
+        batches: list[tuple[FeedKind, tuple[Bar, ...]]] = []
+        rejected: list[Rejection] = []
+        for event in self._protocol.events_received():
+            if isinstance(event, BarsReceived):
+                batches.append((event.kind, event.bars))
+            elif isinstance(event, Rejection):
+                rejected.append(event)
+            elif isinstance(event, ServerError):
+                raise error_for_code(self._s.name, event.code, event.message)
+        return Received(tuple(batches), tuple(rejected))
+
+    def _translate(self, exc: BaseException) -> FeedError:
+        name = self._s.name
+        if isinstance(exc, ConnectionClosed):
+            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                return FrameRejected(
+                    name,
+                    "frame_too_big",
+                    f"a message exceeded {self._s.max_frame_bytes} bytes; closed with 1009",
+                )
+            return FeedUnavailable(name, self._s.scrub(f"connection closed: {exc}"))
+        if isinstance(exc, InvalidStatus):
+            status = exc.response.status_code
+            detail = f"websocket upgrade refused with HTTP {status}"
+            if status in (401, 403):
+                return FeedAuthFailed(name, detail)
+            if status == 429:
+                retry = _retry_after_s(exc.response.headers.raw_items(), self._s.now())
+                return FeedThrottled(name, detail, retry)
+            if status in (400, 404):
+                return FeedFatal(name, f"{detail}: is the stream URL right?")
+            return FeedUnavailable(name, detail)
+        if isinstance(exc, InvalidURI):
+            return FeedFatal(name, f"invalid stream URL: {exc}")
+        return FeedUnavailable(name, self._s.scrub(f"{type(exc).__name__}: {exc}"))
+
+
+class AlpacaRest:
+    """The `/v2/stocks/bars` backfill: pagination, bounded retries on 429 and 5xx, typed errors."""
+
+    def __init__(
+        self,
+        settings: _Settings,
+        http: httpx.AsyncClient,
+        *,
+        page_limit: int = 10_000,
+        max_pages: int = 100,
+        max_retries: int = 3,
+        max_retry_wait_s: float = 60.0,
+        max_body_bytes: int = 32 << 20,
+    ) -> None:
+        self._s, self._http = settings, http
+        self._page_limit, self._max_pages = page_limit, max_pages
+        self._max_retries, self._max_retry_wait_s = max_retries, max_retry_wait_s
+        self._max_body_bytes = max_body_bytes
+        self._symbols = frozenset(settings.symbols)
+
+    async def bars(self, start_s: int, end_s: int) -> Received:
+        """Minute bars with start in `[start_s, end_s]` for every symbol, as kind `backfill`."""
+        params = {
+            "symbols": ",".join(self._s.symbols),
+            "timeframe": "1Min",
+            "start": rfc3339(start_s),
+            "end": rfc3339(end_s),
+            "limit": str(self._page_limit),
+            "feed": self._s.rest_feed,
+            "adjustment": "raw",
+            "sort": "asc",
+        }
+        bars: list[Bar] = []
+        rejected: list[Rejection] = []
+        token: str | None = None
+        for _ in range(self._max_pages):
+            body = await self._get(params if token is None else {**params, "page_token": token})
+            page = parse_bars_page(body, self._symbols, self._s.now(), self._s.max_future_s)
+            bars.extend(page.bars)
+            rejected.extend(page.rejected)
+            token = page.next_page_token
+            if token is None:
+                break
+        else:
+            rejected.append(Rejection("backfill_truncated", f"stopped after {self._max_pages} pages"))
+        return Received((("backfill", tuple(bars)),), tuple(rejected))
+
+    async def _get(self, params: dict[str, str]) -> bytes:
+        url = f"{self._s.rest_url.rstrip('/')}/v2/stocks/bars"
+        headers = {"APCA-API-KEY-ID": self._s.key, "APCA-API-SECRET-KEY": self._s.secret}
+        attempt = 0
+        while True:
+            try:
+                return await self._get_once(url, params, headers)
+            except (FeedUnavailable, FeedThrottled) as exc:
+                if attempt >= self._max_retries:
+                    raise
+                wait = exc.retry_after_s if isinstance(exc, FeedThrottled) else None
+                await self._s.sleep(min(self._max_retry_wait_s, wait if wait is not None else 2.0**attempt))
+                attempt += 1
+
+    async def _get_once(self, url: str, params: dict[str, str], headers: dict[str, str]) -> bytes:
+        name = self._s.name
+        try:
+            async with self._http.stream("GET", url, params=params, headers=headers) as resp:
+                if resp.status_code == 200:
+                    return await self._read(resp, self._max_body_bytes)
+                body = await self._read(resp, 64 << 10)
+                raise self._status_error(resp.status_code, resp.headers, body)
+        except httpx.InvalidURL as exc:
+            raise FeedFatal(name, f"invalid REST URL: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise FeedUnavailable(name, self._s.scrub(f"REST {type(exc).__name__}: {exc}")) from exc
+
+    async def _read(self, resp: httpx.Response, limit: int) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise FeedUnavailable(self._s.name, f"REST response larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> FeedError:
+        name = self._s.name
+        try:
+            message = str(msgspec.json.decode(body, type=dict[str, object]).get("message", ""))
+        except (msgspec.DecodeError, RecursionError):
+            message = ""
+        detail = self._s.scrub(f"REST HTTP {status} {message[:_DETAIL_CHARS]}".rstrip())
+        if status == 429:
+            return FeedThrottled(name, detail, _retry_after_s(headers, self._s.now()))
+        if status == 401:
+            return FeedAuthFailed(name, detail)
+        if status in (400, 403, 404, 422):  # bad request or a plan without this data
+            return FeedFatal(name, detail)
+        return FeedUnavailable(name, detail)
+
+
+class _AlpacaSource:
+    """What `FeedLoop` drives: fresh connections and REST backfills."""
+
+    def __init__(self, settings: _Settings, http: httpx.AsyncClient) -> None:
+        self.name, self.url = settings.name, settings.url
+        self._settings = settings
+        self._rest = AlpacaRest(settings, http)
+
+    def connection(self) -> AlpacaConnection:
+        return AlpacaConnection(self._settings)
+
+    async def backfill(self, start_s: int, end_s: int) -> Received:
+        return await self._rest.bars(start_s, end_s)
+
+
+class AlpacaFeed:
+    """Alpaca market data v2 as a `Feed`: minute, updated and daily bars, REST backfill.
+
+    `key` and `secret` are only ever sent to Alpaca; they never appear in a
+    log line, a repr or an exception message. `url` overrides the stream URL
+    (proxies, the replay server); `rest_url` the REST base. `max_frame_bytes`
+    caps incoming websocket messages (bigger ones close the connection with
+    1009, counted as `frame_too_big`). `now`, `sleep`, `is_market_open` and
+    `rand` are injectable for tests; `http_transport` swaps httpx's transport.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        secret: str,
+        symbols: Sequence[str],
+        *,
+        stream: Stream = "iex",
+        url: str | None = None,
+        rest_url: str = DEFAULT_REST_URL,
+        channels: Sequence[Channel] = DEFAULT_CHANNELS,
+        max_frame_bytes: int = 1 << 20,
+        open_timeout_s: float = 10.0,
+        handshake_timeout_s: float = 15.0,
+        ping_interval_s: float | None = 20.0,
+        ping_timeout_s: float | None = 20.0,
+        http_timeout_s: float = 30.0,
+        silence_timeout_s: float = 180.0,
+        warmup_s: float = 3600.0,
+        max_future_s: float = 300.0,
+        policy: ReconnectPolicy | None = None,
+        now: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        is_market_open: Callable[[float], bool] = xnys_is_open,
+        rand: Callable[[], float] = random.random,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+        name: str = "alpaca",
+    ) -> None:
+        if not key or not secret:
+            raise ValueError("the Alpaca key and secret must both be non-empty")
+        if stream not in ("iex", "sip", "test"):
+            raise ValueError(f"stream must be iex, sip or test, got {stream!r}")
+        wanted = tuple(dict.fromkeys(symbols))
+        bad = [s for s in wanted if not isinstance(s, str) or not SYMBOL_PATTERN.fullmatch(s)]
+        if not wanted or bad:
+            raise ValueError(f"symbols must be 1+ tickers matching [A-Z0-9.-]{{1,10}}, bad: {bad}")
+        if max_frame_bytes < 1024:
+            raise ValueError(f"max_frame_bytes must be >= 1024, got {max_frame_bytes}")
+        for label, value in (
+            ("open_timeout_s", open_timeout_s),
+            ("handshake_timeout_s", handshake_timeout_s),
+            ("http_timeout_s", http_timeout_s),
+            ("max_future_s", max_future_s),
+        ):
+            if not value > 0:
+                raise ValueError(f"{label} must be > 0, got {value}")
+        if warmup_s < 0:
+            raise ValueError(f"warmup_s must be >= 0, got {warmup_s}")
+        self.name = name
+        self.stats = FeedStats()
+        self._settings = _Settings(
+            name=name,
+            url=url or DEFAULT_STREAM_URL.format(stream=stream),
+            rest_url=rest_url,
+            key=key,
+            secret=secret,
+            symbols=wanted,
+            channels=tuple(channels),
+            rest_feed="sip" if stream == "sip" else "iex",
+            max_frame_bytes=max_frame_bytes,
+            open_timeout_s=open_timeout_s,
+            handshake_timeout_s=handshake_timeout_s,
+            ping_interval_s=ping_interval_s,
+            ping_timeout_s=ping_timeout_s,
+            max_future_s=max_future_s,
+            now=now,
+            sleep=sleep,
+        )
+        AlpacaProtocol(key, secret, wanted, channels=channels)  # validate channels now
+        self._policy = policy or ReconnectPolicy()
+        self._http_timeout_s = http_timeout_s
+        self._silence_timeout_s, self._warmup_s = silence_timeout_s, warmup_s
+        self._now, self._sleep, self._rand = now, sleep, rand
+        self._is_market_open = is_market_open
+        self._http_transport = http_transport
+
+    def __repr__(self) -> str:
+        s = self._settings
+        return f"AlpacaFeed(name={s.name!r}, url={s.url!r}, symbols={s.symbols!r})"
+
+    @property
+    def url(self) -> str:
+        """The stream URL (no credentials in it)."""
+        return self._settings.url
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The subscribed symbols."""
+        return self._settings.symbols
+
+    async def run(self, emit: Callable[[FeedBatch], None]) -> None:
+        """Stream until cancelled, reconnecting and backfilling; raise `FeedFatal` on a dead end."""
+        async with httpx.AsyncClient(
+            timeout=self._http_timeout_s, transport=self._http_transport, follow_redirects=False
+        ) as http:
+            loop = FeedLoop(
+                _AlpacaSource(self._settings, http),
+                self.stats,
+                policy=self._policy,
+                silence_timeout_s=self._silence_timeout_s,
+                warmup_s=self._warmup_s,
+                now=self._now,
+                sleep=self._sleep,
+                is_market_open=self._is_market_open,
+                rand=self._rand,
+            )
+            await loop.run(emit)

@@ -1,0 +1,479 @@
+"""The reconnect loop every feed shares: backoff, the retry policy, the silence watchdog, gap repair.
+
+The pieces are small on purpose. `backoff` is a plain generator of delays
+(exponential, full jitter, capped); `classify` is a plain function that says
+what an exception means for the loop (retry soon, retry much later, give up);
+`FeedLoop` runs a provider `Source` through them:
+
+1. open a fresh `Connection` (connect, authenticate, subscribe);
+2. backfill `[last complete minute, now]` over REST while live bars are held
+   back in a bounded buffer, emit the backfill, then the held live bars, then
+   live bars as they come, dropping any (symbol, minute) already emitted;
+3. when the connection ends, sleep for the next backoff delay and go to 1.
+
+A session only resets the backoff if it lived at least `stable_after_s`: a
+server that accepts and hangs up at once gets ever longer delays, not a storm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal, Protocol, Self
+
+import structlog
+
+from daemon.feeds.base import (
+    FeedAuthFailed,
+    FeedBatch,
+    FeedError,
+    FeedFatal,
+    FeedKind,
+    FeedSilent,
+    FeedStats,
+    FeedThrottled,
+    FeedUnavailable,
+    FrameRejected,
+)
+from signals.bar import Bar
+
+_log = structlog.get_logger(__name__)
+
+_MINUTE_KINDS: frozenset[FeedKind] = frozenset({"live", "backfill"})
+_DETAIL_CHARS = 200
+
+
+def backoff(
+    initial_s: float = 1.0,
+    max_s: float = 60.0,
+    factor: float = 2.0,
+    min_s: float = 0.0,
+    rand: Callable[[], float] = random.random,
+) -> Iterator[float]:
+    """Endless reconnect delays: exponential growth, full jitter, a cap.
+
+    Attempt n waits a uniform draw from `[min_s, max(min_s, min(max_s, initial_s * factor**n)))`.
+    With `min_s = 0` this is AWS's "full jitter"; a positive `min_s` sets a floor
+    (e.g. 60 s after "connection limit exceeded"). `rand` returns floats in [0, 1).
+    """
+    if not (initial_s > 0 and math.isfinite(initial_s)):
+        raise ValueError(f"initial_s must be > 0 and finite, got {initial_s}")
+    if not factor >= 1.0:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    if not (0.0 <= min_s <= max_s and math.isfinite(max_s)):
+        raise ValueError(f"need 0 <= min_s <= max_s < inf, got min_s={min_s} max_s={max_s}")
+    ceiling = initial_s
+    while True:
+        high = max(min_s, min(max_s, ceiling))
+        yield min_s + rand() * (high - min_s)
+        if ceiling < max_s:
+            ceiling *= factor
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """How the loop retries. Defaults suit a VPS talking to Alpaca."""
+
+    backoff_initial_s: float = 1.0
+    """Ceiling of the first ordinary retry delay; doubles per failed attempt."""
+    backoff_max_s: float = 60.0
+    """Cap of ordinary retry delays."""
+    throttled_min_s: float = 60.0
+    """Floor of the delay after the server refused us for load (406 connection limit, HTTP 429)."""
+    throttled_initial_s: float = 90.0
+    """Ceiling of the first throttled delay. Alpaca keeps a half-dead session up to ~90 s."""
+    throttled_max_s: float = 900.0
+    """Cap of throttled delays."""
+    stable_after_s: float = 10.0
+    """A session must live this long to reset the backoff (no storm on accept-then-close)."""
+    max_auth_failures: int = 3
+    """Consecutive refused logins before the feed gives up with `FeedFatal`."""
+    reject_log_interval_s: float = 60.0
+    """At most one `bar.rejected` line per reason per this many seconds (all are counted)."""
+    backfill_buffer_bars: int = 10_000
+    """Live bars held back while a backfill runs; beyond this the oldest are dropped and counted."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "backoff_initial_s": 0 < self.backoff_initial_s <= self.backoff_max_s,
+            "throttled_min_s": 0 <= self.throttled_min_s <= self.throttled_max_s,
+            "throttled_initial_s": 0 < self.throttled_initial_s <= self.throttled_max_s,
+            "stable_after_s": self.stable_after_s >= 0,
+            "max_auth_failures": self.max_auth_failures >= 1,
+            "reject_log_interval_s": self.reject_log_interval_s >= 0,
+            "backfill_buffer_bars": self.backfill_buffer_bars >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid reconnect policy: {', '.join(bad)} out of range")
+
+    def ordinary_delays(self, rand: Callable[[], float] = random.random) -> Iterator[float]:
+        """Delays after ordinary failures (network, server restart, silence)."""
+        return backoff(self.backoff_initial_s, self.backoff_max_s, rand=rand)
+
+    def throttled_delays(self, rand: Callable[[], float] = random.random) -> Iterator[float]:
+        """Delays after the server said it is overloaded or we have too many connections."""
+        return backoff(
+            self.throttled_initial_s, self.throttled_max_s, min_s=self.throttled_min_s, rand=rand
+        )
+
+
+Action = Literal["retry", "retry_later", "fatal", "raise"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the loop does about an exception that ended a session or an attempt.
+
+    `retry`: ordinary backoff. `retry_later`: throttled backoff, at least
+    `retry_after_s` if given. `fatal`: raise `FeedFatal`. `raise`: not a feed
+    error (a bug): let it propagate unchanged.
+    """
+
+    action: Action
+    reason: str
+    retry_after_s: float | None = None
+
+
+def classify(exc: Exception, *, auth_failures: int, policy: ReconnectPolicy) -> Decision:
+    """Classify `exc`. `auth_failures` counts consecutive refused logins, this one included."""
+    if isinstance(exc, FeedFatal):
+        return Decision("fatal", exc.detail)
+    if isinstance(exc, FeedAuthFailed):
+        if auth_failures >= policy.max_auth_failures:
+            return Decision(
+                "fatal", f"{exc.detail} ({auth_failures} consecutive authentication failures)"
+            )
+        return Decision("retry", exc.detail)
+    if isinstance(exc, FeedThrottled):
+        return Decision("retry_later", exc.detail, exc.retry_after_s)
+    if isinstance(exc, FeedError):
+        return Decision("retry", exc.detail)
+    return Decision("raise", f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One piece of input that did not become a bar: a stable `reason` and a short `detail`."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Received:
+    """What one message (or one backfill) turned into: bars by kind, and what was rejected."""
+
+    batches: tuple[tuple[FeedKind, tuple[Bar, ...]], ...] = ()
+    rejected: tuple[Rejection, ...] = ()
+
+
+class Connection(Protocol):
+    """One live session. Entering connects, authenticates and subscribes (or raises a `FeedError`)."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def receive(self) -> Received:
+        """The next message, decoded. Raises a `FeedError` when the connection ends."""
+        ...
+
+
+class Source(Protocol):
+    """A provider adapter as the loop sees it."""
+
+    name: str
+    url: str
+    """The stream endpoint, for logs (never carries credentials)."""
+
+    def connection(self) -> Connection:
+        """A fresh, unopened connection: one per attempt."""
+        ...
+
+    async def backfill(self, start_s: int, end_s: int) -> Received:
+        """Minute bars with start in `[start_s, end_s]`, as kind `backfill`. Raises a `FeedError`."""
+        ...
+
+
+class RejectLog:
+    """Counts every rejection in `stats`; logs `bar.rejected` at most once per reason per interval."""
+
+    def __init__(
+        self, feed: str, stats: FeedStats, interval_s: float, now: Callable[[], float]
+    ) -> None:
+        self._feed, self._stats, self._interval_s, self._now = feed, stats, interval_s, now
+        self._last_logged: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def record(self, reason: str, detail: str) -> None:
+        """Count one rejection; log it unless this reason was logged less than an interval ago."""
+        self._stats.reject(reason)
+        count = self._unlogged.get(reason, 0) + 1
+        now = self._now()
+        last = self._last_logged.get(reason)
+        if last is not None and now - last < self._interval_s:
+            self._unlogged[reason] = count
+            return
+        self._last_logged[reason] = now
+        self._unlogged[reason] = 0
+        _log.warning(
+            "bar.rejected",
+            feed=self._feed,
+            reason=reason,
+            count=count,
+            detail=detail[:_DETAIL_CHARS],
+        )
+
+
+@dataclass
+class _Gate:
+    """Holds live bars back while the session's backfill runs (bounded, oldest dropped)."""
+
+    open: bool = False
+    held: list[tuple[FeedKind, tuple[Bar, ...]]] = field(default_factory=list)
+    held_bars: int = 0
+
+
+def _by_time(bars: tuple[Bar, ...]) -> list[tuple[Bar, ...]]:
+    """Split bars into runs of equal `time`, keeping order: one engine batch per bar time."""
+    runs: list[list[Bar]] = []
+    for bar in bars:
+        if runs and runs[-1][0].time == bar.time:
+            runs[-1].append(bar)
+        else:
+            runs.append([bar])
+    return [tuple(run) for run in runs]
+
+
+def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in a (nested) group, feed errors first: what ended a session."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, BaseExceptionGroup):
+            stack[:0] = list(item.exceptions)
+        else:
+            leaves.append(item)
+    return next((e for e in leaves if isinstance(e, FeedError)), leaves[0])
+
+
+class FeedLoop:
+    """Runs a `Source` forever: connect, backfill, stream, reconnect. See the module docstring.
+
+    `now` is a wall clock (epoch seconds) and `sleep` its matching sleep, both
+    injectable so tests can run fake time; `is_market_open(epoch_s)` gates the
+    silence watchdog (`silence_timeout_s <= 0` disables it). `warmup_s` is how
+    far back the first backfill reaches.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        stats: FeedStats,
+        *,
+        policy: ReconnectPolicy,
+        silence_timeout_s: float,
+        warmup_s: float,
+        now: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        is_market_open: Callable[[float], bool],
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        if warmup_s < 0:
+            raise ValueError(f"warmup_s must be >= 0, got {warmup_s}")
+        self._source, self._stats, self._policy = source, stats, policy
+        self._silence_timeout_s, self._warmup_s = silence_timeout_s, warmup_s
+        self._now, self._sleep, self._is_market_open, self._rand = now, sleep, is_market_open, rand
+        self._rejects = RejectLog(source.name, stats, policy.reject_log_interval_s, now)
+        self._emit: Callable[[FeedBatch], None] = lambda batch: None
+        self._last_emitted: dict[str, int] = {}  # symbol -> newest minute bar start emitted
+        self._complete_from = 0  # minute bars before this start are all emitted (or given up)
+        self._quiet_since = 0.0
+        self._session_up = False
+
+    async def run(self, emit: Callable[[FeedBatch], None]) -> None:
+        """Run until cancelled; raise `FeedFatal` when retrying cannot help."""
+        name = self._source.name
+        self._emit = emit
+        self._complete_from = int(self._now() - self._warmup_s) // 60 * 60
+        ordinary = self._policy.ordinary_delays(self._rand)
+        throttled = self._policy.throttled_delays(self._rand)
+        auth_failures = 0
+        while True:
+            self._stats.attempts += 1
+            self._session_up = False
+            started = self._now()
+            _log.info(
+                "feed.connecting", feed=name, url=self._source.url, attempt=self._stats.attempts
+            )
+            try:
+                await self._session()
+            except Exception as exc:  # classified below; CancelledError is not an Exception
+                error = exc
+            else:  # pragma: no cover - a session only ends by raising
+                error = FeedUnavailable(name, "session ended")
+            finally:
+                self._stats.connected = False
+            lived_s = self._now() - started
+            if self._session_up:
+                auth_failures = 0
+                if lived_s >= self._policy.stable_after_s:
+                    ordinary = self._policy.ordinary_delays(self._rand)
+                    throttled = self._policy.throttled_delays(self._rand)
+            if isinstance(error, FeedAuthFailed):
+                auth_failures += 1
+            if isinstance(error, FrameRejected):
+                self._rejects.record(error.reason, error.detail)
+            decision = classify(error, auth_failures=auth_failures, policy=self._policy)
+            if decision.action == "raise":
+                raise error
+            if decision.action == "fatal":
+                _log.error("feed.fatal", feed=name, reason=decision.reason)
+                raise FeedFatal(name, decision.reason) from error
+            if decision.action == "retry_later":
+                delay = max(decision.retry_after_s or 0.0, next(throttled))
+            else:
+                delay = next(ordinary)
+            self._stats.reconnects += 1
+            _log.warning(
+                "feed.reconnect",
+                feed=name,
+                delay_s=round(delay, 3),
+                reason=decision.reason,
+                error=type(error).__name__,
+                lived_s=round(lived_s, 3),
+            )
+            await self._sleep(delay)
+
+    async def _session(self) -> None:
+        name = self._source.name
+        try:
+            async with self._source.connection() as conn:
+                self._session_up = True
+                self._stats.connects += 1
+                self._stats.connected = True
+                self._quiet_since = self._now()
+                _log.info("feed.connected", feed=name, url=self._source.url)
+                gate = _Gate()
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._receive(conn, gate), name=f"{name}.receive")
+                    tg.create_task(self._watchdog(), name=f"{name}.watchdog")
+                    tg.create_task(self._backfill(gate), name=f"{name}.backfill")
+        except ExceptionGroup as group:
+            raise _leaf(group) from None
+
+    async def _receive(self, conn: Connection, gate: _Gate) -> None:
+        while True:
+            received = await conn.receive()
+            self._stats.frames += 1
+            self._quiet_since = self._now()
+            self._take(received, gate)
+
+    def _take(self, received: Received, gate: _Gate) -> None:
+        for rejection in received.rejected:
+            self._rejects.record(rejection.reason, rejection.detail)
+        for kind, bars in received.batches:
+            for run in _by_time(bars):
+                if gate.open:
+                    self._deliver(kind, run)
+                else:
+                    self._hold(gate, kind, run)
+
+    def _hold(self, gate: _Gate, kind: FeedKind, bars: tuple[Bar, ...]) -> None:
+        gate.held.append((kind, bars))
+        gate.held_bars += len(bars)
+        while gate.held_bars > self._policy.backfill_buffer_bars and gate.held:
+            _, dropped = gate.held.pop(0)
+            gate.held_bars -= len(dropped)
+            for bar in dropped:
+                self._rejects.record("buffer_overflow", f"{bar.symbol} {bar.time}")
+
+    def _deliver(self, kind: FeedKind, bars: tuple[Bar, ...]) -> None:
+        if kind in _MINUTE_KINDS:
+            fresh: list[Bar] = []
+            for bar in bars:
+                if bar.time > self._last_emitted.get(bar.symbol, -1):
+                    self._last_emitted[bar.symbol] = bar.time
+                    fresh.append(bar)
+                else:
+                    self._stats.duplicates += 1
+            if not fresh:
+                return
+            bars = tuple(fresh)
+            if kind == "live":
+                self._complete_from = max(self._complete_from, bars[0].time)
+        now = self._now()
+        stats = self._stats
+        stats.bars += len(bars)
+        if kind == "backfill":
+            stats.backfilled += len(bars)
+        stats.last_bar_at = now
+        if stats.last_bar_time is None or bars[0].time > stats.last_bar_time:
+            stats.last_bar_time = bars[0].time
+        self._emit(FeedBatch(bars, kind, now))
+
+    async def _backfill(self, gate: _Gate) -> None:
+        name = self._source.name
+        start = self._complete_from
+        end = int(self._now()) // 60 * 60 - 1  # only minutes that have ended
+        if end >= start:
+            try:
+                received = await self._source.backfill(start, end)
+            except FeedError as exc:
+                self._stats.backfill_errors += 1
+                _log.warning(
+                    "feed.backfill_failed",
+                    feed=name,
+                    gap_s=end - start + 1,
+                    error=type(exc).__name__,
+                    detail=exc.detail,
+                )
+            else:
+                before = self._stats.backfilled
+                for rejection in received.rejected:
+                    self._rejects.record(rejection.reason, rejection.detail)
+                bars = sorted(
+                    (bar for _, group in received.batches for bar in group),
+                    key=lambda b: (b.time, b.symbol),
+                )
+                for run in _by_time(tuple(bars)):
+                    self._deliver("backfill", run)
+                # The minute that ended last may not be published yet: live brings it.
+                self._complete_from = max(self._complete_from, end + 1 - 60)
+                _log.info(
+                    "feed.backfill",
+                    feed=name,
+                    bars=self._stats.backfilled - before,
+                    gap_s=end - start + 1,
+                )
+        gate.open = True
+        held, gate.held, gate.held_bars = gate.held, [], 0
+        for kind, bars in held:
+            self._deliver(kind, bars)
+
+    async def _watchdog(self) -> None:
+        if self._silence_timeout_s <= 0:
+            return
+        name = self._source.name
+        while True:
+            await self._sleep(self._silence_timeout_s / 4)
+            now = self._now()
+            if not self._is_market_open(now):
+                self._quiet_since = now  # quiet while closed is expected; count from the open
+                continue
+            quiet_s = now - self._quiet_since
+            if quiet_s >= self._silence_timeout_s:
+                self._stats.silences += 1
+                _log.warning("feed.silence", feed=name, quiet_s=round(quiet_s, 3))
+                raise FeedSilent(name, f"no data for {quiet_s:.0f} s while the market is open")

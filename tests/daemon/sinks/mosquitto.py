@@ -1,0 +1,226 @@
+"""A real, throwaway mosquitto for integration tests: loopback only, a free port, a temp config.
+
+It never touches the shared broker on 1883: every instance binds its own free
+port on 127.0.0.1 and keeps that port across `stop()` / `start()` so restart
+tests reconnect to the same address. Missing binaries fail the test loudly:
+these tests are the only proof the MQTT sink works against a real broker.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import pytest
+
+_START_TIMEOUT_S = 5.0
+
+
+def _binary(name: str, fallback: str) -> str:
+    path = shutil.which(name) or fallback
+    if not os.access(path, os.X_OK):
+        pytest.fail(
+            f"`{name}` not found (looked on PATH and at {fallback}). The MQTT sink tests run "
+            "against a real broker: install it (Debian/Ubuntu: apt-get install mosquitto).",
+            pytrace=False,
+        )
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA, a server certificate it signed (127.0.0.1 / localhost), and an
+    unrelated CA to prove that verification fails closed."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    other_ca: Path
+
+
+def _openssl(command: str, cwd: Path) -> None:
+    openssl = _binary("openssl", "/usr/bin/openssl")
+    proc = subprocess.run(
+        [openssl, *shlex.split(command)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"openssl {command} failed:\n{proc.stderr}", pytrace=False)
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Generate the certificates with the `openssl` CLI (P-256 keys: fast)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    ca_ext = (
+        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+    )
+    for name in ("ca", "other-ca"):
+        _openssl(
+            f"req -x509 {new_key} -keyout {name}.key -out {name}.crt -days 2"
+            f" -subj /CN=iwm-alerts-test-{name} {ca_ext}",
+            cwd=directory,
+        )
+    (directory / "server.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
+    _openssl(f"req {new_key} -keyout server.key -out server.csr -subj /CN=localhost", cwd=directory)
+    _openssl(
+        "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2"
+        " -extfile server.ext -out server.crt",
+        cwd=directory,
+    )
+    return TlsFiles(
+        ca=directory / "ca.crt",
+        cert=directory / "server.crt",
+        key=directory / "server.key",
+        other_ca=directory / "other-ca.crt",
+    )
+
+
+class Mosquitto:
+    """One mosquitto process on `127.0.0.1:<port>`; a context manager that stops it on exit.
+
+    `passwords` switches anonymous access off and writes a password file with
+    `mosquitto_passwd`; `tls` makes the listener TLS-only. Persistence is off,
+    so a restart forgets retained messages (what a restart test wants to see
+    republished).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        passwords: dict[str, str] | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        self._binary = _binary("mosquitto", "/usr/sbin/mosquitto")
+        self.directory = directory
+        self.port = free_port()
+        self.log_path = directory / "mosquitto.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "persistence false",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            # Run as whoever runs the tests: as root mosquitto would otherwise
+            # switch to the `mosquitto` user and lose access to the temp files.
+            f"user {getpass.getuser()}",
+        ]
+        if passwords:
+            lines += ["allow_anonymous false", f"password_file {self._password_file(passwords)}"]
+        else:
+            lines.append("allow_anonymous true")
+        if tls is not None:
+            lines += [f"cafile {tls.ca}", f"certfile {tls.cert}", f"keyfile {tls.key}"]
+        self.config_path = directory / "mosquitto.conf"
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def _password_file(self, passwords: dict[str, str]) -> Path:
+        tool = _binary("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
+        path = self.directory / "passwords"
+        path.touch(mode=0o600)
+        for user, password in passwords.items():
+            subprocess.run([tool, "-b", str(path), user, password], check=True, timeout=10)
+        return path
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start on the same port as before and return once it accepts TCP connections."""
+        if self.running:
+            return
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [self._binary, "-c", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                pytest.fail(f"mosquitto exited at start:\n{self.log()}", pytrace=False)
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        pytest.fail(
+            f"mosquitto did not listen on {self.port} within {_START_TIMEOUT_S} s:\n{self.log()}"
+        )
+
+    def stop(self) -> None:
+        """Terminate (SIGTERM, then SIGKILL) and wait; clients see their sockets close."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGCONT)  # a paused broker cannot handle SIGTERM
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): sockets stay open, nothing is acknowledged."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo `pause`."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
+    def log(self) -> str:
+        """What the broker wrote so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,77 @@
+"""The whole 1-minute path on the XNYS calendar: aggregation, levels, rules, stable ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from daemon.bars import frame_to_batch
+from daemon.rules_file import load_rules
+from signals.alerts import Alert
+from signals.engine import EngineConfig
+from signals.pipeline import Pipeline
+from tests.daemon.minute_market import minute_market
+
+# Relative volume over 3 sessions keeps these tests to a handful of sessions.
+CONFIG = EngineConfig(rvol_sessions=3)
+
+
+def replay(df: pl.DataFrame, pipe: Pipeline, chunk_minutes: int = 1) -> list[Alert]:
+    """Minute by minute; with `chunk_minutes` > 1, several minutes per call (a backfill burst)."""
+    minutes = df.partition_by("time", maintain_order=True)
+    alerts: list[Alert] = []
+    for i in range(0, len(minutes), chunk_minutes):
+        alerts += pipe.on_minute_bars(
+            frame_to_batch(pl.concat(minutes[i : i + chunk_minutes]))
+        ).alerts
+    return alerts
+
+
+def test_breakout_fires_once_with_levels_from_the_daily_timeframe() -> None:
+    df, table = minute_market()
+    pipe = Pipeline(CONFIG, load_rules(), sessions=table)
+    alerts = replay(df, pipe)
+    breakouts = [a for a in alerts if a.rule == "volume_breakout"]
+    assert [a.symbol for a in breakouts] == [
+        "IWM"
+    ]  # cooldown: one alert for the run through levels
+    (a,) = breakouts
+    assert a.values["level_name"] in ("prior-day high", "20-day high") or str(
+        a.values["level_name"]
+    ).startswith("Fib")
+    assert isinstance(a.values["rvol"], float) and a.values["rvol"] >= 2.0
+    assert a.severity in ("notable", "strong")
+    last_day = table.label[5]
+    assert a.bar_time >= table.open[5] + 200 * 60 and a.bar_time < table.close[5]
+    daily = pipe.engine("1d")
+    assert daily.last_time("IWM") == last_day  # the 16:00 minute closed the daily bar
+    # The alert explains itself with the daily score's breakdown.
+    assert set(a.breakdown) == {"rsi", "macd", "fib", "volume", "atr", "rs", "breadth", "rates"}
+
+
+def test_alert_ids_are_stable_across_replays_and_batching() -> None:
+    df, table = minute_market()
+    first = replay(df, Pipeline(CONFIG, load_rules(), sessions=table))
+    second = replay(df, Pipeline(CONFIG, load_rules(), sessions=table), chunk_minutes=7)
+    assert first and [a.id for a in first] == [a.id for a in second]
+    assert len({a.id for a in first}) == len(first)
+
+
+def test_minute_bars_become_daily_bars_and_rvol_warms_after_the_lookback() -> None:
+    df, table = minute_market(n_sessions=5)
+    pipe = Pipeline(CONFIG, load_rules(), sessions=table)
+    rvol = []
+    minutes = df.partition_by("time", maintain_order=True)
+    times = [int(g["time"][0]) for g in minutes]
+    for g in minutes:
+        step = pipe.on_minute_bars(frame_to_batch(g))
+        ev = step.closed["1m"]
+        rvol.append(float(ev.columns["rvol"][ev.symbol.index("IWM")]))
+    first_warm = int(np.flatnonzero(~np.isnan(rvol))[0])
+    assert times[first_warm] == table.open[3]  # the 4th session's first minute
+    ring = pipe.engine("1d").rings
+    iwm = pipe.engine("1d").row("IWM")
+    assert ring.count(iwm) == 5
+    daily = ring.frame(iwm)
+    mins = df.filter(pl.col("symbol") == "IWM")
+    assert daily["volume"].sum() == mins["volume"].sum()
