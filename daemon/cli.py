@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from daemon import runner
 from daemon.backtest import run_backtest, summary_lines, write_outputs
 from daemon.bars import BarFileError, load_bars
-from daemon.config import check_config_main, load_config
+from daemon.config import ConfigError, check_config_main, load_config
 from daemon.fred import RatesFileError, read_fred_csv
 from daemon.rules_file import load_rules
 from daemon.sample import sample_daily
+from daemon.secrets import SecretError
 from signals.engine import EngineConfig, Links
 from signals.rules.spec import RuleError
 
@@ -75,6 +78,40 @@ def _parser() -> argparse.ArgumentParser:
         "summary, or 2 with the offending key and file named.",
     )
     cc.add_argument("--config", type=Path, required=True, metavar="PATH", help="the config TOML")
+
+    rn = sub.add_parser(
+        "run",
+        help="run the daemon on its configured feed",
+        description="Run the daemon: feed, engine, rules, outbox and sinks, until SIGTERM.",
+    )
+    rn.add_argument("--config", type=Path, required=True, metavar="PATH", help="the config TOML")
+
+    rp = sub.add_parser(
+        "replay",
+        help="run the full daemon fed from bar files",
+        description="Replay 1-minute bar files through a local Alpaca-protocol websocket "
+        "server into the full daemon, with the sinks of the config.",
+    )
+    rp.add_argument(
+        "--bars", nargs="+", type=Path, required=True, metavar="PATH", help="1-minute bar files"
+    )
+    rp.add_argument(
+        "--speed", type=float, default=60.0, help="bar-minutes per second (0: as fast as possible)"
+    )
+    rp.add_argument("--config", type=Path, required=True, metavar="PATH", help="the config TOML")
+
+    dm = sub.add_parser(
+        "demo",
+        help="the embedded default: a synthetic session, no keys, no network",
+        description="Replay a bundled synthetic IWM/SPY/QQQ session through the whole daemon "
+        "over a local websocket and print its alerts.",
+    )
+    dm.add_argument("--speed", type=float, default=30.0, help="bar-minutes per second (default 30)")
+    dm.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    dm.add_argument(
+        "--mqtt", metavar="URL", help="also publish to this broker, e.g. mqtt://127.0.0.1:1883"
+    )
+    dm.add_argument("--out", type=Path, metavar="DIR", help="keep alerts.jsonl and the state here")
     return p
 
 
@@ -117,7 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _backtest(args)
         if args.command == "check-config":
             return _check_config(args)
-    except (BarFileError, RatesFileError, RuleError) as exc:
+        if args.command == "run":
+            return asyncio.run(runner.run(args.config))
+        if args.command == "replay":
+            return asyncio.run(runner.replay(args.config, args.bars, args.speed))
+        if args.command == "demo":
+            return asyncio.run(runner.demo(args.speed, args.duration, args.mqtt, args.out))
+    except (BarFileError, RatesFileError, RuleError, ConfigError, SecretError) as exc:
         print(f"iwm-alerts: {exc}", file=sys.stderr)
         return 2
     raise AssertionError(f"unhandled command {args.command}")

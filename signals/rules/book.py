@@ -17,7 +17,7 @@ import numpy as np
 
 from signals.alerts import SEVERITIES, Alert, alert_id
 from signals.arrays import BoolArray, FloatArray, IntArray
-from signals.engine import Evaluation
+from signals.engine import RAW_COLUMN, Evaluation
 from signals.indicators.swing import FIB_LEVEL_NAMES, FIB_RATIOS
 from signals.rules.spec import RuleSpec
 from signals.score import Breakdown
@@ -213,6 +213,13 @@ class RuleBook:
         values: dict[str, float | str | None] = {"value": _opt(value)}
         for c in CONTEXT_COLUMNS:
             values[c] = _opt(float(ev.columns[c][i]))
+        if context is not None and symbol in context:
+            # A rule on a short timeframe explains itself with the daily picture,
+            # the same one its score and breakdown come from.
+            for part in bd.parts:
+                column = RAW_COLUMN[part.name]
+                if column in values and column != "volume_signal":
+                    values[column] = _opt(part.raw)
         if spec.operator == "breakout":
             values["rvol"] = values["volume_signal"]
             values["level"] = _opt(level)

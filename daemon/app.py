@@ -1,0 +1,377 @@
+"""The daemon: feed -> pipeline (synchronous) -> outbox -> sinks, under one supervisor.
+
+Everything lives in one `AsyncExitStack` (outbox, sinks) and one `TaskGroup`
+(feed, one delivery loop per sink, the MQTT state publisher). Ingest is a
+plain function the feed calls: it runs the engine and the rules, records
+alerts with the rule state in one outbox transaction and wakes the delivery
+loops, and never awaits a sink. Shutdown is ordered: stop taking bars, drain
+what was decided, then close the sinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import structlog
+
+from daemon.bars import frame_to_batch
+from daemon.calendar import xnys_sessions
+from daemon.config import Config
+from daemon.delivery import DeliveryLoop, drain_all
+from daemon.feeds.alpaca import AlpacaFeed
+from daemon.feeds.base import Feed, FeedBatch
+from daemon.outbox import Outbox
+from daemon.rules_file import load_rules
+from daemon.secrets import Secrets
+from daemon.sinks.base import Sink
+from daemon.sinks.console import ConsoleSink
+from daemon.sinks.jsonl import JsonlSink
+from daemon.sinks.mqtt import MqttSink
+from signals.alerts import Alert
+from signals.bar import BarBatch
+from signals.pipeline import Pipeline, Step
+from signals.sessions import DAY_S
+
+_log = structlog.get_logger(__name__)
+
+# An alert decided this long after its bar ended is marked delayed...
+DELAYED_AFTER_S = 120
+# ...and one older than this (a long outage, the start-up warm-up) is not sent at all.
+STALE_AFTER_S = 1800
+BREAKOUT_RULES = ("volume_breakout",)
+BREAKOUT_FLAG_S = 1800
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """History to run through the engines before live bars: daily bars and 1-minute bars."""
+
+    daily: pl.DataFrame | None = None
+    minutes: pl.DataFrame | None = None
+
+
+@dataclass
+class IngestStats:
+    """Counters the health endpoint reads."""
+
+    batches: int = 0
+    bars: int = 0
+    alerts_emitted: int = 0
+    alerts_duplicate: int = 0
+    alerts_stale: int = 0
+    updated_bars: int = 0
+    last_bar_time: int | None = None
+    breakouts: dict[str, int] = field(default_factory=dict)
+
+
+class Ingest:
+    """The synchronous path a feed calls for every batch."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        outbox: Outbox,
+        *,
+        wall_clock: Callable[[], float] | None,
+        on_alerts: Callable[[list[Alert]], None] = lambda alerts: None,
+        on_states: Callable[[dict[str, dict[str, float | str | bool | None]]], None] = lambda s: (
+            None
+        ),
+    ) -> None:
+        self.pipeline = pipeline
+        self.outbox = outbox
+        self.stats = IngestStats()
+        self._wall_clock = wall_clock
+        self._on_alerts = on_alerts
+        self._on_states = on_states
+
+    def __call__(self, batch: FeedBatch) -> None:
+        self.stats.batches += 1
+        if not batch.bars:
+            return
+        bars = BarBatch.from_bars(batch.bars)
+        if batch.kind == "updated":
+            self._updated(bars)
+            return
+        if batch.kind == "daily":
+            return  # the daily bar is aggregated from minutes; the provider's is not needed
+        wall = None if self._wall_clock is None else int(self._wall_clock())
+        step = self.pipeline.on_minute_bars(bars, wall_now=wall)
+        self.stats.bars += len(bars)
+        self.stats.last_bar_time = int(bars.time.max())
+        self.decide(step.alerts, wall)
+        self._on_states(self.states(step))
+
+    def decide(self, alerts: list[Alert], wall: int | None) -> list[Alert]:
+        """Drop stale alerts, record the rest with the rule state, hand the new ones on."""
+        fresh = [a for a in alerts if wall is None or wall - a.time <= STALE_AFTER_S]
+        self.stats.alerts_stale += len(alerts) - len(fresh)
+        for a in alerts:
+            if a not in fresh:
+                _log.info(
+                    "alert.stale_dropped",
+                    alert_id=a.id,
+                    rule=a.rule,
+                    symbol=a.symbol,
+                    age_s=wall - a.time if wall else None,
+                )
+        if not fresh:
+            return []
+        new = self.outbox.record(fresh, self.pipeline.book.state(), time.time())
+        self.stats.alerts_emitted += len(new)
+        self.stats.alerts_duplicate += len(fresh) - len(new)
+        for a in new:
+            _log.info(
+                "alert.emitted",
+                alert_id=a.id,
+                rule=a.rule,
+                symbol=a.symbol,
+                severity=a.severity,
+                delayed=a.delayed,
+            )
+            if a.rule in BREAKOUT_RULES:
+                self.stats.breakouts[a.symbol] = a.time
+        if new:
+            self._on_alerts(new)
+        return new
+
+    def _updated(self, bars: BarBatch) -> None:
+        """A corrected bar replaces the stored data of its minute; indicators and alerts stay."""
+        engine = self.pipeline.minute
+        if engine is None:
+            return
+        for i, sym in enumerate(bars.symbol):
+            if engine.last_time(sym) == int(bars.time[i]):
+                row = engine.row(sym)
+                engine.rings.replace_last(
+                    np.array([row]),
+                    {
+                        c: getattr(bars, c)[i : i + 1]
+                        for c in ("open", "high", "low", "close", "volume")
+                    },
+                )
+                self.stats.updated_bars += 1
+        _log.debug("bar.updated", bars=len(bars))
+
+    def states(self, step: Step) -> dict[str, dict[str, float | str | bool | None]]:
+        """Per symbol: what MQTT publishes as `<base>/<SYMBOL>/state`."""
+        out: dict[str, dict[str, float | str | bool | None]] = {}
+        minute = step.closed.get("1m")
+        daily = step.forming_daily
+        if minute is None:
+            return out
+        for i, sym in enumerate(minute.symbol):
+            c = minute.columns
+            state: dict[str, float | str | bool | None] = {
+                "price": _num(c["close"][i]),
+                "rvol": _num(c["rvol"][i]),
+                "time": datetime.fromtimestamp(int(minute.time[i]) + 60, UTC).isoformat(),
+            }
+            if daily is not None and sym in daily.symbol:
+                j = daily.symbol.index(sym)
+                d = daily.columns
+                b = daily.breakdown(j)
+                state.update(
+                    score=_num(b.score), label=b.label, rsi14=_num(d["rsi14"][j]),
+                    atr_pct=_num(d["atr_pct"][j]), rs_roc20=_num(d["rs_roc20"][j]),
+                )  # fmt: skip
+            last = self.stats.breakouts.get(sym)
+            state["breakout"] = (
+                last is not None and int(minute.time[i]) + 60 - last < BREAKOUT_FLAG_S
+            )
+            out[sym] = state
+        return out
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def warm_up(pipeline: Pipeline, warmup: Warmup) -> None:
+    """Daily bars through the daily engine and rules (their alerts are history, not news);
+    1-minute bars of past sessions through the 1-minute engine only."""
+    if warmup.daily is not None and warmup.daily.height:
+        pipeline.on_daily_bars(frame_to_batch(warmup.daily.sort("time", "symbol")))
+    if (
+        warmup.minutes is not None
+        and warmup.minutes.height
+        and pipeline.minute
+        and pipeline.sessions
+    ):
+        b = frame_to_batch(warmup.minutes.sort("time", "symbol"))
+        loc = pipeline.sessions.locate(b.time)
+        keep = np.flatnonzero(loc.regular)
+        b = replace(b.take(keep), session=loc.label[keep] // DAY_S, minute=loc.minute[keep])
+        pipeline.minute.on_bars(b)
+    _log.info("engine.warmed_up", daily=0 if warmup.daily is None else warmup.daily.height,
+              minutes=0 if warmup.minutes is None else warmup.minutes.height)  # fmt: skip
+
+
+def build_pipeline(config: Config, today: datetime) -> Pipeline:
+    """Rules, engines and the XNYS sessions around `today`."""
+    sessions = xnys_sessions(
+        (today - timedelta(days=800)).date(), (today + timedelta(days=60)).date()
+    )
+    return Pipeline(
+        config.engine.engine_config(intraday=True),
+        load_rules(config.rules.file),
+        sessions=sessions,
+        delayed_after_s=DELAYED_AFTER_S,
+    )
+
+
+def build_sinks(config: Config, secrets: Secrets, rule_names: Sequence[str]) -> list[Sink]:
+    """The configured sinks, in a fixed order."""
+    s = config.sinks
+    sinks: list[Sink] = []
+    if s.console.enabled:
+        sinks.append(
+            ConsoleSink(benchmark=config.engine.benchmark, comparator=config.engine.comparator)
+        )
+    if s.jsonl is not None:
+        sinks.append(JsonlSink(s.jsonl.path))
+    if s.mqtt is not None:
+        m = s.mqtt
+        sinks.append(
+            MqttSink(
+                m.url,
+                base_topic=m.base_topic,
+                discovery_prefix=m.discovery_prefix,
+                username=m.username,
+                password=secrets.get("MQTT_PASSWORD"),
+                client_id=m.client_id,
+                ca_file=m.ca_file,
+                cert_file=m.cert_file,
+                key_file=m.key_file,
+                qos=m.qos,
+                symbols=config.feed.symbols,
+                rule_names=rule_names,
+            )
+        )
+    return sinks
+
+
+def build_feed(config: Config, secrets: Secrets, *, realtime: bool) -> Feed:
+    """The configured provider's feed (alpaca, or replay: an Alpaca-protocol server)."""
+    f = config.feed
+    if f.provider in ("alpaca", "replay"):
+        key = secrets.get("ALPACA_API_KEY")
+        secret = secrets.get("ALPACA_API_SECRET")
+        if f.provider == "alpaca" and (key is None or secret is None):
+            raise ValueError("feed.provider alpaca needs ALPACA_API_KEY and ALPACA_API_SECRET")
+        extra: dict[str, object] = {}
+        if f.rest_url:
+            extra["rest_url"] = f.rest_url
+        if not realtime:
+            extra["is_market_open"] = lambda _t: True
+        return AlpacaFeed(
+            key=key.reveal() if key else "replay",
+            secret=secret.reveal() if secret else "replay",
+            symbols=list(f.symbols),
+            stream=f.alpaca_feed,
+            url=f.url,
+            max_frame_bytes=f.max_frame_bytes,
+            silence_timeout_s=f.silence_timeout_s,
+            warmup_s=0.0 if not realtime else 3600.0,
+            **extra,  # type: ignore[arg-type]
+        )
+    raise ValueError(f"feed.provider {f.provider!r} has no adapter in this version yet")
+
+
+async def run_daemon(
+    config: Config,
+    secrets: Secrets,
+    stop: asyncio.Event,
+    *,
+    warmup: Warmup | None = None,
+    feed: Feed | None = None,
+    realtime: bool = True,
+    drain_timeout_s: float = 10.0,
+    on_ingest: Callable[[Ingest], None] = lambda ingest: None,
+) -> IngestStats:
+    """Run until `stop` is set or the feed fails for good; returns the ingest counters."""
+    pipeline = build_pipeline(config, datetime.now(UTC))
+    rule_names = [s.name for s in pipeline.book.specs]
+    sinks_built = build_sinks(config, secrets, rule_names)
+    config.state.dir.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        outbox = stack.enter_context(
+            Outbox.open(config.state.dir / "outbox.sqlite", [s.name for s in sinks_built])
+        )
+        saved = outbox.load_rule_state()
+        if warmup is not None:
+            warm_up(pipeline, warmup)
+        if saved is not None:
+            pipeline.book.restore(saved)
+        sinks = [await stack.enter_async_context(s) for s in sinks_built]
+        loops = [DeliveryLoop(outbox, s) for s in sinks]
+        mqtt = next((s for s in sinks if isinstance(s, MqttSink)), None)
+        pending_states: dict[str, dict[str, float | str | bool | None]] = {}
+        states_ready = asyncio.Event()
+
+        def queue_states(states: dict[str, dict[str, float | str | bool | None]]) -> None:
+            if mqtt is not None and states:
+                pending_states.update(states)
+                states_ready.set()
+
+        def wake(_alerts: list[Alert]) -> None:
+            for loop in loops:
+                loop.wake()
+
+        ingest = Ingest(
+            pipeline,
+            outbox,
+            wall_clock=time.time if realtime else None,
+            on_alerts=wake,
+            on_states=queue_states,
+        )
+        on_ingest(ingest)
+        the_feed = feed or build_feed(config, secrets, realtime=realtime)
+
+        async def publish_states() -> None:
+            assert mqtt is not None
+            while True:
+                await states_ready.wait()
+                states_ready.clear()
+                batch = dict(pending_states)
+                pending_states.clear()
+                for sym, state in batch.items():
+                    await mqtt.publish_state(sym, state)
+
+        async with asyncio.TaskGroup() as tg:
+            feed_task = tg.create_task(the_feed.run(ingest), name="feed")
+            delivery = [
+                tg.create_task(loop.run(), name=f"deliver-{loop_sink.name}")
+                for loop, loop_sink in zip(loops, sinks, strict=True)
+            ]
+            publisher = (
+                tg.create_task(publish_states(), name="mqtt-states") if mqtt is not None else None
+            )
+            stopper = tg.create_task(stop.wait(), name="stop")
+            _log.info(
+                "daemon.started",
+                feed=config.feed.provider,
+                symbols=list(config.feed.symbols),
+                sinks=[s.name for s in sinks],
+            )
+            await asyncio.wait([feed_task, stopper], return_when=asyncio.FIRST_COMPLETED)
+            feed_task.cancel()  # 1. stop taking bars
+            stopper.cancel()
+            drained = await drain_all(loops, drain_timeout_s)  # 2. deliver what was decided
+            if publisher is not None:
+                if pending_states:
+                    for sym, state in pending_states.items():
+                        await mqtt.publish_state(sym, state)  # type: ignore[union-attr]
+                publisher.cancel()
+            for task in delivery:
+                task.cancel()  # 3. the sinks close with the exit stack
+            _log.info("daemon.stopping", drained=drained, outbox_depth=outbox.depth())
+        return ingest.stats
