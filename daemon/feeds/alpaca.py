@@ -35,13 +35,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final, Literal, Self
 
 import httpx
 import msgspec
+import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
@@ -63,8 +64,10 @@ from daemon.feeds.base import (
     FrameRejected,
 )
 from daemon.feeds.market_hours import xnys_is_open
-from daemon.feeds.reconnect import FeedLoop, ReconnectPolicy, Received, Rejection
+from daemon.feeds.reconnect import FeedLoop, Received, ReconnectPolicy, Rejection
 from signals.bar import SYMBOL_PATTERN, Bar, BarRejected
+
+_log = structlog.get_logger(__name__)
 
 DEFAULT_STREAM_URL: Final = "wss://stream.data.alpaca.markets/v2/{stream}"
 DEFAULT_REST_URL: Final = "https://data.alpaca.markets"
@@ -91,6 +94,7 @@ ERROR_MESSAGES: Final[dict[int, str]] = {
 
 _KINDS: Final[dict[str, FeedKind]] = {"b": "live", "u": "updated", "d": "daily"}
 _DETAIL_CHARS = 160
+_MIN_SCRUB_CHARS = 6  # real keys are 20+ characters; scrubbing "s" would mangle every message
 
 State = Literal["connecting", "authenticating", "subscribing", "streaming", "failed"]
 
@@ -267,7 +271,7 @@ class AlpacaProtocol:
             raise ValueError(f"channels must be a non-empty subset of {DEFAULT_CHANNELS}")
         self._symbol_set = frozenset(self.symbols)
         self._max_future_s = max_future_s
-        self._secrets = tuple(s for s in (key, secret) if s)
+        self._secrets = tuple(s for s in (key, secret) if len(s) >= _MIN_SCRUB_CHARS)
         self._auth = msgspec.json.encode({"action": "auth", "key": key, "secret": secret}).decode()
         subscribe: dict[str, object] = {"action": "subscribe"}
         subscribe.update({channel: list(self.symbols) for channel in chosen})
@@ -304,7 +308,9 @@ class AlpacaProtocol:
         out, self._outgoing = self._outgoing, []
         return out
 
-    def _message(self, raw: msgspec.Raw, now_s: float, pending: list[tuple[FeedKind, list[Bar]]]) -> None:
+    def _message(
+        self, raw: msgspec.Raw, now_s: float, pending: list[tuple[FeedKind, list[Bar]]]
+    ) -> None:
         try:
             kind = msgspec.json.decode(raw, type=_Head).T
         except (msgspec.DecodeError, RecursionError):
@@ -333,7 +339,9 @@ class AlpacaProtocol:
 
     def _bar(self, raw: msgspec.Raw, *, minute: bool, now_s: float) -> Bar | Rejection:
         if self.state != "streaming":
-            return Rejection("unexpected_message", f"bar before subscription: {_excerpt(bytes(raw))}")
+            return Rejection(
+                "unexpected_message", f"bar before subscription: {_excerpt(bytes(raw))}"
+            )
         try:
             msg = msgspec.json.decode(raw, type=_StreamBar)
         except msgspec.ValidationError as exc:
@@ -444,7 +452,10 @@ def parse_bars_page(
             result = _bar_or_rejection(
                 symbol, msg, minute=True, symbols=symbols, now_s=now_s, max_future_s=max_future_s
             )
-            (rejected if isinstance(result, Rejection) else bars).append(result)  # type: ignore[arg-type]
+            if isinstance(result, Rejection):
+                rejected.append(result)
+            else:
+                bars.append(result)
     return BarsPage(tuple(bars), tuple(rejected), page.next_page_token or None)
 
 
@@ -453,9 +464,9 @@ def rfc3339(epoch_s: int) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _retry_after_s(headers: httpx.Headers | Iterable[tuple[str, str]], now_s: float) -> float | None:
+def _retry_after_s(headers: Iterable[tuple[str, str]], now_s: float) -> float | None:
     """Seconds to wait from `Retry-After` (seconds) or `X-RateLimit-Reset` (epoch), if present."""
-    values = {k.lower(): v for k, v in (headers.items() if isinstance(headers, httpx.Headers) else headers)}
+    values = {k.lower(): v for k, v in headers}
     try:
         if "retry-after" in values:
             return max(0.0, float(values["retry-after"]))
@@ -466,6 +477,13 @@ def _retry_after_s(headers: httpx.Headers | Iterable[tuple[str, str]], now_s: fl
     return None
 
 
+def _scrub(key: str, secret: str, text: str) -> str:
+    for value in (key, secret):
+        if len(value) >= _MIN_SCRUB_CHARS:
+            text = text.replace(value, "***")
+    return text
+
+
 @dataclass(frozen=True)
 class _Settings:
     """Everything a connection or a backfill needs, shared by both."""
@@ -473,8 +491,8 @@ class _Settings:
     name: str
     url: str
     rest_url: str
-    key: str
-    secret: str
+    key: str = field(repr=False)
+    secret: str = field(repr=False)
     symbols: tuple[str, ...]
     channels: tuple[Channel, ...]
     rest_feed: str
@@ -487,16 +505,12 @@ class _Settings:
     now: Callable[[], float]
     sleep: Callable[[float], Awaitable[None]]
 
-    def __repr__(self) -> str:  # never show credentials
-        return f"_Settings(name={self.name!r}, url={self.url!r}, symbols={self.symbols!r})"
-
     def scrub(self, text: str) -> str:
-        for secret in (self.key, self.secret):
-            text = text.replace(secret, "***")
-        return text
+        """`text` with the credentials replaced by `***` (a server could echo them back)."""
+        return _scrub(self.key, self.secret, text)
 
 
-class AlpacaConnection:
+class _AlpacaConnection:
     """One websocket session: entering connects, authenticates and subscribes; then `receive`."""
 
     def __init__(self, settings: _Settings) -> None:
@@ -522,7 +536,7 @@ class AlpacaConnection:
                         open_timeout=self._s.open_timeout_s,
                         ping_interval=self._s.ping_interval_s,
                         ping_timeout=self._s.ping_timeout_s,
-                        close_timeout=5.0,
+                        close_timeout=2.0,
                     )
                 )
             except (WebSocketException, OSError, TimeoutError, EOFError) as exc:
@@ -555,7 +569,8 @@ class AlpacaConnection:
 
     async def _next(self) -> Received:
         ws = self._ws
-        assert ws is not None, "receive() before the connection was entered"
+        if ws is None:
+            raise RuntimeError("receive() before the connection was entered")
         try:
             data = await ws.recv()
         except ConnectionClosed as exc:
@@ -575,7 +590,25 @@ class AlpacaConnection:
                 rejected.append(event)
             elif isinstance(event, ServerError):
                 raise error_for_code(self._s.name, event.code, event.message)
+            elif isinstance(event, Subscribed):
+                self._check_subscription(event)
         return Received(tuple(batches), tuple(rejected))
+
+    def _check_subscription(self, event: Subscribed) -> None:
+        granted = {
+            "bars": event.bars,
+            "updatedBars": event.updated_bars,
+            "dailyBars": event.daily_bars,
+        }
+        missing = {
+            channel: sorted(set(self._s.symbols) - set(granted[channel]))
+            for channel in self._s.channels
+            if "*" not in granted[channel] and set(self._s.symbols) - set(granted[channel])
+        }
+        if missing:
+            _log.warning("feed.subscription_incomplete", feed=self._s.name, missing=missing)
+        else:
+            _log.info("feed.subscribed", feed=self._s.name, channels=list(self._s.channels))
 
     def _translate(self, exc: BaseException) -> FeedError:
         name = self._s.name
@@ -604,34 +637,55 @@ class AlpacaConnection:
 
 
 class AlpacaRest:
-    """The `/v2/stocks/bars` backfill: pagination, bounded retries on 429 and 5xx, typed errors."""
+    """The `/v2/stocks/bars` backfill: pagination, bounded retries on 429 and 5xx, typed errors.
+
+    `http` is owned by the caller. Errors: `FeedThrottled` (429 after the
+    retries), `FeedAuthFailed` (401), `FeedFatal` (400/403/404/422: the request
+    or the plan is wrong), `FeedUnavailable` (5xx, network, oversized body).
+    """
 
     def __init__(
         self,
-        settings: _Settings,
         http: httpx.AsyncClient,
         *,
+        key: str,
+        secret: str,
+        symbols: Sequence[str],
+        rest_url: str = DEFAULT_REST_URL,
+        feed: str = "iex",
+        name: str = "alpaca",
+        now: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_future_s: float = 300.0,
         page_limit: int = 10_000,
         max_pages: int = 100,
         max_retries: int = 3,
         max_retry_wait_s: float = 60.0,
         max_body_bytes: int = 32 << 20,
     ) -> None:
-        self._s, self._http = settings, http
+        self._http, self._name = http, name
+        self._key, self._secret = key, secret
+        self._symbols = tuple(symbols)
+        self._symbol_set = frozenset(self._symbols)
+        self._url = f"{rest_url.rstrip('/')}/v2/stocks/bars"
+        self._feed = feed
+        self._now, self._sleep, self._max_future_s = now, sleep, max_future_s
         self._page_limit, self._max_pages = page_limit, max_pages
         self._max_retries, self._max_retry_wait_s = max_retries, max_retry_wait_s
         self._max_body_bytes = max_body_bytes
-        self._symbols = frozenset(settings.symbols)
+
+    def __repr__(self) -> str:
+        return f"AlpacaRest(url={self._url!r}, symbols={self._symbols!r})"
 
     async def bars(self, start_s: int, end_s: int) -> Received:
         """Minute bars with start in `[start_s, end_s]` for every symbol, as kind `backfill`."""
         params = {
-            "symbols": ",".join(self._s.symbols),
+            "symbols": ",".join(self._symbols),
             "timeframe": "1Min",
             "start": rfc3339(start_s),
             "end": rfc3339(end_s),
             "limit": str(self._page_limit),
-            "feed": self._s.rest_feed,
+            "feed": self._feed,
             "adjustment": "raw",
             "sort": "asc",
         }
@@ -640,19 +694,24 @@ class AlpacaRest:
         token: str | None = None
         for _ in range(self._max_pages):
             body = await self._get(params if token is None else {**params, "page_token": token})
-            page = parse_bars_page(body, self._symbols, self._s.now(), self._s.max_future_s)
+            page = parse_bars_page(body, self._symbol_set, self._now(), self._max_future_s)
             bars.extend(page.bars)
-            rejected.extend(page.rejected)
+            rejected.extend(
+                Rejection(r.reason, _scrub(self._key, self._secret, r.detail))
+                for r in page.rejected
+            )
             token = page.next_page_token
             if token is None:
                 break
         else:
-            rejected.append(Rejection("backfill_truncated", f"stopped after {self._max_pages} pages"))
+            rejected.append(
+                Rejection("backfill_truncated", f"stopped after {self._max_pages} pages")
+            )
         return Received((("backfill", tuple(bars)),), tuple(rejected))
 
     async def _get(self, params: dict[str, str]) -> bytes:
-        url = f"{self._s.rest_url.rstrip('/')}/v2/stocks/bars"
-        headers = {"APCA-API-KEY-ID": self._s.key, "APCA-API-SECRET-KEY": self._s.secret}
+        url = self._url
+        headers = {"APCA-API-KEY-ID": self._key, "APCA-API-SECRET-KEY": self._secret}
         attempt = 0
         while True:
             try:
@@ -661,11 +720,13 @@ class AlpacaRest:
                 if attempt >= self._max_retries:
                     raise
                 wait = exc.retry_after_s if isinstance(exc, FeedThrottled) else None
-                await self._s.sleep(min(self._max_retry_wait_s, wait if wait is not None else 2.0**attempt))
+                await self._sleep(
+                    min(self._max_retry_wait_s, wait if wait is not None else 2.0**attempt)
+                )
                 attempt += 1
 
     async def _get_once(self, url: str, params: dict[str, str], headers: dict[str, str]) -> bytes:
-        name = self._s.name
+        name = self._name
         try:
             async with self._http.stream("GET", url, params=params, headers=headers) as resp:
                 if resp.status_code == 200:
@@ -675,7 +736,9 @@ class AlpacaRest:
         except httpx.InvalidURL as exc:
             raise FeedFatal(name, f"invalid REST URL: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise FeedUnavailable(name, self._s.scrub(f"REST {type(exc).__name__}: {exc}")) from exc
+            raise FeedUnavailable(
+                name, _scrub(self._key, self._secret, f"REST {type(exc).__name__}: {exc}")
+            ) from exc
 
     async def _read(self, resp: httpx.Response, limit: int) -> bytes:
         chunks: list[bytes] = []
@@ -683,19 +746,21 @@ class AlpacaRest:
         async for chunk in resp.aiter_bytes():
             size += len(chunk)
             if size > limit:
-                raise FeedUnavailable(self._s.name, f"REST response larger than {limit} bytes")
+                raise FeedUnavailable(self._name, f"REST response larger than {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
     def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> FeedError:
-        name = self._s.name
+        name = self._name
         try:
             message = str(msgspec.json.decode(body, type=dict[str, object]).get("message", ""))
         except (msgspec.DecodeError, RecursionError):
             message = ""
-        detail = self._s.scrub(f"REST HTTP {status} {message[:_DETAIL_CHARS]}".rstrip())
+        detail = _scrub(
+            self._key, self._secret, f"REST HTTP {status} {message[:_DETAIL_CHARS]}".rstrip()
+        )
         if status == 429:
-            return FeedThrottled(name, detail, _retry_after_s(headers, self._s.now()))
+            return FeedThrottled(name, detail, _retry_after_s(headers.multi_items(), self._now()))
         if status == 401:
             return FeedAuthFailed(name, detail)
         if status in (400, 403, 404, 422):  # bad request or a plan without this data
@@ -709,10 +774,21 @@ class _AlpacaSource:
     def __init__(self, settings: _Settings, http: httpx.AsyncClient) -> None:
         self.name, self.url = settings.name, settings.url
         self._settings = settings
-        self._rest = AlpacaRest(settings, http)
+        self._rest = AlpacaRest(
+            http,
+            key=settings.key,
+            secret=settings.secret,
+            symbols=settings.symbols,
+            rest_url=settings.rest_url,
+            feed=settings.rest_feed,
+            name=settings.name,
+            now=settings.now,
+            sleep=settings.sleep,
+            max_future_s=settings.max_future_s,
+        )
 
-    def connection(self) -> AlpacaConnection:
-        return AlpacaConnection(self._settings)
+    def connection(self) -> _AlpacaConnection:
+        return _AlpacaConnection(self._settings)
 
     async def backfill(self, start_s: int, end_s: int) -> Received:
         return await self._rest.bars(start_s, end_s)
@@ -764,6 +840,8 @@ class AlpacaFeed:
         bad = [s for s in wanted if not isinstance(s, str) or not SYMBOL_PATTERN.fullmatch(s)]
         if not wanted or bad:
             raise ValueError(f"symbols must be 1+ tickers matching [A-Z0-9.-]{{1,10}}, bad: {bad}")
+        if not channels or not set(channels) <= set(DEFAULT_CHANNELS):
+            raise ValueError(f"channels must be a non-empty subset of {DEFAULT_CHANNELS}")
         if max_frame_bytes < 1024:
             raise ValueError(f"max_frame_bytes must be >= 1024, got {max_frame_bytes}")
         for label, value in (
@@ -796,7 +874,6 @@ class AlpacaFeed:
             now=now,
             sleep=sleep,
         )
-        AlpacaProtocol(key, secret, wanted, channels=channels)  # validate channels now
         self._policy = policy or ReconnectPolicy()
         self._http_timeout_s = http_timeout_s
         self._silence_timeout_s, self._warmup_s = silence_timeout_s, warmup_s
@@ -819,7 +896,10 @@ class AlpacaFeed:
         return self._settings.symbols
 
     async def run(self, emit: Callable[[FeedBatch], None]) -> None:
-        """Stream until cancelled, reconnecting and backfilling; raise `FeedFatal` on a dead end."""
+        """Stream until cancelled, reconnecting and backfilling; raise `FeedFatal` on a dead end.
+
+        An exception raised by `emit` itself is not a feed problem: it propagates unchanged.
+        """
         async with httpx.AsyncClient(
             timeout=self._http_timeout_s, transport=self._http_transport, follow_redirects=False
         ) as http:

@@ -6,10 +6,14 @@ what an exception means for the loop (retry soon, retry much later, give up);
 `FeedLoop` runs a provider `Source` through them:
 
 1. open a fresh `Connection` (connect, authenticate, subscribe);
-2. backfill `[last complete minute, now]` over REST while live bars are held
-   back in a bounded buffer, emit the backfill, then the held live bars, then
-   live bars as they come, dropping any (symbol, minute) already emitted;
-3. when the connection ends, sleep for the next backoff delay and go to 1.
+2. backfill over REST from the newest minute already emitted (at start-up:
+   `now - warmup_s`) to the last minute that has ended, while live bars are
+   held back in a bounded buffer; emit the backfill, then the held live bars,
+   then live bars as they come, dropping any minute bar whose (symbol, time)
+   is not newer than what was already emitted for that symbol;
+3. meanwhile a watchdog closes the session if no message arrives for
+   `silence_timeout_s` while `is_market_open(now)`;
+4. when the session ends, sleep for the next backoff delay and go to 1.
 
 A session only resets the backoff if it lived at least `stable_after_s`: a
 server that accepts and hangs up at once gets ever longer delays, not a storm.
@@ -268,6 +272,18 @@ def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return next((e for e in leaves if isinstance(e, FeedError)), leaves[0])
 
 
+def _reraise_cancellation() -> None:
+    """Honour a cancellation that a task group swallowed.
+
+    When a child fails while the parent is being cancelled, `TaskGroup` raises
+    the child's error and drops the `CancelledError`: carrying on would make
+    the feed impossible to stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class FeedLoop:
     """Runs a `Source` forever: connect, backfill, stream, reconnect. See the module docstring.
 
@@ -298,7 +314,8 @@ class FeedLoop:
         self._rejects = RejectLog(source.name, stats, policy.reject_log_interval_s, now)
         self._emit: Callable[[FeedBatch], None] = lambda batch: None
         self._last_emitted: dict[str, int] = {}  # symbol -> newest minute bar start emitted
-        self._complete_from = 0  # minute bars before this start are all emitted (or given up)
+        self._warmup_from = 0  # where the first backfill starts
+        self._watermark: int | None = None  # newest minute bar start emitted, any symbol
         self._quiet_since = 0.0
         self._session_up = False
 
@@ -306,7 +323,7 @@ class FeedLoop:
         """Run until cancelled; raise `FeedFatal` when retrying cannot help."""
         name = self._source.name
         self._emit = emit
-        self._complete_from = int(self._now() - self._warmup_s) // 60 * 60
+        self._warmup_from = int(self._now() - self._warmup_s) // 60 * 60
         ordinary = self._policy.ordinary_delays(self._rand)
         throttled = self._policy.throttled_delays(self._rand)
         auth_failures = 0
@@ -320,6 +337,7 @@ class FeedLoop:
             try:
                 await self._session()
             except Exception as exc:  # classified below; CancelledError is not an Exception
+                _reraise_cancellation()
                 error = exc
             else:  # pragma: no cover - a session only ends by raising
                 error = FeedUnavailable(name, "session ended")
@@ -367,10 +385,15 @@ class FeedLoop:
                 _log.info("feed.connected", feed=name, url=self._source.url)
                 gate = _Gate()
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._receive(conn, gate), name=f"{name}.receive")
                     tg.create_task(self._watchdog(), name=f"{name}.watchdog")
                     tg.create_task(self._backfill(gate), name=f"{name}.backfill")
+                    # Receive in the group's own body, which never ends normally: a
+                    # failing child then cancels the body, and Python 3.11's TaskGroup
+                    # keeps the task's cancellation count right (it does not if the
+                    # body has already finished).
+                    await self._receive(conn, gate)
         except ExceptionGroup as group:
+            _reraise_cancellation()
             raise _leaf(group) from None
 
     async def _receive(self, conn: Connection, gate: _Gate) -> None:
@@ -411,8 +434,8 @@ class FeedLoop:
             if not fresh:
                 return
             bars = tuple(fresh)
-            if kind == "live":
-                self._complete_from = max(self._complete_from, bars[0].time)
+            if self._watermark is None or bars[0].time > self._watermark:
+                self._watermark = bars[0].time
         now = self._now()
         stats = self._stats
         stats.bars += len(bars)
@@ -425,7 +448,9 @@ class FeedLoop:
 
     async def _backfill(self, gate: _Gate) -> None:
         name = self._source.name
-        start = self._complete_from
+        # Resume at the newest minute seen (inclusive: its other symbols may be
+        # missing); the duplicates this fetches are dropped in `_deliver`.
+        start = self._warmup_from if self._watermark is None else self._watermark
         end = int(self._now()) // 60 * 60 - 1  # only minutes that have ended
         if end >= start:
             try:
@@ -449,8 +474,6 @@ class FeedLoop:
                 )
                 for run in _by_time(tuple(bars)):
                     self._deliver("backfill", run)
-                # The minute that ended last may not be published yet: live brings it.
-                self._complete_from = max(self._complete_from, end + 1 - 60)
                 _log.info(
                     "feed.backfill",
                     feed=name,
@@ -459,8 +482,8 @@ class FeedLoop:
                 )
         gate.open = True
         held, gate.held, gate.held_bars = gate.held, [], 0
-        for kind, bars in held:
-            self._deliver(kind, bars)
+        for kind, run in held:
+            self._deliver(kind, run)
 
     async def _watchdog(self) -> None:
         if self._silence_timeout_s <= 0:

@@ -1,0 +1,535 @@
+"""A local stand-in for Alpaca: a websocket server and a REST endpoint that replay a bar frame.
+
+The websocket speaks the Alpaca market data v2 protocol (`connected`, `auth`,
+`subscribe`, errors by code) and plays minute bars as `"T":"b"` messages, all
+symbols of one minute in one frame, at `speed` bar-minutes per real second
+(0 or infinity: as fast as the client reads). The timeline is global and
+starts when the first client subscribes: like a real market it keeps moving
+while a client is disconnected. `GET /v2/stocks/bars` serves the same frame
+in Alpaca's REST shape, up to the minute already played, so a client can
+repair a gap after a reconnect.
+
+Both listen on loopback only, on free ports by default. Test hooks:
+`kill_connections()`, `refuse_with(code)`, `go_silent()`,
+`close_after_subscribe()`, `send_raw(data)` and `fail_rest(status)`.
+
+Used by `iwm-alerts demo` / `replay` and by the feed tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import math
+from collections.abc import Iterable
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, Final, Self
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+import numpy as np
+import polars as pl
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from daemon.feeds.alpaca import ERROR_MESSAGES
+
+_log = structlog.get_logger(__name__)
+
+COLUMNS: Final = ("symbol", "time", "open", "high", "low", "close", "volume")
+LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+_CHANNELS: Final = ("bars", "updatedBars", "dailyBars")
+_MAX_REQUEST_LINE = 8192
+_MAX_HEADERS = 64
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _error(code: int) -> str:
+    return _json([{"T": "error", "code": code, "msg": ERROR_MESSAGES.get(code, "error")}])
+
+
+def _stamp(epoch_s: int) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _number(x: float) -> float | int:
+    return int(x) if x.is_integer() and abs(x) < 2**53 else x
+
+
+def _rest_bar(row: dict[str, Any]) -> dict[str, object]:
+    h, low, c = row["high"], row["low"], row["close"]
+    return {
+        "t": _stamp(row["time"]),
+        "o": row["open"],
+        "h": h,
+        "l": low,
+        "c": c,
+        "v": _number(row["volume"]),
+        "n": 0,
+        "vw": round((h + low + c) / 3, 6),  # no trades here: the typical price stands in
+    }
+
+
+def _parse_time(text: str) -> int:
+    """Epoch seconds from RFC 3339 or `YYYY-MM-DD` (UTC)."""
+    stamp = datetime.fromisoformat(text)
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return math.floor(stamp.timestamp())
+
+
+@dataclass
+class _Client:
+    bars: set[str] = field(default_factory=set)
+    updated: set[str] = field(default_factory=set)
+    daily: set[str] = field(default_factory=set)
+
+    def wants(self, symbol: str) -> bool:
+        return "*" in self.bars or symbol in self.bars
+
+    def message(self) -> str:
+        return _json(
+            [
+                {
+                    "T": "subscription",
+                    "trades": [],
+                    "quotes": [],
+                    "bars": sorted(self.bars),
+                    "updatedBars": sorted(self.updated),
+                    "dailyBars": sorted(self.daily),
+                    "statuses": [],
+                    "lulds": [],
+                    "corrections": [],
+                    "cancelErrors": [],
+                }
+            ]
+        )
+
+
+class _Request(msgspec.Struct, rename={"updated": "updatedBars", "daily": "dailyBars"}):
+    action: str
+    key: str = ""
+    secret: str = ""
+    bars: list[str] = []
+    updated: list[str] = []
+    daily: list[str] = []
+
+
+class ReplayServer:
+    """An Alpaca-compatible websocket + REST server on loopback that replays `bars`.
+
+    `bars` has columns symbol, time (bar start, epoch seconds), open, high,
+    low, close, volume. With `key`/`secret` set, only those credentials
+    authenticate (402 otherwise); by default any do. Use as an async context
+    manager; `url` and `rest_url` are valid inside it.
+    """
+
+    def __init__(
+        self,
+        bars: pl.DataFrame,
+        *,
+        speed: float = 0.0,
+        key: str | None = None,
+        secret: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        http_port: int = 0,
+        stream: str = "iex",
+        auth_timeout_s: float = 10.0,
+    ) -> None:
+        if host not in LOOPBACK:
+            raise ValueError(f"the replay server listens on loopback only, not {host!r}")
+        if not speed >= 0:
+            raise ValueError(f"speed must be >= 0 (0 or inf: as fast as possible), got {speed}")
+        missing = [c for c in COLUMNS if c not in bars.columns]
+        if missing:
+            raise ValueError(f"bars need columns {COLUMNS}, missing {missing}")
+        self._frame = bars.select(
+            pl.col("symbol").cast(pl.String),
+            pl.col("time").cast(pl.Int64),
+            *(pl.col(c).cast(pl.Float64) for c in COLUMNS[2:]),
+        ).sort("time", "symbol")
+        times = self._frame["time"].to_numpy()
+        self._minutes: list[int] = np.unique(times).tolist()
+        self._bounds: list[int] = np.searchsorted(
+            times, [*self._minutes, np.iinfo(np.int64).max]
+        ).tolist()
+        self._speed = speed
+        self._key, self._secret = key, secret
+        self._host, self._port, self._http_port = host, port, http_port
+        self._stream = stream
+        self._auth_timeout_s = auth_timeout_s
+        self._clients: dict[ServerConnection, _Client] = {}
+        self._subscribed: set[ServerConnection] = set()
+        self._start = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._played = 0
+        self._refuse: int | None = None
+        self._silent = False
+        self._close_after_subscribe = False
+        self._rest_failures: list[tuple[int, float | None]] = []
+        self._stack = AsyncExitStack()
+        self._player: asyncio.Task[None] | None = None
+        self._ws_server: Server | None = None
+        self._http_server: asyncio.Server | None = None
+        self.connections_seen = 0
+        """Websocket connections accepted so far."""
+        self.auth_attempts = 0
+        """`auth` messages received so far."""
+        self.rest_requests = 0
+        """REST requests answered so far."""
+        self.last_subscription: dict[str, list[str]] | None = None
+        """The channels of the latest (un)subscribe, as the server now holds them."""
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            group = await stack.enter_async_context(asyncio.TaskGroup())
+            self._ws_server = await stack.enter_async_context(
+                serve(self._handle, self._host, self._port, max_size=1 << 16)
+            )
+            self._http_server = await asyncio.start_server(
+                self._handle_http, self._host, self._http_port, limit=_MAX_REQUEST_LINE
+            )
+            await stack.enter_async_context(self._http_server)
+            self._player = group.create_task(self._play(), name="replay.player")
+            self._stack = stack.pop_all()
+        _log.info(
+            "replay.started", url=self.url, rest_url=self.rest_url, minutes=len(self._minutes)
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._player is not None:
+            self._player.cancel()
+        await self._stack.__aexit__(exc_type, exc, tb)
+
+    # Where to connect.
+
+    @property
+    def port(self) -> int:
+        """The websocket port actually bound."""
+        if self._ws_server is None:
+            raise RuntimeError("the replay server is not running")
+        return int(self._ws_server.sockets[0].getsockname()[1])
+
+    @property
+    def http_port(self) -> int:
+        """The REST port actually bound."""
+        if self._http_server is None:
+            raise RuntimeError("the replay server is not running")
+        return int(self._http_server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """The stream URL, `ws://127.0.0.1:PORT/v2/iex`."""
+        return f"ws://{self._host}:{self.port}/v2/{self._stream}"
+
+    @property
+    def rest_url(self) -> str:
+        """The REST base URL, `http://127.0.0.1:PORT`."""
+        return f"http://{self._host}:{self.http_port}"
+
+    # Progress.
+
+    @property
+    def minutes_total(self) -> int:
+        """Distinct bar minutes in the frame."""
+        return len(self._minutes)
+
+    @property
+    def minutes_played(self) -> int:
+        """Minutes played so far."""
+        return self._played
+
+    @property
+    def played_until(self) -> int | None:
+        """Start of the last minute played, or None before the first."""
+        return self._minutes[self._played - 1] if self._played else None
+
+    async def wait_played(self, minutes: int) -> None:
+        """Return once at least `minutes` minutes (capped at the total) have been played."""
+        target = min(minutes, len(self._minutes))
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._played >= target)
+
+    def start(self) -> None:
+        """Start the timeline now instead of at the first subscription."""
+        self._start.set()
+
+    # Test hooks.
+
+    def kill_connections(self) -> int:
+        """Drop every client at the TCP level, without a close frame. Returns how many."""
+        victims = list(self._clients)
+        for ws in victims:
+            ws.transport.abort()
+        return len(victims)
+
+    def refuse_with(self, code: int | None) -> None:
+        """Answer the `auth` of new sessions with error `code` (e.g. 406) and close; None stops."""
+        self._refuse = code
+
+    def go_silent(self, silent: bool = True) -> None:
+        """Stop (or resume) sending bars; the timeline and control replies go on."""
+        self._silent = silent
+
+    def close_after_subscribe(self, enabled: bool = True) -> None:
+        """Close each new session right after confirming its subscription (accept-then-close)."""
+        self._close_after_subscribe = enabled
+
+    def fail_rest(self, status: int, times: int = 1, retry_after_s: float | None = None) -> None:
+        """Answer the next `times` REST requests with `status` (and `Retry-After` if given)."""
+        self._rest_failures.extend([(status, retry_after_s)] * times)
+
+    async def send_raw(self, data: str | bytes) -> int:
+        """Send `data` as one message to every subscribed client. Returns how many got it."""
+        sent = 0
+        for ws in list(self._subscribed):
+            try:
+                await ws.send(data)
+                sent += 1
+            except ConnectionClosed:
+                continue
+        return sent
+
+    # Websocket side.
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        self.connections_seen += 1
+        client = _Client()
+        self._clients[ws] = client
+        try:
+            await ws.send(_json([{"T": "success", "msg": "connected"}]))
+            authenticated = False
+            while True:
+                try:
+                    async with asyncio.timeout(None if authenticated else self._auth_timeout_s):
+                        message = await ws.recv()
+                except TimeoutError:
+                    await ws.send(_error(404))
+                    await ws.close()
+                    return
+                try:
+                    request = msgspec.json.decode(message, type=_Request)
+                except (msgspec.DecodeError, RecursionError):
+                    await ws.send(_error(400))
+                    continue
+                if request.action == "auth":
+                    authenticated = await self._auth(ws, request, authenticated)
+                    if not authenticated:
+                        return
+                elif request.action in ("subscribe", "unsubscribe"):
+                    if not authenticated:
+                        await ws.send(_error(401))
+                        continue
+                    if not await self._subscribe(ws, client, request):
+                        return
+                else:
+                    await ws.send(_error(400))
+        except ConnectionClosed:
+            return
+        finally:
+            self._clients.pop(ws, None)
+            self._subscribed.discard(ws)
+
+    async def _auth(self, ws: ServerConnection, request: _Request, already: bool) -> bool:
+        """Answer an auth message; False means the session was refused and closed."""
+        self.auth_attempts += 1
+        if already:
+            await ws.send(_error(403))
+            return True
+        code = self._refuse
+        if code is None and (request.key, request.secret) != (self._key, self._secret):
+            code = None if self._key is None else 402
+        if code is not None:
+            await ws.send(_error(code))
+            await ws.close()
+            return False
+        await ws.send(_json([{"T": "success", "msg": "authenticated"}]))
+        return True
+
+    async def _subscribe(self, ws: ServerConnection, client: _Client, request: _Request) -> bool:
+        """Apply a (un)subscribe; False means the session was closed on purpose."""
+        pairs = (
+            (client.bars, request.bars),
+            (client.updated, request.updated),
+            (client.daily, request.daily),
+        )
+        for have, delta in pairs:
+            if request.action == "subscribe":
+                have.update(delta)
+            else:
+                have.difference_update(delta)
+        if client.bars:
+            self._subscribed.add(ws)  # before the reply: from now on this client gets live bars
+        else:
+            self._subscribed.discard(ws)
+        self.last_subscription = {
+            "bars": sorted(client.bars),
+            "updatedBars": sorted(client.updated),
+            "dailyBars": sorted(client.daily),
+        }
+        await ws.send(client.message())
+        self._start.set()
+        if self._close_after_subscribe:
+            await ws.close()
+            return False
+        return True
+
+    async def _play(self) -> None:
+        await self._start.wait()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        fast = self._speed == 0 or math.isinf(self._speed)
+        for index in range(len(self._minutes)):
+            if fast:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(max(0.0, began + index / self._speed - loop.time()))
+            rows = self._frame.slice(
+                self._bounds[index], self._bounds[index + 1] - self._bounds[index]
+            )
+            # Advance the timeline and pick the audience in one step: a client that
+            # subscribes after this gets the minute from REST instead.
+            self._played = index + 1
+            audience = [(ws, self._clients.get(ws)) for ws in self._subscribed]
+            async with self._progress:
+                self._progress.notify_all()
+            if self._silent:
+                continue
+            messages = [
+                {"T": "b", "S": row["symbol"], **_rest_bar(row)}
+                for row in rows.iter_rows(named=True)
+            ]
+            for ws, client in audience:
+                chosen = [m for m in messages if client is None or client.wants(str(m["S"]))]
+                if not chosen:
+                    continue
+                try:
+                    await ws.send(_json(chosen))
+                except ConnectionClosed:
+                    continue
+        self._finished.set()
+        _log.info("replay.finished", minutes=len(self._minutes))
+
+    @property
+    def finished(self) -> bool:
+        """Every minute has been played."""
+        return self._finished.is_set()
+
+    # REST side.
+
+    async def _handle_http(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            async with asyncio.timeout(5.0):
+                request_line = (await reader.readline()).decode("latin-1")
+                headers: dict[str, str] = {}
+                for _ in range(_MAX_HEADERS):
+                    line = (await reader.readline()).decode("latin-1")
+                    if line in ("\r\n", "\n", ""):
+                        break
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            status, body, extra = self._respond(request_line, headers)
+            self.rest_requests += 1
+            reason = HTTPStatus(status).phrase
+            head = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json"]
+            head += [f"Content-Length: {len(body)}", "Connection: close", *extra, "", ""]
+            writer.write("\r\n".join(head).encode("latin-1") + body)
+            await writer.drain()
+        except (TimeoutError, ValueError, ConnectionError):
+            pass  # a broken or slow request: drop it
+        finally:
+            writer.close()
+            with suppress(ConnectionError):
+                await writer.wait_closed()
+
+    def _respond(self, request_line: str, headers: dict[str, str]) -> tuple[int, bytes, list[str]]:
+        parts = request_line.split()
+        if len(parts) != 3 or parts[0] != "GET":
+            return 405, msgspec.json.encode({"message": "method not allowed"}), []
+        target = urlsplit(parts[1])
+        if target.path != "/v2/stocks/bars":
+            return 404, msgspec.json.encode({"message": "not found"}), []
+        if self._key is not None and (
+            headers.get("apca-api-key-id"),
+            headers.get("apca-api-secret-key"),
+        ) != (self._key, self._secret):
+            return 401, msgspec.json.encode({"message": "unauthorized."}), []
+        if self._rest_failures:
+            status, retry_after = self._rest_failures.pop(0)
+            extra = [] if retry_after is None else [f"Retry-After: {retry_after:g}"]
+            return status, msgspec.json.encode({"message": HTTPStatus(status).phrase}), extra
+        try:
+            body = self._bars_page({k: v[-1] for k, v in parse_qs(target.query).items()})
+        except ValueError as exc:
+            return 400, msgspec.json.encode({"message": str(exc)}), []
+        return 200, body, []
+
+    def _bars_page(self, query: dict[str, str]) -> bytes:
+        if query.get("timeframe") not in ("1Min", "1T"):
+            raise ValueError("only timeframe=1Min is replayed")
+        symbols = [s for s in query.get("symbols", "").split(",") if s]
+        if not symbols:
+            raise ValueError("symbols is required")
+        limit = int(query.get("limit", "1000"))
+        if not 1 <= limit <= 10_000:
+            raise ValueError("limit must be in [1, 10000]")
+        start = _parse_time(query["start"]) if "start" in query else 0
+        end = _parse_time(query["end"]) if "end" in query else 2**62
+        offset = 0
+        if "page_token" in query:
+            try:
+                offset = int(base64.urlsafe_b64decode(query["page_token"].encode()).decode())
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                raise ValueError("invalid page_token") from exc
+        played = self.played_until
+        until = min(end, played if played is not None else -1)
+        rows = self._frame.filter(
+            pl.col("symbol").is_in(symbols) & (pl.col("time") >= start) & (pl.col("time") <= until)
+        ).sort("symbol", "time")
+        page = rows.slice(offset, limit)
+        out: dict[str, list[dict[str, object]]] = {}
+        for row in page.iter_rows(named=True):
+            out.setdefault(row["symbol"], []).append(_rest_bar(row))
+        more = offset + page.height < rows.height
+        token = (
+            base64.urlsafe_b64encode(str(offset + page.height).encode()).decode() if more else None
+        )
+        return msgspec.json.encode({"bars": out, "next_page_token": token})
+
+
+def frame_from_rows(
+    rows: Iterable[tuple[str, int, float, float, float, float, float]],
+) -> pl.DataFrame:
+    """A replay frame from `(symbol, time, open, high, low, close, volume)` tuples."""
+    return pl.DataFrame(
+        list(rows),
+        schema={
+            "symbol": pl.String,
+            "time": pl.Int64,
+            "open": pl.Float64,
+            "high": pl.Float64,
+            "low": pl.Float64,
+            "close": pl.Float64,
+            "volume": pl.Float64,
+        },
+        orient="row",
+    )
