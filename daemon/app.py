@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -28,6 +28,7 @@ from daemon.config import Config
 from daemon.delivery import DeliveryLoop, drain_all
 from daemon.feeds.alpaca import AlpacaFeed
 from daemon.feeds.base import Feed, FeedBatch
+from daemon.feeds.reconnect import ReconnectPolicy
 from daemon.outbox import Outbox
 from daemon.rules_file import load_rules
 from daemon.secrets import Secrets
@@ -215,11 +216,13 @@ def warm_up(pipeline: Pipeline, warmup: Warmup) -> None:
               minutes=0 if warmup.minutes is None else warmup.minutes.height)  # fmt: skip
 
 
+# Sessions from here on, so replays of old data find their sessions too.
+SESSIONS_FROM = date(1995, 1, 1)
+
+
 def build_pipeline(config: Config, today: datetime) -> Pipeline:
-    """Rules, engines and the XNYS sessions around `today`."""
-    sessions = xnys_sessions(
-        (today - timedelta(days=800)).date(), (today + timedelta(days=60)).date()
-    )
+    """Rules, engines and the XNYS sessions up to a year past `today`."""
+    sessions = xnys_sessions(SESSIONS_FROM, (today + timedelta(days=366)).date())
     return Pipeline(
         config.engine.engine_config(intraday=True),
         load_rules(config.rules.file),
@@ -272,7 +275,11 @@ def build_feed(config: Config, secrets: Secrets, *, realtime: bool) -> Feed:
             extra["rest_url"] = f.rest_url
         if not realtime:
             extra["is_market_open"] = lambda _t: True
+        policy = ReconnectPolicy(
+            backoff_initial_s=f.backoff_initial_s, backoff_max_s=f.backoff_max_s
+        )
         return AlpacaFeed(
+            policy=policy,
             key=key.reveal() if key else "replay",
             secret=secret.reveal() if secret else "replay",
             symbols=list(f.symbols),

@@ -1,0 +1,204 @@
+"""The whole daemon against a real local Alpaca-protocol server: faults, shutdown, MQTT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiomqtt
+import polars as pl
+import pytest
+
+from daemon.app import Ingest, IngestStats, run_daemon
+from daemon.config import load_config
+from daemon.feeds.replay import ReplayServer
+from daemon.secrets import Secrets
+from tests.daemon.minute_market import minute_market
+from tests.daemon.sinks.mosquitto import Mosquitto
+
+RULES = """
+[[rule]]
+name = "px_up"
+operator = "crossing_up"
+timeframe = "1m"
+value = "close"
+threshold = {level}
+"""
+
+
+def _config(tmp: Path, url: str, rest_url: str, level: float, extra: str = "") -> Path:
+    (tmp / "rules.toml").write_text(RULES.format(level=level))
+    path = tmp / "config.toml"
+    path.write_text(f"""
+[feed]
+provider = "replay"
+url = "{url}"
+rest_url = "{rest_url}"
+symbols = ["IWM", "SPY", "QQQ"]
+backoff_initial_s = 0.05
+backoff_max_s = 0.2
+
+[rules]
+file = "{tmp / "rules.toml"}"
+
+[sinks.console]
+enabled = false
+
+[sinks.jsonl]
+path = "{tmp / "alerts.jsonl"}"
+
+[state]
+dir = "{tmp / "state"}"
+
+[health]
+enabled = false
+{extra}
+""")
+    return path
+
+
+async def _run(
+    tmp: Path, bars: pl.DataFrame, level: float, during: Callable[[ReplayServer], Awaitable[None]] | None = None,
+    speed: float = 400.0, extra: str = "",
+) -> tuple[IngestStats, Ingest]:  # fmt: skip
+    last = int(bars["time"].max())  # type: ignore[arg-type]
+    async with ReplayServer(bars, speed=speed) as server:
+        config = load_config(_config(tmp, server.url, server.rest_url, level, extra))
+        stop = asyncio.Event()
+        ingests: list[Ingest] = []
+
+        async def finish() -> None:
+            if during is not None:
+                await during(server)
+            await server.wait_played(server.minutes_total)
+            while not ingests or ingests[0].stats.last_bar_time != last:
+                await asyncio.sleep(0.02)
+            stop.set()
+
+        async with asyncio.timeout(60), asyncio.TaskGroup() as tg:
+            tg.create_task(finish())
+            stats = await run_daemon(
+                config, Secrets.load(config, env={}), stop, realtime=False, on_ingest=ingests.append
+            )
+    return stats, ingests[0]
+
+
+def _alert_ids(tmp: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in (tmp / "alerts.jsonl").read_text().splitlines()]
+
+
+def _daily_volumes(ingest: Ingest) -> dict[tuple[str, int], float]:
+    daily = ingest.pipeline.engine("1d")
+    out = {}
+    for sym in ("IWM", "SPY", "QQQ"):
+        f = daily.rings.frame(daily.row(sym))
+        out.update({(sym, int(t)): float(v) for t, v in zip(f["time"], f["volume"], strict=True)})
+    return out
+
+
+async def test_server_killed_mid_stream_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    df, _ = minute_market(n_sessions=3)
+    level = float(df.filter(pl.col("symbol") == "IWM")["close"].median())  # type: ignore[arg-type]
+    clean_dir, faulty_dir = tmp_path / "clean", tmp_path / "faulty"
+    clean_dir.mkdir()
+    faulty_dir.mkdir()
+    clean_stats, clean = await _run(clean_dir, df, level)
+
+    async def kill_five_times(server: ReplayServer) -> None:
+        for k in range(5):
+            await server.wait_played((k + 1) * server.minutes_total // 7)
+            assert server.kill_connections() >= 1
+
+    faulty_stats, faulty = await _run(faulty_dir, df, level, kill_five_times)
+    assert faulty.pipeline.minute is not None and clean.pipeline.minute is not None
+    # Every minute arrived exactly once: aggregated daily volumes equal the source's.
+    source = (
+        df.with_columns((pl.col("time") // 86_400 * 86_400).alias("day"))
+        .group_by("symbol", "day")
+        .agg(pl.col("volume").sum())
+    )
+    want = {(r["symbol"], r["day"]): r["volume"] for r in source.iter_rows(named=True)}
+    assert _daily_volumes(faulty) == want == _daily_volumes(clean)
+    assert faulty.pipeline.minute.rejected_total.get("duplicate", 0) == 0
+    ids = _alert_ids(faulty_dir)
+    assert ids and len(ids) == len(set(ids)) and sorted(ids) == sorted(_alert_ids(clean_dir))
+    assert faulty_stats.alerts_emitted == clean_stats.alerts_emitted == len(ids)
+
+
+async def test_alerts_and_state_reach_a_real_mqtt_subscriber(tmp_path: Path) -> None:
+    df, _ = minute_market(n_sessions=2)
+    level = float(df.filter(pl.col("symbol") == "IWM")["close"].median())  # type: ignore[arg-type]
+    with Mosquitto(tmp_path / "broker") as broker:
+        received: list[aiomqtt.Message] = []
+
+        async def listen(ready: asyncio.Event) -> None:
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="test-sub") as client:
+                await client.subscribe("iwm-alerts/#", qos=1)
+                await client.subscribe("homeassistant/#", qos=1)
+                ready.set()
+                async for message in client.messages:
+                    received.append(message)
+
+        ready = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            listener = tg.create_task(listen(ready))
+            await asyncio.wait_for(ready.wait(), 5)
+            extra = f'[sinks.mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
+            stats, _ = await _run(tmp_path, df, level, extra=extra)
+            await asyncio.sleep(0.5)
+            listener.cancel()
+    topics = {str(m.topic) for m in received}
+    alerts = [json.loads(m.payload) for m in received if str(m.topic) == "iwm-alerts/alerts"]
+    assert len(alerts) == stats.alerts_emitted > 0
+    assert {"iwm-alerts/IWM/alerts", "iwm-alerts/IWM/state", "iwm-alerts/status"} <= topics
+    assert any(t.startswith("homeassistant/sensor/") for t in topics)
+    last_state = [
+        json.loads(m.payload) for m in received if str(m.topic) == "iwm-alerts/IWM/state"
+    ][-1]
+    assert last_state["price"] == pytest.approx(
+        float(df.filter(pl.col("symbol") == "IWM")["close"][-1])
+    )
+    statuses = [m.payload for m in received if str(m.topic) == "iwm-alerts/status"]
+    assert statuses[0] == b"online" and statuses[-1] == b"offline"
+
+
+def test_sigterm_stops_cleanly_within_ten_seconds(tmp_path: Path) -> None:
+    df, _ = minute_market(n_sessions=2)
+    bars = tmp_path / "bars.csv"
+    df.with_columns(
+        pl.from_epoch("time", time_unit="s")
+        .dt.replace_time_zone("UTC")
+        .dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        .alias("timestamp")
+    ).drop("time").write_csv(bars)
+    config = _config(tmp_path, "ws://127.0.0.1:9/unused", "http://127.0.0.1:9", 1e9)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "replay", "--bars", str(bars), "--speed", "20", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "state" / "outbox.sqlite").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _out, err = proc.communicate(timeout=10)
+        assert time.monotonic() - started < 10
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "daemon.stopping" in err
+    with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
+        assert (
+            db.execute("select count(*) from deliveries where status = 'sending'").fetchone()[0]
+            == 0
+        )
