@@ -57,6 +57,7 @@ class Warmup:
 
     daily: pl.DataFrame | None = None
     minutes: pl.DataFrame | None = None
+    today: int | None = None  # label of the session under way: its minutes take the full path
 
 
 @dataclass
@@ -198,22 +199,28 @@ def _num(x: float) -> float | None:
 
 def warm_up(pipeline: Pipeline, warmup: Warmup) -> None:
     """Daily bars through the daily engine and rules (their alerts are history, not news);
-    1-minute bars of past sessions through the 1-minute engine only."""
+    1-minute bars of past sessions through the 1-minute engine only; today's minutes
+    through the whole pipeline, alerts dropped."""
     if warmup.daily is not None and warmup.daily.height:
         pipeline.on_daily_bars(frame_to_batch(warmup.daily.sort("time", "symbol")))
-    if (
-        warmup.minutes is not None
-        and warmup.minutes.height
-        and pipeline.minute
-        and pipeline.sessions
-    ):
-        b = frame_to_batch(warmup.minutes.sort("time", "symbol"))
+    minutes = warmup.minutes
+    if minutes is not None and minutes.height and pipeline.minute and pipeline.sessions:
+        b = frame_to_batch(minutes.sort("time", "symbol"))
         loc = pipeline.sessions.locate(b.time)
-        keep = np.flatnonzero(loc.regular)
-        b = replace(b.take(keep), session=loc.label[keep] // DAY_S, minute=loc.minute[keep])
-        pipeline.minute.on_bars(b)
-    _log.info("engine.warmed_up", daily=0 if warmup.daily is None else warmup.daily.height,
-              minutes=0 if warmup.minutes is None else warmup.minutes.height)  # fmt: skip
+        today = -1 if warmup.today is None else warmup.today
+        past = np.flatnonzero(loc.regular & (loc.label != today))
+        pipeline.minute.on_bars(
+            replace(b.take(past), session=loc.label[past] // DAY_S, minute=loc.minute[past])
+        )
+        current = np.flatnonzero(loc.regular & (loc.label == today))
+        if len(current):
+            # Today's minutes build today's daily bar; what they would have alerted is history.
+            pipeline.on_minute_bars(b.take(current))
+    _log.info(
+        "engine.warmed_up",
+        daily=0 if warmup.daily is None else warmup.daily.height,
+        minutes=0 if minutes is None else minutes.height,
+    )
 
 
 # Sessions from here on, so replays of old data find their sessions too.
@@ -287,7 +294,7 @@ def build_feed(config: Config, secrets: Secrets, *, realtime: bool) -> Feed:
             url=f.url,
             max_frame_bytes=f.max_frame_bytes,
             silence_timeout_s=f.silence_timeout_s,
-            warmup_s=0.0 if not realtime else 3600.0,
+            warmup_s=0.0 if not realtime else 300.0,
             **extra,  # type: ignore[arg-type]
         )
     raise ValueError(f"feed.provider {f.provider!r} has no adapter in this version yet")

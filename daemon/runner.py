@@ -6,19 +6,23 @@ import asyncio
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
+from datetime import date, timedelta
 from pathlib import Path
 
 import msgspec
 import structlog
 
-from daemon.app import Ingest, IngestStats, Warmup, run_daemon
+from daemon.app import SESSIONS_FROM, Ingest, IngestStats, Warmup, run_daemon
 from daemon.bars import load_bars
+from daemon.calendar import xnys_sessions
 from daemon.config import Config, load_config
 from daemon.feeds.replay import ReplayServer
 from daemon.logs import configure_logging
 from daemon.sample import demo_market
 from daemon.secrets import Secrets
+from daemon.warmup import fetch_alpaca_warmup
 
 _log = structlog.get_logger(__name__)
 
@@ -40,7 +44,15 @@ async def run(config_path: Path) -> int:
     _setup_logging(config, secrets)
     stop = asyncio.Event()
     _install_signal_handlers(stop)
-    await run_daemon(config, secrets, stop)
+    warmup = None
+    if config.feed.provider == "alpaca":
+        key, secret = secrets.require("ALPACA_API_KEY"), secrets.require("ALPACA_API_SECRET")
+        warmup = await fetch_alpaca_warmup(
+            key=key.reveal(), secret=secret.reveal(), symbols=config.feed.symbols,
+            sessions=xnys_sessions(SESSIONS_FROM, date.today() + timedelta(days=366)), now=time.time(),
+            rest_url=config.feed.rest_url, feed=config.feed.alpaca_feed, daily_days=config.feed.warmup_days,
+        )  # fmt: skip
+    await run_daemon(config, secrets, stop, warmup=warmup)
     return 0
 
 

@@ -677,11 +677,16 @@ class AlpacaRest:
     def __repr__(self) -> str:
         return f"AlpacaRest(url={self._url!r}, symbols={self._symbols!r})"
 
-    async def bars(self, start_s: int, end_s: int) -> Received:
-        """Minute bars with start in `[start_s, end_s]` for every symbol, as kind `backfill`."""
+    async def bars(
+        self, start_s: int, end_s: int, timeframe: Literal["1Min", "1Day"] = "1Min"
+    ) -> Received:
+        """Bars with start in `[start_s, end_s]` for every symbol, as kind `backfill`.
+
+        Daily bars (`1Day`, for warm-up) keep Alpaca's time, midnight in New York.
+        """
         params = {
             "symbols": ",".join(self._symbols),
-            "timeframe": "1Min",
+            "timeframe": timeframe,
             "start": rfc3339(start_s),
             "end": rfc3339(end_s),
             "limit": str(self._page_limit),

@@ -1,0 +1,300 @@
+"""The Telegram sink: one alert, fanned out to every subscribed chat that wants it.
+
+For each active subscriber not yet served this alert (the store's
+`deliveries` table), the chat's filters decide: wrong symbol, below its
+minimum severity, muted or in quiet hours means skipped for good (recorded,
+not queued). The rest get the HTML rendering, paced by `RateLimiter`, each
+chat in its own task, retried there:
+
+- `RetryAfter` (429): hold every chat for `retry_after`, then try again;
+- `ChatMigrated`: move the subscriber to the supergroup's id and resend there;
+- `Forbidden` (blocked, kicked): deactivate the subscriber; not an alert failure;
+- `BadRequest` "can't parse entities": resend as plain text; other
+  `BadRequest`s: this chat will never take this alert (`rejected`);
+- `TimedOut` after the request went out (read/write timeout): Telegram may
+  well have delivered it, so record `maybe` and do not resend
+  (`alert.maybe_delivered`); a connect or pool timeout never left: retry;
+- other `NetworkError`s: retry with backoff.
+
+A chat still failing after `max_attempts` (or told to wait longer than
+`max_wait_s`) makes `send` raise `SinkUnavailable`: the outbox retries later,
+and the chats already served are skipped then. Alerts go one `send` at a
+time (a lock), which keeps each chat's messages in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import warnings
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Final, Literal, Self
+
+import httpx
+import structlog
+from telegram import Bot, LinkPreviewOptions
+from telegram.constants import ParseMode
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+from telegram.warnings import PTBDeprecationWarning
+
+from daemon.logs import redact
+from daemon.sinks.base import SinkRejected, SinkUnavailable
+from daemon.sinks.render import render_html, render_text
+from daemon.telegram.ratelimit import RateLimiter
+from daemon.telegram.subscribers import DeliveryStatus, SubscriberStore
+from signals.alerts import Alert
+
+_log = structlog.get_logger(__name__)
+
+_PARSE_ERROR: Final = "can't parse entities"
+_NO_PREVIEW: Final = LinkPreviewOptions(is_disabled=True)
+# Timeouts raised before the request reached the server: safe to send again.
+_NOT_SENT: Final = (httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def retry_after_s(exc: RetryAfter) -> float:
+    """Seconds Telegram asked us to wait, whichever type this PTB version gives.
+
+    PTB 22.2+ returns an int (with a deprecation warning) unless PTB_TIMEDELTA
+    is set, then a timedelta; both are accepted and the warning is kept quiet.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _detail(exc: TelegramError) -> str:
+    # Telegram's descriptions carry no secrets, but redact anyway: a proxy might echo a URL.
+    return redact(f"{type(exc).__name__}: {exc.message}")
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one chat's delivery came to. `chat_id` is the final one (after a migration)."""
+
+    chat_id: int
+    result: Literal["sent", "maybe", "rejected", "deactivated", "retry"]
+    retry_after_s: float | None = None
+    detail: str = ""
+
+    @property
+    def status(self) -> DeliveryStatus | None:
+        """What to remember in `deliveries`; None: nothing (try again next time)."""
+        return self.result if self.result in ("sent", "maybe", "rejected") else None
+
+
+class TelegramSink:
+    """Delivers alerts to the subscribers in `store` through `bot` (initialised by its owner).
+
+    `send_timeout_s` is the read timeout of one `sendMessage`: past it the
+    message counts as maybe delivered. `render_html` / `render_text` make the
+    message and its plain-text fallback (default: `daemon.sinks.render` with
+    SPY and QQQ as benchmark and comparator; pass a `functools.partial` for others).
+    """
+
+    name = "telegram"
+
+    def __init__(
+        self,
+        bot: Bot,
+        store: SubscriberStore,
+        *,
+        rate_per_chat_s: float = 1.0,
+        rate_global_per_s: float = 30.0,
+        max_attempts: int = 5,
+        max_wait_s: float = 60.0,
+        backoff_s: float = 1.0,
+        send_timeout_s: float = 10.0,
+        keep_deliveries_s: float = 14 * 86400.0,
+        render_html: Callable[[Alert], str] = render_html,
+        render_text: Callable[[Alert], str] = render_text,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if max_attempts < 1 or max_wait_s < 0 or backoff_s < 0 or send_timeout_s <= 0:
+            raise ValueError(
+                "need max_attempts >= 1, max_wait_s >= 0, backoff_s >= 0, send_timeout_s > 0"
+            )
+        self._bot = bot
+        self._store = store
+        self._limiter = RateLimiter(
+            rate_per_chat_s, rate_global_per_s, clock=monotonic, sleep=sleep
+        )
+        self._max_attempts = max_attempts
+        self._max_wait_s = max_wait_s
+        self._backoff_s = backoff_s
+        self._send_timeout_s = send_timeout_s
+        self._keep_deliveries_s = keep_deliveries_s
+        self._render_html = render_html
+        self._render_text = render_text
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = asyncio.Lock()
+        self._pruned_at = float("-inf")
+
+    def __repr__(self) -> str:
+        # Never the bot: its repr carries the token.
+        return "TelegramSink()"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def send(self, alert: Alert) -> None:
+        """Deliver `alert` to every chat that wants it and has not had it yet.
+
+        Raises `SinkUnavailable` while some chat is still failing with a
+        retryable error, `SinkRejected` when Telegram refused it everywhere.
+        """
+        async with self._lock:
+            await self._send(alert)
+
+    async def _send(self, alert: Alert) -> None:
+        now = self._clock()
+        self._prune(now)
+        served = self._store.served(alert.id)
+        targets: list[int] = []
+        skipped: Counter[str] = Counter()
+        skips: list[tuple[int, DeliveryStatus]] = []
+        for sub in self._store.active():
+            if sub.chat_id in served:
+                continue
+            reason = sub.skip_reason(alert, now)
+            if reason is None:
+                targets.append(sub.chat_id)
+            else:
+                # Decided once: a retry later must not send it after the quiet hours end.
+                skipped[reason] += 1
+                skips.append((sub.chat_id, "skipped"))
+        self._store.record(alert.id, skips)
+        if not targets:
+            _log.info("alert.skipped", sink=self.name, alert_id=alert.id, skipped=dict(skipped))
+            return
+
+        html, plain = self._render_html(alert), self._render_text(alert)
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(self._deliver(alert, chat, html, plain), name=f"telegram-{chat}")
+                for chat in targets
+            ]
+        outcomes = [t.result() for t in tasks]
+        self._store.record(
+            alert.id, [(o.chat_id, o.status) for o in outcomes if o.status is not None]
+        )
+        counts: Counter[str] = Counter(o.result for o in outcomes)
+        _log.info(
+            "alert.sent",
+            sink=self.name,
+            alert_id=alert.id,
+            chats=len(targets),
+            **counts,
+            skipped=dict(skipped),
+        )
+        failing = [o for o in outcomes if o.result == "retry"]
+        if failing:
+            waits = [o.retry_after_s for o in failing if o.retry_after_s is not None]
+            raise SinkUnavailable(
+                self.name,
+                f"{len(failing)} of {len(targets)} chats not reached yet ({failing[0].detail})",
+                retry_after_s=max(waits) if waits else None,
+            )
+        rejected = [o for o in outcomes if o.result == "rejected"]
+        if rejected and len(rejected) == len(outcomes):
+            raise SinkRejected(self.name, rejected[0].detail)
+
+    async def _deliver(self, alert: Alert, chat_id: int, html: str, plain: str) -> _Outcome:
+        """One chat's delivery, with its retries; never raises for a Telegram error."""
+        text = html
+        mode: ParseMode | None = ParseMode.HTML
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._limiter.acquire(chat_id)
+            try:
+                await self._bot.send_message(
+                    chat_id=chat_id,
+                    text=text,
+                    parse_mode=mode,
+                    link_preview_options=_NO_PREVIEW,
+                    read_timeout=self._send_timeout_s,
+                )
+            except RetryAfter as exc:  # flood control: everybody waits, then this chat again
+                wait_s = retry_after_s(exc)
+                self._limiter.pause(wait_s)
+                _log.warning("telegram.flood_wait", chat_id=chat_id, retry_after_s=wait_s)
+                if attempt >= self._max_attempts or wait_s > self._max_wait_s:
+                    return _Outcome(chat_id, "retry", wait_s, "flood control")
+            except ChatMigrated as exc:  # group became a supergroup: follow it
+                self._store.migrate(chat_id, exc.new_chat_id)
+                _log.info("telegram.chat_migrated", chat_id=chat_id, new_chat_id=exc.new_chat_id)
+                chat_id = exc.new_chat_id
+                if attempt >= self._max_attempts:
+                    return _Outcome(chat_id, "retry", detail="chat migrated again")
+            except Forbidden as exc:  # blocked or kicked: stop writing to this chat
+                self._store.unsubscribe(chat_id)
+                _log.info("telegram.subscriber_deactivated", chat_id=chat_id, reason=exc.message)
+                return _Outcome(chat_id, "deactivated")
+            except BadRequest as exc:  # subclasses NetworkError: caught before it
+                if mode is not None and _PARSE_ERROR in exc.message.lower():
+                    _log.warning("telegram.parse_fallback", chat_id=chat_id, alert_id=alert.id)
+                    text, mode = plain, None
+                    continue
+                _log.warning(
+                    "alert.rejected", chat_id=chat_id, alert_id=alert.id, error=exc.message
+                )
+                return _Outcome(chat_id, "rejected", detail=_detail(exc))
+            except TimedOut as exc:  # subclasses NetworkError too
+                if not isinstance(exc.__cause__, _NOT_SENT):
+                    _log.warning(
+                        "alert.maybe_delivered",
+                        chat_id=chat_id,
+                        alert_id=alert.id,
+                        timeout_s=self._send_timeout_s,
+                    )
+                    return _Outcome(chat_id, "maybe")
+                if outcome := await self._backoff(attempt, chat_id, exc):
+                    return outcome
+            except (InvalidToken, NetworkError) as exc:
+                if outcome := await self._backoff(attempt, chat_id, exc):
+                    return outcome
+            except TelegramError as exc:  # anything else PTB may add: retry later, never crash
+                return _Outcome(chat_id, "retry", detail=_detail(exc))
+            else:
+                return _Outcome(chat_id, "sent")
+
+    async def _backoff(self, attempt: int, chat_id: int, exc: TelegramError) -> _Outcome | None:
+        """Wait before the next attempt, or the giving-up outcome after the last one."""
+        detail = _detail(exc)
+        _log.warning("telegram.send_failed", chat_id=chat_id, attempt=attempt, error=detail)
+        if attempt >= self._max_attempts:
+            return _Outcome(chat_id, "retry", detail=detail)
+        await self._sleep(self._backoff_s * 2.0 ** (attempt - 1))
+        return None
+
+    def _prune(self, now: float) -> None:
+        # Once an hour is plenty: rows only need to outlive the outbox's retries.
+        if now - self._pruned_at >= 3600.0:
+            self._pruned_at = now
+            self._store.prune(self._keep_deliveries_s)

@@ -1,0 +1,91 @@
+"""Start-up warm-up over REST: daily history for the daily timeframe, recent minutes for RVOL.
+
+Without it the daily indicators would need months of live running before a
+first score. Daily bars come back from Alpaca stamped at midnight New York;
+the engine labels a session by its date at 00:00 UTC, so they are relabelled.
+Today's partial daily bar is left out: today is rebuilt from its minutes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import httpx
+import numpy as np
+import polars as pl
+import structlog
+
+from daemon.app import Warmup
+from daemon.feeds.alpaca import DEFAULT_REST_URL, AlpacaRest
+from signals.bar import Bar
+from signals.sessions import DAY_S, SessionTable
+
+_log = structlog.get_logger(__name__)
+
+
+def _frame(bars: Sequence[Bar], daily: bool) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "symbol": [b.symbol for b in bars],
+            "time": [b.time // DAY_S * DAY_S if daily else b.time for b in bars],
+            "open": [float(b.open) for b in bars],
+            "high": [float(b.high) for b in bars],
+            "low": [float(b.low) for b in bars],
+            "close": [float(b.close) for b in bars],
+            "volume": [float(b.volume) for b in bars],
+        },
+        schema={
+            "symbol": pl.String,
+            "time": pl.Int64,
+            **dict.fromkeys(("open", "high", "low", "close", "volume"), pl.Float64),
+        },
+    )
+
+
+def today_label(sessions: SessionTable, now: float) -> int | None:
+    """The label of the session under way at `now` (or later today), else None."""
+    day = int(now) // DAY_S * DAY_S
+    hits = [int(x) for x in sessions.label if x == day]
+    return hits[0] if hits else None
+
+
+async def fetch_alpaca_warmup(
+    *,
+    key: str,
+    secret: str,
+    symbols: Sequence[str],
+    sessions: SessionTable,
+    now: float,
+    rest_url: str | None = None,
+    feed: str = "iex",
+    daily_days: int = 120,
+    minute_sessions: int = 20,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Warmup:
+    """Daily bars of the last `daily_days` sessions and minutes of the last `minute_sessions`."""
+    today = today_label(sessions, now)
+    cutoff = int(now) if today is None else today
+    past = np.flatnonzero(sessions.label < cutoff)  # indices of the sessions before today
+    if not len(past):
+        return Warmup()
+    first_daily = int(sessions.label[past[max(0, len(past) - daily_days)]])
+    first_minute = int(sessions.open[past[max(0, len(past) - minute_sessions)]])
+    async with httpx.AsyncClient(transport=transport, timeout=30.0) as http:
+        rest = AlpacaRest(
+            http,
+            key=key,
+            secret=secret,
+            symbols=symbols,
+            rest_url=rest_url or DEFAULT_REST_URL,
+            feed=feed,
+        )
+        daily = await rest.bars(first_daily, int(now), timeframe="1Day")
+        minutes = await rest.bars(first_minute, int(now), timeframe="1Min")
+    daily_bars = [b for _, batch in daily.batches for b in batch]
+    minute_bars = [b for _, batch in minutes.batches for b in batch]
+    daily_frame = _frame(daily_bars, daily=True)
+    if today is not None:
+        daily_frame = daily_frame.filter(pl.col("time") < today)
+    _log.info("warmup.fetched", daily=daily_frame.height, minutes=len(minute_bars),
+              rejected=len(daily.rejected) + len(minutes.rejected))  # fmt: skip
+    return Warmup(daily=daily_frame, minutes=_frame(minute_bars, daily=False), today=today)
