@@ -19,7 +19,7 @@ import numpy as np
 
 from signals.aggregate import Aggregator, Timeframe
 from signals.alerts import Alert
-from signals.arrays import FloatArray
+from signals.arrays import BoolArray, FloatArray
 from signals.bar import BarBatch
 from signals.engine import Engine, EngineConfig, Evaluation
 from signals.indicators.swing import FIB_LEVEL_NAMES
@@ -58,11 +58,14 @@ class Pipeline:
         self.delayed_after_s = delayed_after_s
         self.daily = Engine(replace(config, intraday=False), rates)
         self.minute: Engine | None = None
+        self.extended: Engine | None = None
         self._aggregators: dict[str, Aggregator] = {}
         self._engines: dict[str, Engine] = {"1d": self.daily}
         if sessions is not None:
             self.minute = Engine(replace(config, intraday=True), rates)
             self._engines["1m"] = self.minute
+            if any(r.timeframe == "1m" and r.sessions == "extended" for r in self.book.specs):
+                self.extended = Engine(replace(config, intraday=False), rates)
             wanted = {"1d"} | {t for t in self.book.timeframes() if t not in ("1m", "1d")}
             for name in sorted(wanted):
                 self._aggregators[name] = Aggregator(Timeframe.parse(name), sessions)
@@ -110,6 +113,8 @@ class Pipeline:
         loc = self.sessions.locate(batch.time)
         regular = np.flatnonzero(loc.regular)
         step = Step(outside_hours=len(batch) - len(regular))
+        if self.extended is not None:
+            step.alerts += self._extended_alerts(batch, loc.regular, wall_now)
         if not len(regular):
             return step
         sub = batch.take(regular)
@@ -131,12 +136,36 @@ class Pipeline:
         now = int(ev.time.max()) + 60 if len(ev) else 0
         step.alerts += self.book.evaluate(
             "1m", ev, closed=True, now=now, levels=levels, context=context,
-            delayed=self._delayed(now, wall_now),
+            delayed=self._delayed(now, wall_now), only_sessions="regular",
         )  # fmt: skip
         step.alerts += self.book.evaluate(
             "1d", peek, closed=False, now=now, context=context, delayed=self._delayed(now, wall_now)
         )
         return step
+
+    def _extended_alerts(
+        self, batch: BarBatch, regular: BoolArray, wall_now: int | None
+    ) -> list[Alert]:
+        """1-minute rules that opted into extended hours see every bar, from their own engine
+        (no time-of-day RVOL outside the session: their volume signal is the 20-bar ratio)."""
+        assert self.extended is not None
+        ev = self.extended.on_bars(batch)
+        if not len(ev):
+            return []
+        forming = self._aggregators["1d"].forming(list(dict.fromkeys(ev.symbol)))
+        peek = self.daily.peek(forming)
+        context = {peek.symbol[i]: peek.breakdown(i) for i in range(len(peek))}
+        pos = {
+            (s, int(t)): i for i, (s, t) in enumerate(zip(batch.symbol, batch.time, strict=True))
+        }
+        mask = np.array(
+            [bool(regular[pos[(s, int(t))]]) for s, t in zip(ev.symbol, ev.time, strict=True)]
+        )
+        now = int(ev.time.max()) + 60
+        return self.book.evaluate(
+            "1m", ev, closed=True, now=now, levels=self._levels(ev, peek), regular=mask,
+            context=context, delayed=self._delayed(now, wall_now), only_sessions="extended",
+        )  # fmt: skip
 
     def flush(self, now: int, wall_now: int | None = None) -> Step:
         """Close aggregated bars whose end has passed by `now` (their last minutes never came)."""

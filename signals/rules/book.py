@@ -102,8 +102,12 @@ class RuleBook:
         regular: BoolArray | None = None,
         context: Mapping[str, Breakdown] | None = None,
         delayed: bool = False,
+        only_sessions: str | None = None,
     ) -> list[Alert]:
         """Alerts fired by `ev` (closed bars if `closed`, else forming bars) of `timeframe`.
+
+        `only_sessions` ("regular" or "extended") runs only the rules that say so
+        (the pipeline feeds extended-hours rules from their own engine).
 
         `levels` are breakout levels aligned with `ev` (`prior_day_high`,
         `donchian_high20`, `fib_*`, and the `_low` mirrors); `regular` marks
@@ -118,6 +122,8 @@ class RuleBook:
         for st in self._rules.values():
             spec = st.spec
             if spec.timeframe != timeframe or (not closed and not spec.evaluates_forming):
+                continue
+            if only_sessions is not None and spec.sessions != only_sessions:
                 continue
             alerts += self._run(st, ev, rows, closed, now, levels, in_regular, context, delayed)
         return alerts

@@ -7,6 +7,7 @@ import polars as pl
 
 from daemon.bars import frame_to_batch
 from daemon.rules_file import load_rules
+from signals.rules.spec import parse_rules
 from signals.alerts import Alert
 from signals.engine import EngineConfig
 from signals.pipeline import Pipeline
@@ -75,3 +76,28 @@ def test_minute_bars_become_daily_bars_and_rvol_warms_after_the_lookback() -> No
     daily = ring.frame(iwm)
     mins = df.filter(pl.col("symbol") == "IWM")
     assert daily["volume"].sum() == mins["volume"].sum()
+
+
+def test_extended_hours_bars_reach_only_rules_that_opt_in() -> None:
+    df, table = minute_market(n_sessions=1)
+    pre = (
+        df.filter(pl.col("time") < int(table.open[0]) + 30 * 60).with_columns(
+            pl.col("time") - 60 * 60
+        )  # 08:30-08:59 ET: pre-market
+    )
+    rules = parse_rules(
+        {
+            "rule": [
+                {"name": "any_bar", "operator": "greater_than", "timeframe": "1m", "value": "close", "threshold": 0.0},
+                {"name": "any_bar_ext", "operator": "greater_than", "timeframe": "1m", "value": "close",
+                 "threshold": 0.0, "sessions": "extended"},
+            ]
+        }
+    )  # fmt: skip
+    pipe = Pipeline(CONFIG, rules, sessions=table)
+    alerts = replay(pl.concat([pre, df.head(9)]), pipe)
+    by_rule: dict[str, int] = {}
+    for a in alerts:
+        by_rule[a.rule] = by_rule.get(a.rule, 0) + 1
+    # 30 pre-market minutes x 3 symbols only for the opted-in rule; 3 regular minutes for both.
+    assert by_rule == {"any_bar_ext": 90 + 9, "any_bar": 9}
