@@ -7,10 +7,10 @@ import polars as pl
 
 from daemon.bars import frame_to_batch
 from daemon.rules_file import load_rules
-from signals.rules.spec import parse_rules
 from signals.alerts import Alert
 from signals.engine import EngineConfig
 from signals.pipeline import Pipeline
+from signals.rules.spec import parse_rules
 from tests.daemon.minute_market import minute_market
 
 # Relative volume over 3 sessions keeps these tests to a handful of sessions.
