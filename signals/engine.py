@@ -205,6 +205,14 @@ class Engine:
         row = self._rows.get(symbol)
         return self._add(symbol) if row is None else row
 
+    def _rows_of(self, symbols: Sequence[str]) -> IntArray:
+        """Rows of many symbols at once (a dict lookup each; new symbols are added)."""
+        get = self._rows.get
+        found = [get(s) for s in symbols]
+        if None in found:
+            found = [self.row(s) for s in symbols]
+        return np.array(found, dtype=np.int64)
+
     def _link_row(self, symbol: str, other: str | None) -> int:
         if other is None or other == symbol:
             return -1
@@ -264,7 +272,7 @@ class Engine:
     def _run(self, batch: BarBatch, commit: bool) -> Evaluation:
         if self.config.intraday and (batch.session is None or batch.minute is None):
             raise ValueError("an intraday engine needs session and minute columns in every batch")
-        rows = np.array([self.row(s) for s in batch.symbol], dtype=np.int64)
+        rows = self._rows_of(batch.symbol)
         order = np.argsort(batch.time, kind="stable")
         rejected: list[Rejection] = []
         out_idx: list[IntArray] = []
@@ -280,7 +288,9 @@ class Engine:
             keep = self._accept(idx, rows, t, batch, rejected)
             if len(keep):
                 out_idx.append(keep)
-                out_cols.append(self._step(rows[keep], t, batch.take(keep), commit))
+                whole = len(keep) == len(batch) and bool(np.all(keep == np.arange(len(batch))))
+                sub = batch if whole else batch.take(keep)  # the common case: one minute, all new
+                out_cols.append(self._step(rows[keep], t, sub, commit))
         for r in rejected:
             self.rejected_total[r.reason] = self.rejected_total.get(r.reason, 0) + 1
         idx_all = np.concatenate(out_idx) if out_idx else np.zeros(0, np.int64)
@@ -289,7 +299,11 @@ class Engine:
             for c in COLUMNS
         }
         return Evaluation(
-            symbol=tuple(batch.symbol[i] for i in idx_all),
+            symbol=(
+                tuple(batch.symbol)
+                if len(idx_all) == len(batch) and bool(np.all(idx_all == np.arange(len(batch))))
+                else tuple(batch.symbol[i] for i in idx_all)
+            ),
             time=batch.time[idx_all],
             columns=cols,
             rejected=tuple(rejected),
@@ -301,22 +315,15 @@ class Engine:
         self, idx: IntArray, rows: IntArray, t: int, batch: BarBatch, rejected: list[Rejection]
     ) -> IntArray:
         """The bars of one time that may advance their symbol: newer than its last bar, once each."""
-        keep: list[int] = []
-        seen: set[int] = set()
-        for i in idx:
-            row = int(rows[i])
-            last = self._last_time[row]
-            reason = None
-            if row in seen or last == t:
-                reason = "duplicate"
-            elif last > t:
-                reason = "out_of_order"
-            if reason is None:
-                seen.add(row)
-                keep.append(int(i))
-            else:
-                rejected.append(Rejection(batch.symbol[i], t, reason))
-        return np.array(keep, dtype=np.int64)
+        group = rows[idx]
+        last = self._last_time[group]
+        first = np.zeros(len(idx), dtype=np.bool_)
+        first[np.unique(group, return_index=True)[1]] = True  # a repeat in the batch is a duplicate
+        ok = first & (last < t)
+        for j in np.flatnonzero(~ok):
+            reason = "out_of_order" if first[j] and last[j] > t else "duplicate"
+            rejected.append(Rejection(batch.symbol[int(idx[j])], t, reason))
+        return np.asarray(idx[ok], dtype=np.int64)
 
     def _step(self, rows: IntArray, t: int, b: BarBatch, commit: bool) -> dict[str, FloatArray]:
         cfg = self.config

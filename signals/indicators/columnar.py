@@ -87,6 +87,7 @@ class Window(Columnar):
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self.size = size
+        self._age_table: IntArray | None = None  # [pos, slot] -> age, built on first use
         super().__init__(n_rows)
 
     def _state_spec(self) -> Mapping[str, Fresh]:
@@ -116,6 +117,20 @@ class Window(Columnar):
         """The most recently pushed value (NaN if none)."""
         out = self._buf[rows, (self._pos[rows] - 1) % self.size]
         return np.where(self._count[rows] > 0, out, np.nan)
+
+    def raw(self, rows: IntArray) -> FloatArray:
+        """A (len(rows), size) copy in storage order (not time order): enough for max, min, sum.
+
+        Cheaper than `values`: whole rows are copied, no per-element index is built.
+        """
+        return np.asarray(self._buf[rows], dtype=np.float64)
+
+    def ages(self, rows: IntArray) -> IntArray:
+        """Per slot of `raw(rows)`, how many pushes ago it was written (1: the newest)."""
+        if self._age_table is None:
+            p = np.arange(self.size)
+            self._age_table = (p[:, None] - 1 - p[None, :]) % self.size + 1
+        return np.asarray(self._age_table[self._pos[rows]], dtype=np.int64)
 
     def values(self, rows: IntArray) -> FloatArray:
         """A (len(rows), size) copy, oldest first; slots not yet filled are NaN."""

@@ -39,8 +39,8 @@ class Donchian(Columnar):
         they are taken so that `peek` and `update` share one signature.
         """
         full = self._highs.full(rows)
-        upper = np.where(full, self._highs.values(rows).max(axis=1), np.nan)
-        lower = np.where(full, self._lows.values(rows).min(axis=1), np.nan)
+        upper = np.where(full, self._highs.raw(rows).max(axis=1), np.nan)
+        lower = np.where(full, self._lows.raw(rows).min(axis=1), np.nan)
         return upper, lower
 
     def update(

@@ -37,6 +37,7 @@ class RelativeVolume(Columnar):
     """
 
     _history: FloatArray
+    _sums: FloatArray
     _slot: IntArray
     _done: IntArray
     _current: FloatArray
@@ -58,6 +59,8 @@ class RelativeVolume(Columnar):
         return {
             # Cumulative-volume profiles of completed sessions: a ring of `s` slots of `m` minutes.
             "_history": (0.0, s * m),
+            # Per minute, the sum of the held profiles: the mean is one lookup, not `s`.
+            "_sums": (0.0, m),
             "_slot": (0, None),  # the ring slot the next completed session takes (the oldest)
             "_done": (0, None),  # completed sessions held, at most `s`
             "_current": (0.0, m),  # this session's volume per minute (0 where no bar)
@@ -91,11 +94,13 @@ class RelativeVolume(Columnar):
         closing = new & (self._minute[rows] >= 0)
         closed = np.cumsum(self._current[rows[closing]], axis=1)
         done = np.minimum(self._done[rows] + closing, self.sessions)
-        # The past sessions at this minute, the closing session already in the
-        # slot it is about to take: update and peek then sum the same numbers.
-        past = self._profiles()[rows[:, None], np.arange(self.sessions), minute[:, None]]
-        past[closing, self._slot[rows[closing]]] = closed[np.arange(len(closed)), minute[closing]]
-        mean = past.sum(axis=1) / self.sessions
+        # The held sessions' sum at this minute, with the closing session already
+        # swapped in for the one it evicts: update and peek add the same numbers.
+        sums = self._sums[rows, minute]
+        ending = rows[closing]
+        evicted = self._profiles()[ending, self._slot[ending], minute[closing]]
+        sums[closing] = sums[closing] + (closed[np.arange(len(closed)), minute[closing]] - evicted)
+        mean = sums / self.sessions
         mean = np.where((done == self.sessions) & (mean > 0.0), mean, np.nan)
         total = np.where(new, 0.0, self._total[rows]) + volume
         return new, closing, closed, total, total / mean
@@ -112,7 +117,9 @@ class RelativeVolume(Columnar):
         """Advance `rows` by one closed 1-minute bar each; returns their RVOL."""
         new, closing, closed, total, rvol = self._step(rows, session, minute, volume)
         ended = rows[closing]
-        self._profiles()[ended, self._slot[ended]] = closed
+        profiles = self._profiles()
+        self._sums[ended] = self._sums[ended] + (closed - profiles[ended, self._slot[ended]])
+        profiles[ended, self._slot[ended]] = closed
         self._slot[ended] = (self._slot[ended] + 1) % self.sessions
         self._done[ended] = np.minimum(self._done[ended] + 1, self.sessions)
         self._current[rows[new]] = 0.0

@@ -72,16 +72,19 @@ class Swing(Columnar):
         `high` and `low` do not enter the result (the current bar is excluded);
         they are taken so that `peek` and `update` share one signature.
         """
-        highs, lows = self._highs.values(rows), self._lows.values(rows)
-        # arg-extremes over the window read newest first: the first hit is the most recent tie.
-        high_back = np.argmax(highs[:, ::-1], axis=1)
-        low_back = np.argmin(lows[:, ::-1], axis=1)
-        k = np.arange(len(rows))
+        # Storage order is enough: the extremes by value, and among equal values the
+        # most recent by age (ties resolve to the most recent bar).
+        highs, lows = self._highs.raw(rows), self._lows.raw(rows)
+        ages = self._highs.ages(rows)  # both windows are pushed together: one age table
         warm = self._highs.full(rows)
-        h = np.where(warm, highs[k, self.lookback - 1 - high_back], np.nan)
-        lo = np.where(warm, lows[k, self.lookback - 1 - low_back], np.nan)
-        high_age = np.where(warm, high_back + 1.0, np.nan)
-        low_age = np.where(warm, low_back + 1.0, np.nan)
+        top, bottom = highs.max(axis=1), lows.min(axis=1)
+        never = self.lookback + 1
+        high_back = np.where(highs == top[:, None], ages, never).min(axis=1)
+        low_back = np.where(lows == bottom[:, None], ages, never).min(axis=1)
+        h = np.where(warm, top, np.nan)
+        lo = np.where(warm, bottom, np.nan)
+        high_age = np.where(warm, high_back.astype(np.float64), np.nan)
+        low_age = np.where(warm, low_back.astype(np.float64), np.nan)
         up = low_age > high_age
         direction = np.where(warm, np.where(up, 1.0, -1.0), np.nan)
         # The swing's end is H going up and L going down; ratios run back from it.

@@ -32,7 +32,7 @@ class VolumeRatio(Columnar):
         """The ratio if the forming bar closed with `volume`; does not mutate."""
         # Summed afresh each bar rather than kept as a running total, so a huge
         # volume leaving the window leaves no rounding residue behind.
-        mean = self._volumes.values(rows).sum(axis=1) / self.period
+        mean = self._volumes.raw(rows).sum(axis=1) / self.period
         mean = np.where(self._volumes.full(rows) & (mean > 0.0), mean, np.nan)
         return np.asarray(volume / mean, dtype=np.float64)
 
