@@ -68,7 +68,8 @@ class TelegramBot:
 
     `store` is an open `SubscriberStore` (the caller closes it) or a path to
     open one at (this bot closes it). `benchmark` / `comparator` name what an
-    alert's relative-strength figures were measured against. `poll_timeout_s` is the getUpdates long-poll timeout; `send_timeout_s` the
+    alert's relative-strength figures were measured against.
+    `poll_timeout_s` is the getUpdates long-poll timeout; `send_timeout_s` the
     read timeout of a send (past it an alert counts as maybe delivered);
     `start_attempts` how often to try reaching the Bot API at start-up, each
     `start_backoff_s` apart (doubling), before giving up with

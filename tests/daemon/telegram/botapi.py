@@ -1,0 +1,448 @@
+"""A real, local Telegram Bot API server for tests: HTTP/1.1 on 127.0.0.1, a free port.
+
+It speaks the Bot API's wire format (`/bot<token>/<method>`, form, multipart
+or JSON bodies, `{"ok": true, "result": ...}` / `{"ok": false, "error_code":
+..., "description": ..., "parameters": ...}`) for what python-telegram-bot
+calls here: getMe, deleteWebhook, getUpdates (long poll, offsets confirm),
+sendMessage, sendPhoto, setMyCommands, getMyCommands. A wrong token gets 401.
+
+Tests inject updates (`push_message`, `push_migration`) and script failures:
+`flood` (429 with `retry_after` for a while), `block` (403), `migrate` (400
+with `migrate_to_chat_id`), `reject_entities` (400 can't parse entities),
+`reject` (any other 400) and `slow` (answer late, after delivering: a read
+timeout on a message that did arrive). Every request is kept in `calls`. Nothing is ever logged: the path
+carries the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlsplit
+
+JSON = dict[str, Any]
+SEND_METHODS = ("sendmessage", "sendphoto")
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+}
+_PATH = re.compile(r"/bot([^/]+)/([A-Za-z]+)")
+_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclass
+class Call:
+    """One request as the server saw it, and the HTTP status it answered."""
+
+    method: str  # as PTB spelled it, e.g. sendMessage
+    params: dict[str, str]
+    files: dict[str, bytes]
+    at: float  # time.monotonic()
+    status: int = 200
+
+    @property
+    def chat_id(self) -> int | None:
+        """The `chat_id` parameter, if any."""
+        value = self.params.get("chat_id")
+        return None if value is None else int(value)
+
+    @property
+    def text(self) -> str | None:
+        """The message text, or a photo's caption."""
+        return self.params.get("text", self.params.get("caption"))
+
+    @property
+    def parse_mode(self) -> str | None:
+        """The `parse_mode` parameter, if any."""
+        return self.params.get("parse_mode")
+
+    @property
+    def ok(self) -> bool:
+        """Whether the server accepted it."""
+        return self.status == 200
+
+
+@dataclass
+class _Slow:
+    chat_id: int | None
+    delay_s: float
+    times: int
+
+
+@dataclass
+class _Script:
+    flood_until: float = 0.0
+    retry_after: int = 1
+    blocked: set[int] = field(default_factory=set)
+    migrated: dict[int, int] = field(default_factory=dict)
+    bad_entities: set[int | None] = field(default_factory=set)
+    bad_request: dict[int, str] = field(default_factory=dict)
+    slow: list[_Slow] = field(default_factory=list)
+
+
+class BotApiServer:
+    """A Bot API server on 127.0.0.1 for `token`. Use as an async context manager."""
+
+    def __init__(self, token: str, *, username: str = "iwm_test_bot") -> None:
+        self._token = token
+        self.bot_id = int(token.split(":", 1)[0])
+        self.username = username
+        self.calls: list[Call] = []
+        self.commands: list[JSON] = []
+        self.script = _Script()
+        self._chats: dict[int, JSON] = {}
+        self._updates: list[JSON] = []
+        self._update_ids = itertools.count(1)
+        self._message_ids = itertools.count(1)
+        self._changed = asyncio.Event()
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Closing the sockets (not cancelling the handlers) lets each handler end on its own.
+        self._closing = True
+        self._closed.set()
+        self._changed.set()
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        if self._conns:
+            await asyncio.wait(self._conns, timeout=5.0)
+        await self._server.wait_closed()
+
+    @property
+    def base_url(self) -> str:
+        """What PTB's `base_url` should be: the token is appended to it."""
+        return f"http://127.0.0.1:{self.port}/bot"
+
+    # -- what happened --------------------------------------------------------------------
+
+    def sent(
+        self, chat_id: int | None = None, *, methods: Iterable[str] = SEND_METHODS
+    ) -> list[Call]:
+        """Accepted sends (to `chat_id`, or anywhere), in arrival order."""
+        wanted = {m.lower() for m in methods}
+        return [
+            c
+            for c in self.calls
+            if c.ok and c.method.lower() in wanted and (chat_id is None or c.chat_id == chat_id)
+        ]
+
+    async def wait_for(
+        self, predicate: Callable[[Call], bool], count: int = 1, timeout_s: float = 5.0
+    ) -> list[Call]:
+        """Wait until `count` calls match `predicate`; the matching calls."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [c for c in self.calls if predicate(c)]
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {len(found)} of {count} expected calls in {timeout_s}s")
+            await asyncio.sleep(0.01)
+
+    # -- scripting ------------------------------------------------------------------------
+
+    def flood(self, duration_s: float, retry_after: int) -> None:
+        """Answer every send with 429 `retry_after` for the next `duration_s`."""
+        self.script.flood_until = time.monotonic() + duration_s
+        self.script.retry_after = retry_after
+
+    def block(self, chat_id: int) -> None:
+        """The user of `chat_id` blocked the bot: 403 on every send there."""
+        self.script.blocked.add(chat_id)
+
+    def migrate(self, chat_id: int, new_chat_id: int) -> None:
+        """Group `chat_id` became supergroup `new_chat_id`: 400 with migrate_to_chat_id."""
+        self.script.migrated[chat_id] = new_chat_id
+        self._chats[new_chat_id] = {"id": new_chat_id, "type": "supergroup", "title": "Group"}
+
+    def reject_entities(self, chat_id: int | None = None) -> None:
+        """400 can't parse entities for HTML sends to `chat_id` (None: everywhere)."""
+        self.script.bad_entities.add(chat_id)
+
+    def reject(self, chat_id: int, description: str) -> None:
+        """400 `description` (e.g. "Bad Request: message is too long") on sends to `chat_id`."""
+        self.script.bad_request[chat_id] = description
+
+    def slow(self, delay_s: float, *, chat_id: int | None = None, times: int = 1) -> None:
+        """Deliver the next `times` sends (to `chat_id`) but answer `delay_s` late."""
+        self.script.slow.append(_Slow(chat_id, delay_s, times))
+
+    # -- updates --------------------------------------------------------------------------
+
+    def _chat(self, chat_id: int, chat_type: str | None = None) -> JSON:
+        if chat_type is not None or chat_id not in self._chats:
+            kind = chat_type or ("private" if chat_id > 0 else "group")
+            chat: JSON = {"id": chat_id, "type": kind}
+            if kind == "private":
+                chat["first_name"] = f"user{chat_id}"
+            else:
+                chat["title"] = f"chat{chat_id}"
+            self._chats[chat_id] = chat
+        return self._chats[chat_id]
+
+    def _push(self, key: str, message: JSON) -> int:
+        update_id = next(self._update_ids)
+        self._updates.append({"update_id": update_id, key: message})
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return update_id
+
+    def push_message(
+        self,
+        text: str,
+        *,
+        chat_id: int,
+        user_id: int,
+        chat_type: str | None = None,
+        forwarded: bool = False,
+        edited: bool = False,
+    ) -> int:
+        """A user's message (a command if it starts with /) as the next update; its id."""
+        now = int(time.time())
+        message: JSON = {
+            "message_id": next(self._message_ids),
+            "date": now,
+            "chat": self._chat(chat_id, chat_type),
+            "from": {"id": user_id, "is_bot": False, "first_name": f"user{user_id}"},
+            "text": text,
+        }
+        if text.startswith("/"):
+            command = text.split(maxsplit=1)[0]
+            message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
+        if forwarded:
+            message["forward_origin"] = {
+                "type": "user",
+                "date": now - 60,
+                "sender_user": {"id": user_id + 1, "is_bot": False, "first_name": "someone"},
+            }
+        if edited:
+            message["edit_date"] = now
+        return self._push("edited_message" if edited else "message", message)
+
+    def push_migration(self, chat_id: int, new_chat_id: int) -> int:
+        """The service message a group gets when it becomes a supergroup."""
+        message: JSON = {
+            "message_id": next(self._message_ids),
+            "date": int(time.time()),
+            "chat": self._chat(chat_id),
+            "from": {"id": 1, "is_bot": False, "first_name": "admin"},
+            "migrate_to_chat_id": new_chat_id,
+        }
+        return self._push("message", message)
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        self._writers.add(writer)
+        try:
+            while not self._closing:
+                request_line = await reader.readline()
+                if not request_line:
+                    break
+                verb, target, _ = request_line.decode("latin-1").split(" ", 2)
+                headers: dict[str, str] = {}
+                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                status, payload = await self._dispatch(verb, target, headers, body)
+                data = json.dumps(payload).encode()
+                writer.write(
+                    f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                    + data
+                )
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away mid-request (a cancelled long poll, a read timeout)
+        finally:
+            writer.close()
+            self._writers.discard(writer)
+            self._conns.discard(task)
+
+    async def _dispatch(
+        self, verb: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, JSON]:
+        url = urlsplit(target)
+        match = _PATH.fullmatch(url.path)
+        if match is None:
+            return _error(404, "Not Found")
+        params = dict(parse_qsl(url.query))
+        files: dict[str, bytes] = {}
+        content_type = headers.get("content-type", "")
+        if content_type.startswith("application/x-www-form-urlencoded"):
+            params.update(parse_qsl(body.decode()))
+        elif content_type.startswith("application/json"):
+            params.update(
+                {k: v if isinstance(v, str) else json.dumps(v) for k, v in json.loads(body).items()}
+            )
+        elif content_type.startswith("multipart/form-data"):
+            _multipart(content_type, body, params, files)
+        call = Call(match[2], params, files, time.monotonic())
+        self.calls.append(call)
+        if match[1] != self._token:
+            call.status = 401
+            return _error(401, "Unauthorized")
+        api = getattr(self, f"_api_{match[2].lower()}", None)
+        if api is None:
+            call.status = 404
+            return _error(404, "Not Found: method not found")
+        status, payload = await api(call)
+        return status, payload
+
+    # -- methods --------------------------------------------------------------------------
+
+    def _me(self) -> JSON:
+        return {"id": self.bot_id, "is_bot": True, "first_name": "IWM", "username": self.username}
+
+    async def _api_getme(self, call: Call) -> tuple[int, JSON]:
+        return 200, {
+            "ok": True,
+            "result": self._me() | {"can_join_groups": True, "can_read_all_group_messages": False},
+        }
+
+    async def _api_deletewebhook(self, call: Call) -> tuple[int, JSON]:
+        return 200, {"ok": True, "result": True, "description": "Webhook is already deleted"}
+
+    async def _api_setmycommands(self, call: Call) -> tuple[int, JSON]:
+        self.commands = json.loads(call.params.get("commands", "[]"))
+        return 200, {"ok": True, "result": True}
+
+    async def _api_getmycommands(self, call: Call) -> tuple[int, JSON]:
+        return 200, {"ok": True, "result": self.commands}
+
+    async def _api_getupdates(self, call: Call) -> tuple[int, JSON]:
+        offset = int(call.params.get("offset", "0"))
+        limit = int(call.params.get("limit", "100"))
+        deadline = time.monotonic() + float(call.params.get("timeout", "0"))
+        # An offset confirms every update before it: they are gone for good.
+        self._updates = [u for u in self._updates if u["update_id"] >= offset]
+        while not self._updates and not self._closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                break
+        return 200, {"ok": True, "result": self._updates[:limit]}
+
+    def _refuse(self, call: Call, chat_id: int) -> tuple[int, JSON] | None:
+        script = self.script
+        if time.monotonic() < script.flood_until:
+            return _error(
+                429,
+                f"Too Many Requests: retry after {script.retry_after}",
+                retry_after=script.retry_after,
+            )
+        if chat_id in script.blocked:
+            return _error(403, "Forbidden: bot was blocked by the user")
+        if chat_id in script.migrated:
+            return _error(
+                400,
+                "Bad Request: group chat was upgraded to a supergroup chat",
+                migrate_to_chat_id=script.migrated[chat_id],
+            )
+        if chat_id in script.bad_request:
+            return _error(400, script.bad_request[chat_id])
+        if call.parse_mode == "HTML" and (
+            None in script.bad_entities or chat_id in script.bad_entities
+        ):
+            return _error(
+                400,
+                'Bad Request: can\'t parse entities: Unsupported start tag "x" at byte offset 0',
+            )
+        return None
+
+    async def _send(self, call: Call, content: JSON) -> tuple[int, JSON]:
+        chat_id = call.chat_id
+        assert chat_id is not None, call
+        refused = self._refuse(call, chat_id)
+        if refused is not None:
+            call.status = refused[1]["error_code"]
+            return refused
+        message = {
+            "message_id": next(self._message_ids),
+            "date": int(time.time()),
+            "chat": self._chat(chat_id),
+            "from": self._me(),
+        } | content
+        for slow in self.script.slow:
+            if slow.times > 0 and slow.chat_id in (None, chat_id):
+                slow.times -= 1
+                # Delivered already: only the answer is late (cut short when the server closes).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), slow.delay_s)
+                break
+        return 200, {"ok": True, "result": message}
+
+    async def _api_sendmessage(self, call: Call) -> tuple[int, JSON]:
+        return await self._send(call, {"text": call.params.get("text", "")})
+
+    async def _api_sendphoto(self, call: Call) -> tuple[int, JSON]:
+        photo = {"file_id": "photo1", "file_unique_id": "u1", "width": 800, "height": 480}
+        content: JSON = {"photo": [photo]}
+        if "caption" in call.params:
+            content["caption"] = call.params["caption"]
+        return await self._send(call, content)
+
+
+def _error(code: int, description: str, **parameters: int) -> tuple[int, JSON]:
+    payload: JSON = {"ok": False, "error_code": code, "description": description}
+    if parameters:
+        payload["parameters"] = parameters
+    return code, payload
+
+
+def _multipart(
+    content_type: str, body: bytes, params: dict[str, str], files: dict[str, bytes]
+) -> None:
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type)
+    assert boundary is not None, content_type
+    for part in body.split(b"--" + boundary[1].encode())[1:]:
+        if part.startswith(b"--"):  # the closing delimiter
+            break
+        head, _, content = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        disposition = next(
+            (h for h in head.decode().split("\r\n") if h.lower().startswith("content-disposition")),
+            "",
+        )
+        names = dict(_PARAM.findall(disposition))
+        if "filename" in names:
+            files[names["name"]] = content.removesuffix(b"\r\n")
+        else:
+            params[names["name"]] = content.removesuffix(b"\r\n").decode()
