@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 import structlog
 
+from daemon.backend import DaemonBackend
 from daemon.bars import frame_to_batch
 from daemon.calendar import xnys_sessions
 from daemon.config import Config
@@ -36,6 +37,7 @@ from daemon.sinks.base import Sink
 from daemon.sinks.console import ConsoleSink
 from daemon.sinks.jsonl import JsonlSink
 from daemon.sinks.mqtt import MqttSink
+from daemon.telegram.bot import TelegramBot
 from signals.alerts import Alert
 from signals.bar import BarBatch
 from signals.pipeline import Pipeline, Step
@@ -91,6 +93,7 @@ class Ingest:
         self.pipeline = pipeline
         self.outbox = outbox
         self.stats = IngestStats()
+        self.backend: DaemonBackend | None = None
         self._wall_clock = wall_clock
         self._on_alerts = on_alerts
         self._on_states = on_states
@@ -110,6 +113,8 @@ class Ingest:
         self.stats.bars += len(bars)
         self.stats.last_bar_time = int(bars.time.max())
         self.decide(step.alerts, wall)
+        if self.backend is not None:
+            self.backend.observe(step.forming_daily)
         self._on_states(self.states(step))
 
     def decide(self, alerts: list[Alert], wall: int | None) -> list[Alert]:
@@ -238,7 +243,12 @@ def build_pipeline(config: Config, today: datetime) -> Pipeline:
     )
 
 
-def build_sinks(config: Config, secrets: Secrets, rule_names: Sequence[str]) -> list[Sink]:
+def build_sinks(
+    config: Config,
+    secrets: Secrets,
+    rule_names: Sequence[str],
+    backend: DaemonBackend | None = None,
+) -> list[Sink]:
     """The configured sinks, in a fixed order."""
     s = config.sinks
     sinks: list[Sink] = []
@@ -264,6 +274,19 @@ def build_sinks(config: Config, secrets: Secrets, rule_names: Sequence[str]) -> 
                 qos=m.qos,
                 symbols=config.feed.symbols,
                 rule_names=rule_names,
+            )
+        )
+    if s.telegram is not None:
+        if backend is None:
+            raise ValueError("the Telegram bot needs the daemon backend")
+        sinks.append(
+            TelegramBot(
+                s.telegram,
+                secrets.require("TELEGRAM_BOT_TOKEN"),
+                backend,
+                config.state.dir / "subscribers.sqlite",
+                benchmark=config.engine.benchmark,
+                comparator=config.engine.comparator,
             )
         )
     return sinks
@@ -314,7 +337,8 @@ async def run_daemon(
     """Run until `stop` is set or the feed fails for good; returns the ingest counters."""
     pipeline = build_pipeline(config, datetime.now(UTC))
     rule_names = [s.name for s in pipeline.book.specs]
-    sinks_built = build_sinks(config, secrets, rule_names)
+    backend = DaemonBackend(pipeline, config.feed.symbols)
+    sinks_built = build_sinks(config, secrets, rule_names, backend)
     config.state.dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         outbox = stack.enter_context(
@@ -347,8 +371,10 @@ async def run_daemon(
             on_alerts=wake,
             on_states=queue_states,
         )
+        ingest.backend = backend
         on_ingest(ingest)
         the_feed = feed or build_feed(config, secrets, realtime=realtime)
+        backend.outbox, backend.feed = outbox, the_feed
 
         async def publish_states() -> None:
             assert mqtt is not None

@@ -21,8 +21,11 @@ from daemon.app import Ingest, IngestStats, run_daemon
 from daemon.config import load_config
 from daemon.feeds.replay import ReplayServer
 from daemon.secrets import Secrets
+from daemon.telegram.subscribers import SubscriberStore
 from tests.daemon.minute_market import minute_market
 from tests.daemon.sinks.mosquitto import Mosquitto
+from tests.daemon.telegram.botapi import BotApiServer
+from tests.daemon.telegram.kit import TOKEN, USER
 
 RULES = """
 [[rule]]
@@ -86,7 +89,7 @@ async def _run(
         async with asyncio.timeout(60), asyncio.TaskGroup() as tg:
             tg.create_task(finish())
             stats = await run_daemon(
-                config, Secrets.load(config, env={}), stop, realtime=False, on_ingest=ingests.append
+                config, Secrets.load(config), stop, realtime=False, on_ingest=ingests.append
             )
     return stats, ingests[0]
 
@@ -202,3 +205,36 @@ def test_sigterm_stops_cleanly_within_ten_seconds(tmp_path: Path) -> None:
             db.execute("select count(*) from deliveries where status = 'sending'").fetchone()[0]
             == 0
         )
+
+
+async def test_alerts_reach_telegram_subscribers_and_commands_read_the_daemon(
+    tmp_path: Path,
+) -> None:
+    df, _ = minute_market(n_sessions=3)
+    level = float(df.filter(pl.col("symbol") == "IWM")["close"].median())  # type: ignore[arg-type]
+    async with BotApiServer(TOKEN) as api:
+        (tmp_path / "state").mkdir()
+        with SubscriberStore.open(tmp_path / "state" / "subscribers.sqlite") as store:
+            store.subscribe(USER, USER)
+        extra = f'[sinks.telegram]\napi_base_url = "{api.base_url}"\nrate_per_chat_s = 0.01\n'
+        replies: list[str] = []
+
+        async def ask_score(server: ReplayServer) -> None:
+            await server.wait_played(server.minutes_total // 2)
+            before = len(api.sent(USER))
+            api.push_message("/score IWM", chat_id=USER, user_id=USER)
+            calls = await api.wait_for(
+                lambda c: c.ok and c.chat_id == USER and "score" in (c.text or ""), count=1
+            )
+            replies.extend(c.text or "" for c in calls)
+            assert len(api.sent(USER)) > before
+
+        os.environ["TELEGRAM_BOT_TOKEN"] = TOKEN
+        try:
+            stats, _ = await _run(tmp_path, df, level, ask_score, speed=150.0, extra=extra)
+        finally:
+            del os.environ["TELEGRAM_BOT_TOKEN"]
+        texts = [c.text or "" for c in api.sent(USER)]
+    alert_texts = [t for t in texts if "rule <code>px_up</code>" in t]
+    assert stats.alerts_emitted > 0 and len(alert_texts) == stats.alerts_emitted
+    assert any("<b>IWM</b> score" in r and "rsi" in r for r in replies)
