@@ -238,3 +238,52 @@ async def test_alerts_reach_telegram_subscribers_and_commands_read_the_daemon(
     alert_texts = [t for t in texts if "rule <code>px_up</code>" in t]
     assert stats.alerts_emitted > 0 and len(alert_texts) == stats.alerts_emitted
     assert any("<b>IWM</b> score" in r and "rsi" in r for r in replies)
+
+
+async def test_broker_restarted_mid_run_loses_no_alert(tmp_path: Path) -> None:
+    """The outbox holds alerts while the broker is down and delivers them after it returns."""
+    df, _ = minute_market(n_sessions=3)
+    level = float(df.filter(pl.col("symbol") == "IWM")["close"].median())  # type: ignore[arg-type]
+    with Mosquitto(tmp_path / "broker") as broker:
+        got: list[str] = []
+
+        async def listen() -> None:
+            # A persistent session: QoS 1 messages published while we are away are kept for us.
+            while True:
+                try:
+                    async with aiomqtt.Client(
+                        "127.0.0.1", broker.port, identifier="persistent-sub", clean_session=False
+                    ) as client:
+                        await client.subscribe("iwm-alerts/alerts", qos=1)
+                        async for message in client.messages:
+                            got.append(json.loads(message.payload)["id"])
+                except aiomqtt.MqttError:
+                    await asyncio.sleep(0.2)
+
+        async def restart_twice(server: ReplayServer) -> None:
+            for k in (1, 2):
+                await server.wait_played(k * server.minutes_total // 3)
+                broker.stop()
+                await asyncio.sleep(1.0)
+                broker.start()
+
+        async with asyncio.TaskGroup() as tg:
+            listener = tg.create_task(listen())
+            await asyncio.sleep(0.5)
+            extra = f'[sinks.mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
+            stats, _ = await _run(tmp_path, df, level, restart_twice, speed=200.0, extra=extra)
+            async with asyncio.timeout(15):
+                while len(set(got)) < stats.alerts_emitted:
+                    await asyncio.sleep(0.1)
+            listener.cancel()
+    assert stats.alerts_emitted > 0
+    assert sorted(set(got)) == sorted(_alert_ids(tmp_path))
+    with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
+        retried = db.execute("select max(attempts) from deliveries where sink = 'mqtt'").fetchone()[
+            0
+        ]
+        pending = db.execute(
+            "select count(*) from deliveries where status != 'delivered'"
+        ).fetchone()[0]
+    assert retried >= 2, "no alert was published while the broker was down: the test proved nothing"
+    assert pending == 0
