@@ -30,8 +30,12 @@ from daemon.delivery import DeliveryLoop, drain_all
 from daemon.feeds.alpaca import AlpacaFeed
 from daemon.feeds.base import Feed, FeedBatch
 from daemon.feeds.reconnect import ReconnectPolicy
+from daemon.health import HealthServer, SourceFuncs, observer
 from daemon.outbox import Outbox
+from daemon.rates_fetch import RatesFetcher
 from daemon.rules_file import load_rules
+from daemon.scheduler import Job, Scheduler, SessionCalendar, daemon_jobs, heartbeat_job
+from daemon.sdnotify import Notifier, WatchdogGate, watchdog_interval_s, watchdog_loop
 from daemon.secrets import Secrets
 from daemon.sinks.base import Sink
 from daemon.sinks.console import ConsoleSink
@@ -292,6 +296,43 @@ def build_sinks(
     return sinks
 
 
+def _jobs(config: Config, pipeline: Pipeline, outbox: Outbox, ingest: Ingest) -> list[Job]:
+    """The scheduled jobs this config calls for."""
+
+    async def fetch_rates() -> None:
+        async with RatesFetcher(config.rates.url) as fetcher:
+            series = await fetcher.fetch()
+        pipeline.set_rates(series)
+        _log.info("rates.updated", observations=len(series))
+
+    async def outbox_upkeep() -> None:
+        removed = outbox.prune(older_than_s=30 * 86_400, now=time.time())
+        _log.info("outbox.pruned", removed=removed, depth=outbox.depth())
+
+    def heartbeat_fields() -> dict[str, object]:
+        s = ingest.stats
+        return {"bars": s.bars, "alerts": s.alerts_emitted, "outbox_depth": outbox.depth()}
+
+    return daemon_jobs(
+        rates_fetch=fetch_rates if config.rates.source == "fred" else None,
+        outbox_upkeep=outbox_upkeep,
+        heartbeat=heartbeat_job(heartbeat_fields),
+    )
+
+
+class _closing:
+    """`Notifier` as a context manager, so its socket closes with the exit stack."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+
+    def __enter__(self) -> Notifier:
+        return self.notifier
+
+    def __exit__(self, *exc: object) -> None:
+        self.notifier.close()
+
+
 def build_feed(config: Config, secrets: Secrets, *, realtime: bool) -> Feed:
     """The configured provider's feed (alpaca, or replay: an Alpaca-protocol server)."""
     f = config.feed
@@ -386,8 +427,33 @@ async def run_daemon(
                 for sym, state in batch.items():
                     await mqtt.publish_state(sym, state)
 
+        notifier = stack.enter_context(_closing(Notifier()))
+        calendar = SessionCalendar()
+        source = SourceFuncs(
+            feed=lambda: the_feed.stats,
+            ingest=lambda: ingest.stats,
+            outbox=lambda: outbox,
+            deliveries=lambda: loops,
+        )
+        gate = WatchdogGate(observer(source, calendar.open_since))
+        if config.health.enabled:
+            health = await stack.enter_async_context(
+                HealthServer(
+                    source, host=config.health.host, port=config.health.port, verdict=gate.check
+                )
+            )
+            _log.info("health.serving", host=config.health.host, port=health.port)
+        jobs = _jobs(config, pipeline, outbox, ingest)
+        await stack.enter_async_context(Scheduler(jobs, calendar=calendar))
+        notifier.ready(f"watching {len(config.feed.symbols)} symbols")
         async with asyncio.TaskGroup() as tg:
             feed_task = tg.create_task(the_feed.run(ingest), name="feed")
+            interval = watchdog_interval_s()
+            watchdog = (
+                tg.create_task(watchdog_loop(notifier, gate, interval), name="watchdog")
+                if interval
+                else None
+            )
             delivery = [
                 tg.create_task(loop.run(), name=f"deliver-{loop_sink.name}")
                 for loop, loop_sink in zip(loops, sinks, strict=True)
@@ -403,6 +469,9 @@ async def run_daemon(
                 sinks=[s.name for s in sinks],
             )
             await asyncio.wait([feed_task, stopper], return_when=asyncio.FIRST_COMPLETED)
+            notifier.stopping("draining the outbox")
+            if watchdog is not None:
+                watchdog.cancel()
             feed_task.cancel()  # 1. stop taking bars
             stopper.cancel()
             drained = await drain_all(loops, drain_timeout_s)  # 2. deliver what was decided

@@ -72,6 +72,11 @@ class Pipeline:
                 if name != "1d":
                     self._engines[name] = Engine(replace(config, intraday=False), rates)
 
+    def set_rates(self, rates: RatesSeries | None) -> None:
+        """A new 2-year yield series (the daily fetch) for every engine from now on."""
+        for engine in (*self._engines.values(), *((self.extended,) if self.extended else ())):
+            engine.rates = rates
+
     def engine(self, timeframe: str) -> Engine:
         """The engine of `timeframe` (`1m`, `1d`, ...)."""
         return self._engines[timeframe]

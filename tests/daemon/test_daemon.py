@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiomqtt
+import httpx
 import polars as pl
 import pytest
 
@@ -23,7 +25,7 @@ from daemon.feeds.replay import ReplayServer
 from daemon.secrets import Secrets
 from daemon.telegram.subscribers import SubscriberStore
 from tests.daemon.minute_market import minute_market
-from tests.daemon.sinks.mosquitto import Mosquitto
+from tests.daemon.sinks.mosquitto import Mosquitto, free_port
 from tests.daemon.telegram.botapi import BotApiServer
 from tests.daemon.telegram.kit import TOKEN, USER
 
@@ -35,6 +37,9 @@ timeframe = "1m"
 value = "close"
 threshold = {level}
 """
+
+
+NO_HEALTH = "[health]\nenabled = false\n"
 
 
 def _config(tmp: Path, url: str, rest_url: str, level: float, extra: str = "") -> Path:
@@ -61,9 +66,7 @@ path = "{tmp / "alerts.jsonl"}"
 [state]
 dir = "{tmp / "state"}"
 
-[health]
-enabled = false
-{extra}
+{extra if "[health]" in extra else NO_HEALTH + extra}
 """)
     return path
 
@@ -287,3 +290,37 @@ async def test_broker_restarted_mid_run_loses_no_alert(tmp_path: Path) -> None:
         ).fetchone()[0]
     assert retried >= 2, "no alert was published while the broker was down: the test proved nothing"
     assert pending == 0
+
+
+async def test_sd_notify_and_health_endpoint_during_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    df, _ = minute_market(n_sessions=2)
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    port = free_port()
+    seen: dict[str, object] = {}
+
+    async def scrape(server: ReplayServer) -> None:
+        await server.wait_played(server.minutes_total // 2)
+        async with httpx.AsyncClient() as http:
+            health = await http.get(f"http://127.0.0.1:{port}/healthz")
+            metrics = await http.get(f"http://127.0.0.1:{port}/metrics")
+        seen["health"] = health.json()
+        seen["metrics"] = metrics.text
+
+    extra = f'[health]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
+    await _run(tmp_path, df, 1e9, scrape, speed=300.0, extra=extra)
+    datagrams = []
+    while True:
+        try:
+            datagrams.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            break
+    sock.close()
+    assert any("READY=1" in d for d in datagrams) and any("STOPPING=1" in d for d in datagrams)
+    assert isinstance(seen["health"], dict) and "outbox_depth" in str(seen["health"])
+    assert "iwm_alerts_" in str(seen["metrics"])
