@@ -1,0 +1,785 @@
+"""Massive (formerly Polygon.io) stocks: the websocket protocol (sans-I/O), the REST backfill, the feed.
+
+The protocol, as documented by Massive ("WebSocket / Stocks / Aggregates (Per
+Minute)", "REST / Stocks / Custom Bars") and spoken by Polygon's clients:
+
+- stream `wss://socket.massive.com/stocks` (real time) or
+  `wss://delayed.massive.com/stocks` (15 min delayed); every server message is
+  a JSON array of objects tagged by `"ev"`;
+- on connect `[{"ev":"status","status":"connected",...}]`; the client sends
+  `{"action":"auth","params":KEY}` and gets `status` `auth_success` (older
+  servers: `success` / "authenticated") or `auth_failed`; `auth_timeout` if it
+  waits too long; `max_connections` ("Maximum number of websocket connections
+  exceeded") before the server closes with 1008, as the connection quota is per
+  account;
+- `{"action":"subscribe","params":"AM.IWM,AM.SPY"}` is confirmed per channel
+  with `status` `success`, "subscribed to: AM.IWM";
+- minute aggregates `{"ev":"AM","sym","v","av","op","vw","o","c","h","l","a",
+  "z","s","e"}` with `s`/`e` the window start/end in epoch milliseconds;
+- REST `GET {rest}/v2/aggs/ticker/{sym}/range/1/minute/{from_ms}/{to_ms}
+  ?adjusted=true&sort=asc&limit=50000` returns `{"results":[{t,o,h,l,c,v,..}],
+  "next_url":..}` with `t` the bar start in ms. The key travels as
+  `Authorization: Bearer` (as Massive's own client sends it), so no URL we
+  request or log carries it.
+
+`MassiveProtocol` never raises on input: what is not a valid bar becomes a
+`Rejection` with the same reasons as the Alpaca adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final, Literal, Self
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
+from websockets.frames import CloseCode
+from websockets.uri import parse_uri
+
+from daemon.feeds.base import (
+    FeedAuthFailed,
+    FeedBatch,
+    FeedError,
+    FeedFatal,
+    FeedStats,
+    FeedThrottled,
+    FeedUnavailable,
+    FrameRejected,
+)
+from daemon.feeds.market_hours import xnys_is_open
+from daemon.feeds.reconnect import FeedLoop, Received, ReconnectPolicy, Rejection
+from signals.bar import SYMBOL_PATTERN, Bar, BarRejected
+
+_log = structlog.get_logger(__name__)
+
+DEFAULT_STREAM_URL: Final = "wss://socket.massive.com/stocks"
+DELAYED_STREAM_URL: Final = "wss://delayed.massive.com/stocks"
+DEFAULT_REST_URL: Final = "https://api.massive.com"
+
+_DETAIL_CHARS = 160
+_MIN_SCRUB_CHARS = 6  # real keys are 20+ characters; scrubbing "s" would mangle every message
+
+State = Literal["connecting", "authenticating", "subscribing", "streaming", "failed"]
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The server greeted us; the auth message is queued."""
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """The key was accepted; the subscribe message is queued."""
+
+
+@dataclass(frozen=True)
+class Subscribed:
+    """The server confirmed a subscription ("subscribed to: AM.IWM")."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class BarsReceived:
+    """Validated minute bars from one message, in order."""
+
+    bars: tuple[Bar, ...]
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """A status that ends the session (`auth_failed`, `max_connections`...); scrubbed of secrets."""
+
+    status: str
+    message: str
+
+
+Event = Connected | Authenticated | Subscribed | BarsReceived | ServerStatus | Rejection
+
+_FAILURES: Final = frozenset({"auth_failed", "auth_timeout", "max_connections", "error"})
+
+
+class _Head(msgspec.Struct):
+    ev: str
+
+
+class _Status(msgspec.Struct):
+    status: str
+    message: str = ""
+
+
+class _Agg(msgspec.Struct):
+    sym: str
+    o: float
+    h: float
+    l: float  # noqa: E741 - the wire name
+    c: float
+    v: float
+    s: int
+
+
+class _RestAgg(msgspec.Struct):
+    t: int
+    o: float
+    h: float
+    l: float  # noqa: E741 - the wire name
+    c: float
+    v: float
+
+
+class _RestPage(msgspec.Struct):
+    results: list[msgspec.Raw] | None = None
+    next_url: str | None = None
+
+
+def _excerpt(data: bytes | str) -> str:
+    text = data if isinstance(data, str) else data[:_DETAIL_CHARS].decode("utf-8", "replace")
+    return text[:_DETAIL_CHARS]
+
+
+def _field_problem(exc: msgspec.ValidationError, time_field: str) -> str:
+    """A reason for an aggregate that did not fit its struct."""
+    text = str(exc)
+    if f"`$.{time_field}`" in text:
+        return "bad_time"
+    if "out of range" in text:  # 1e400 and friends: JSON numbers beyond a double
+        return "non_finite"
+    return "bad_field"
+
+
+def _minute_bar(
+    symbol: str,
+    start_ms: int,
+    ohlcv: tuple[float, float, float, float, float],
+    *,
+    symbols: frozenset[str],
+    now_s: float,
+    max_future_s: float,
+) -> Bar | Rejection:
+    """A validated minute `Bar` starting at `start_ms` (epoch ms), or why not."""
+    name = f"{symbol[:12]!r}"
+    if start_ms < 0:
+        return Rejection("bad_time", f"{name}: start {start_ms} ms is before 1970")
+    if start_ms % 60_000:
+        return Rejection("bad_time", f"{name}: start {start_ms} ms is not on a minute")
+    if start_ms / 1000 > now_s + max_future_s:
+        return Rejection("future_time", f"{name}: start {start_ms} ms is ahead of the clock")
+    try:
+        bar = Bar(symbol, start_ms // 1000, *ohlcv)
+    except BarRejected as exc:
+        return Rejection(exc.reason, str(exc))
+    if bar.symbol not in symbols:
+        return Rejection("unsubscribed_symbol", f"{name} was not subscribed")
+    return bar
+
+
+def _scrub(secret: str, text: str) -> str:
+    return text.replace(secret, "***") if len(secret) >= _MIN_SCRUB_CHARS else text
+
+
+class MassiveProtocol:
+    """The Massive stocks stream protocol, sans I/O.
+
+    Feed each websocket message to `receive_frame`; read `events_received()`
+    and send what `data_to_send()` returns, as text frames, in order. States:
+    connecting -> authenticating -> subscribing -> streaming, or failed after
+    a failure status. Input never raises: bad input becomes a `Rejection`.
+    """
+
+    def __init__(
+        self, api_key: str, symbols: Iterable[str], *, max_future_s: float = 300.0
+    ) -> None:
+        self.symbols = tuple(dict.fromkeys(symbols))
+        if not self.symbols:
+            raise ValueError("at least one symbol is required")
+        self._symbol_set = frozenset(self.symbols)
+        self._key, self._max_future_s = api_key, max_future_s
+        self._auth = msgspec.json.encode({"action": "auth", "params": api_key}).decode()
+        params = ",".join(f"AM.{s}" for s in self.symbols)
+        self._subscribe = msgspec.json.encode({"action": "subscribe", "params": params}).decode()
+        self.state: State = "connecting"
+        self._events: list[Event] = []
+        self._outgoing: list[str] = []
+
+    def receive_frame(self, data: str | bytes, now_s: float) -> None:
+        """Process one websocket message received at wall-clock `now_s` (epoch seconds)."""
+        try:
+            items = msgspec.json.decode(data, type=list[msgspec.Raw])
+        except msgspec.ValidationError:
+            self._reject("not_a_list", _excerpt(data))
+            return
+        except msgspec.DecodeError:
+            self._reject("bad_json", _excerpt(data))
+            return
+        except RecursionError:
+            self._reject("too_deep", _excerpt(data))
+            return
+        pending: list[Bar] = []
+        for raw in items:
+            self._message(raw, now_s, pending)
+        self._flush(pending)
+
+    def events_received(self) -> list[Event]:
+        """Events since the last call, in order."""
+        events, self._events = self._events, []
+        return events
+
+    def data_to_send(self) -> list[str]:
+        """Messages to send since the last call, in order. They carry the key: never log them."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def _message(self, raw: msgspec.Raw, now_s: float, pending: list[Bar]) -> None:
+        try:
+            ev = msgspec.json.decode(raw, type=_Head).ev
+        except (msgspec.DecodeError, RecursionError):
+            self._reject("bad_message", _excerpt(bytes(raw)))
+            return
+        if ev == "AM":
+            result = self._bar(raw, now_s)
+            if isinstance(result, Rejection):
+                self._reject(result.reason, result.detail)
+            else:
+                pending.append(result)
+            return
+        self._flush(pending)  # keep bars and control events in arrival order
+        if ev == "status":
+            self._status(raw)
+        else:
+            self._reject("unknown_type", f"ev={self._scrub(ev)[:20]!r}")
+
+    def _bar(self, raw: msgspec.Raw, now_s: float) -> Bar | Rejection:
+        if self.state != "streaming":
+            return Rejection("unexpected_message", f"bar before subscription: {self._raw(raw)}")
+        try:
+            m = msgspec.json.decode(raw, type=_Agg)
+        except msgspec.ValidationError as exc:
+            return Rejection(_field_problem(exc, "s"), f"{exc}: {self._raw(raw)}")
+        except (msgspec.DecodeError, RecursionError):
+            return Rejection("bad_message", self._raw(raw))
+        return _minute_bar(
+            m.sym,
+            m.s,
+            (m.o, m.h, m.l, m.c, m.v),
+            symbols=self._symbol_set,
+            now_s=now_s,
+            max_future_s=self._max_future_s,
+        )
+
+    def _status(self, raw: msgspec.Raw) -> None:
+        try:
+            msg = msgspec.json.decode(raw, type=_Status)
+        except (msgspec.DecodeError, RecursionError):
+            self._reject("bad_message", self._raw(raw))
+            return
+        status, text = msg.status, self._scrub(msg.message)[:_DETAIL_CHARS]
+        if status in _FAILURES or status.endswith("_failed"):
+            if status == "error" and self.state == "authenticating":
+                status = "auth_failed"  # how older servers refused a key
+            self.state = "failed"
+            self._events.append(ServerStatus(self._scrub(status)[:40], text))
+        elif status == "connected" and self.state == "connecting":
+            self.state = "authenticating"
+            self._outgoing.append(self._auth)
+            self._events.append(Connected())
+        elif self.state == "authenticating" and (
+            status == "auth_success" or (status == "success" and text == "authenticated")
+        ):
+            self.state = "subscribing"
+            self._outgoing.append(self._subscribe)
+            self._events.append(Authenticated())
+        elif status == "success" and self.state in ("subscribing", "streaming"):
+            self.state = "streaming"
+            self._events.append(Subscribed(text))
+        else:
+            self._reject(
+                "unexpected_message", f"status {self._scrub(status)[:40]!r} in {self.state}"
+            )
+
+    def _flush(self, pending: list[Bar]) -> None:
+        if pending:
+            self._events.append(BarsReceived(tuple(pending)))
+            pending.clear()
+
+    def _raw(self, raw: msgspec.Raw) -> str:
+        return self._scrub(_excerpt(bytes(raw)))
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self._events.append(Rejection(reason, self._scrub(detail)))
+
+    def _scrub(self, text: str) -> str:
+        return _scrub(self._key, text)
+
+
+def error_for_status(feed: str, status: str, message: str) -> FeedError:
+    """The feed error a failure status means: what the reconnect loop must do."""
+    detail = f"server status {status} ({message or 'no message'})"
+    if status == "auth_failed":  # a few retries (key being rotated), then fatal
+        return FeedAuthFailed(feed, detail)
+    if status == "max_connections":  # another session holds the account's one slot
+        return FeedThrottled(feed, detail)
+    return FeedUnavailable(feed, detail)  # auth_timeout, error, *_failed: reconnect afresh
+
+
+@dataclass(frozen=True)
+class AggsPage:
+    """One decoded REST page: valid bars, rejections, and the URL of the next page."""
+
+    bars: tuple[Bar, ...]
+    rejected: tuple[Rejection, ...]
+    next_url: str | None
+
+
+def parse_aggs_page(
+    body: bytes, symbol: str, symbols: frozenset[str], now_s: float, max_future_s: float = 300.0
+) -> AggsPage:
+    """Decode a `/v2/aggs` response for `symbol`. Never raises: a bad envelope is one rejection."""
+    try:
+        page = msgspec.json.decode(body, type=_RestPage)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        return AggsPage((), (Rejection("bad_response", f"{exc}: {_excerpt(body)}"),), None)
+    bars: list[Bar] = []
+    rejected: list[Rejection] = []
+    for raw in page.results or ():
+        try:
+            m = msgspec.json.decode(raw, type=_RestAgg)
+        except msgspec.ValidationError as exc:
+            rejected.append(Rejection(_field_problem(exc, "t"), f"{exc}: {_excerpt(bytes(raw))}"))
+            continue
+        except (msgspec.DecodeError, RecursionError):
+            rejected.append(Rejection("bad_message", _excerpt(bytes(raw))))
+            continue
+        result = _minute_bar(
+            symbol,
+            m.t,
+            (m.o, m.h, m.l, m.c, m.v),
+            symbols=symbols,
+            now_s=now_s,
+            max_future_s=max_future_s,
+        )
+        if isinstance(result, Rejection):
+            rejected.append(result)
+        else:
+            bars.append(result)
+    return AggsPage(tuple(bars), tuple(rejected), page.next_url or None)
+
+
+def _retry_after_s(headers: httpx.Headers) -> float | None:
+    try:
+        value = headers.get("retry-after")
+        return None if value is None else max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
+
+
+class MassiveRest:
+    """The `/v2/aggs` minute backfill: one request per symbol, `next_url` pages, bounded retries.
+
+    `http` is owned by the caller. Retries 429, 5xx and network errors a few
+    times; then raises `FeedThrottled` (429), `FeedAuthFailed` (401),
+    `FeedFatal` (400/403/404: the request or the plan is wrong) or
+    `FeedUnavailable`. A `next_url` pointing at another host is not followed:
+    the key is never sent anywhere but `rest_url`.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        api_key: str,
+        symbols: Sequence[str],
+        rest_url: str = DEFAULT_REST_URL,
+        name: str = "massive",
+        now: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_future_s: float = 300.0,
+        page_limit: int = 50_000,
+        max_pages: int = 20,
+        max_retries: int = 3,
+        max_retry_wait_s: float = 60.0,
+        max_body_bytes: int = 32 << 20,
+    ) -> None:
+        self._http, self._name, self._key = http, name, api_key
+        self._symbols = tuple(symbols)
+        self._symbol_set = frozenset(self._symbols)
+        self._base = rest_url.rstrip("/")
+        self._now, self._sleep, self._max_future_s = now, sleep, max_future_s
+        self._page_limit, self._max_pages = page_limit, max_pages
+        self._max_retries, self._max_retry_wait_s = max_retries, max_retry_wait_s
+        self._max_body_bytes = max_body_bytes
+
+    def __repr__(self) -> str:
+        return f"MassiveRest(url={self._base!r}, symbols={self._symbols!r})"
+
+    async def bars(self, start_s: int, end_s: int) -> Received:
+        """Minute bars with start in `[start_s, end_s]` for every symbol, as kind `backfill`."""
+        bars: list[Bar] = []
+        rejected: list[Rejection] = []
+        for symbol in self._symbols:
+            url = f"{self._base}/v2/aggs/ticker/{symbol}/range/1/minute/{start_s * 1000}/{end_s * 1000}"
+            params: dict[str, str] | None = {
+                "adjusted": "true",
+                "sort": "asc",
+                "limit": str(self._page_limit),
+            }
+            for _ in range(self._max_pages):
+                body = await self._get(url, params)
+                page = parse_aggs_page(
+                    body, symbol, self._symbol_set, self._now(), self._max_future_s
+                )
+                rejected.extend(Rejection(r.reason, self._scrub(r.detail)) for r in page.rejected)
+                for bar in page.bars:
+                    if start_s <= bar.time <= end_s:
+                        bars.append(bar)
+                    else:  # a forming minute would shadow the complete live bar
+                        rejected.append(Rejection("outside_window", f"{symbol} {bar.time}"))
+                if page.next_url is None:
+                    break
+                if _origin(page.next_url) != _origin(self._base):
+                    rejected.append(Rejection("backfill_truncated", "next_url on another host"))
+                    break
+                url, params = page.next_url, None  # next_url carries the query
+            else:
+                rejected.append(
+                    Rejection(
+                        "backfill_truncated", f"{symbol}: stopped after {self._max_pages} pages"
+                    )
+                )
+        return Received((("backfill", tuple(bars)),), tuple(rejected))
+
+    async def _get(self, url: str, params: dict[str, str] | None) -> bytes:
+        attempt = 0
+        while True:
+            try:
+                return await self._get_once(url, params)
+            except (FeedUnavailable, FeedThrottled) as exc:
+                if attempt >= self._max_retries:
+                    raise
+                wait = exc.retry_after_s if isinstance(exc, FeedThrottled) else None
+                await self._sleep(
+                    min(self._max_retry_wait_s, wait if wait is not None else 2.0**attempt)
+                )
+                attempt += 1
+
+    async def _get_once(self, url: str, params: dict[str, str] | None) -> bytes:
+        headers = {"Authorization": f"Bearer {self._key}"}
+        try:
+            async with self._http.stream("GET", url, params=params, headers=headers) as resp:
+                if resp.status_code == 200:
+                    return await self._read(resp, self._max_body_bytes)
+                body = await self._read(resp, 64 << 10)
+                raise self._status_error(resp.status_code, resp.headers, body)
+        except httpx.InvalidURL as exc:
+            raise FeedFatal(self._name, self._scrub(f"invalid REST URL: {exc}")) from exc
+        except httpx.HTTPError as exc:
+            raise FeedUnavailable(
+                self._name, self._scrub(f"REST {type(exc).__name__}: {exc}")
+            ) from exc
+
+    async def _read(self, resp: httpx.Response, limit: int) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise FeedUnavailable(self._name, f"REST response larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> FeedError:
+        try:
+            fields = msgspec.json.decode(body, type=dict[str, object])
+            message = str(fields.get("error") or fields.get("message") or "")
+        except (msgspec.DecodeError, RecursionError):
+            message = ""
+        detail = self._scrub(f"REST HTTP {status} {message[:_DETAIL_CHARS]}".rstrip())
+        if status == 429:
+            return FeedThrottled(self._name, detail, _retry_after_s(headers))
+        if status == 401:
+            return FeedAuthFailed(self._name, detail)
+        if status in (400, 403, 404):  # a bad request, or a plan without this data
+            return FeedFatal(self._name, detail)
+        return FeedUnavailable(self._name, detail)
+
+    def _scrub(self, text: str) -> str:
+        return _scrub(self._key, text)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Everything a connection or a backfill needs, shared by both."""
+
+    name: str
+    url: str
+    rest_url: str
+    api_key: str = field(repr=False)
+    symbols: tuple[str, ...]
+    max_frame_bytes: int
+    open_timeout_s: float
+    handshake_timeout_s: float
+    ping_interval_s: float | None
+    ping_timeout_s: float | None
+    max_future_s: float
+    now: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+
+
+class _MassiveConnection:
+    """One websocket session: entering connects, authenticates and subscribes; then `receive`."""
+
+    def __init__(self, settings: _Settings) -> None:
+        self._s = settings
+        self._protocol = MassiveProtocol(
+            settings.api_key, settings.symbols, max_future_s=settings.max_future_s
+        )
+        self._stack = AsyncExitStack()
+        self._ws: ClientConnection | None = None
+        self._early: list[Received] = []
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            try:
+                self._ws = await stack.enter_async_context(
+                    connect(
+                        self._s.url,
+                        max_size=self._s.max_frame_bytes,
+                        open_timeout=self._s.open_timeout_s,
+                        ping_interval=self._s.ping_interval_s,
+                        ping_timeout=self._s.ping_timeout_s,
+                        close_timeout=2.0,
+                    )
+                )
+            except (WebSocketException, OSError, TimeoutError, EOFError) as exc:
+                raise self._translate(exc) from exc
+            try:
+                async with asyncio.timeout(self._s.handshake_timeout_s):
+                    while self._protocol.state != "streaming":
+                        self._early.append(await self._next())
+            except TimeoutError as exc:
+                raise FeedUnavailable(
+                    self._s.name,
+                    f"no subscription confirmed within {self._s.handshake_timeout_s:g} s",
+                ) from exc
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def receive(self) -> Received:
+        """The next message as bars and rejections; raises a `FeedError` when the session ends."""
+        if self._early:
+            return self._early.pop(0)
+        return await self._next()
+
+    async def _next(self) -> Received:
+        ws = self._ws
+        if ws is None:
+            raise RuntimeError("receive() before the connection was entered")
+        try:
+            data = await ws.recv()
+            self._protocol.receive_frame(data, self._s.now())
+            for message in self._protocol.data_to_send():
+                await ws.send(message)
+        except ConnectionClosed as exc:
+            raise self._translate(exc) from exc
+        bars: list[Bar] = []
+        rejected: list[Rejection] = []
+        for event in self._protocol.events_received():
+            if isinstance(event, BarsReceived):
+                bars.extend(event.bars)
+            elif isinstance(event, Rejection):
+                rejected.append(event)
+            elif isinstance(event, ServerStatus):
+                raise error_for_status(self._s.name, event.status, event.message)
+            elif isinstance(event, Subscribed):
+                _log.info("feed.subscribed", feed=self._s.name, message=event.message)
+        return Received((("live", tuple(bars)),) if bars else (), tuple(rejected))
+
+    def _translate(self, exc: BaseException) -> FeedError:
+        name = self._s.name
+        if isinstance(exc, ConnectionClosed):
+            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                return FrameRejected(
+                    name,
+                    "frame_too_big",
+                    f"a message exceeded {self._s.max_frame_bytes} bytes; closed with 1009",
+                )
+            return FeedUnavailable(name, _scrub(self._s.api_key, f"connection closed: {exc}"))
+        if isinstance(exc, InvalidStatus):
+            status = exc.response.status_code
+            detail = f"websocket upgrade refused with HTTP {status}"
+            if status in (401, 403):
+                return FeedAuthFailed(name, detail)
+            if status == 429:
+                return FeedThrottled(name, detail)
+            if status in (400, 404):
+                return FeedFatal(name, f"{detail}: is the stream URL right?")
+            return FeedUnavailable(name, detail)
+        if isinstance(exc, InvalidURI):
+            return FeedFatal(name, f"invalid stream URL: {exc}")
+        return FeedUnavailable(name, _scrub(self._s.api_key, f"{type(exc).__name__}: {exc}"))
+
+
+class _MassiveSource:
+    """What `FeedLoop` drives: fresh connections and REST backfills."""
+
+    def __init__(self, settings: _Settings, http: httpx.AsyncClient) -> None:
+        self.name, self.url = settings.name, settings.url
+        self._settings = settings
+        self._rest = MassiveRest(
+            http,
+            api_key=settings.api_key,
+            symbols=settings.symbols,
+            rest_url=settings.rest_url,
+            name=settings.name,
+            now=settings.now,
+            sleep=settings.sleep,
+            max_future_s=settings.max_future_s,
+        )
+
+    def connection(self) -> _MassiveConnection:
+        return _MassiveConnection(self._settings)
+
+    async def backfill(self, start_s: int, end_s: int) -> Received:
+        return await self._rest.bars(start_s, end_s)
+
+
+class MassiveFeed:
+    """Massive (Polygon) stocks as a `Feed`: `AM.*` minute aggregates, REST backfill.
+
+    `api_key` is only ever sent to Massive; it never appears in a log line, a
+    repr or an exception message. `url` overrides the stream URL (default the
+    real-time cluster, or the delayed one with `delayed=True`); `rest_url` the
+    REST base. The other knobs are `AlpacaFeed`'s: `max_frame_bytes` caps
+    incoming messages (bigger ones close with 1009, counted as
+    `frame_too_big`); `now`, `sleep`, `is_market_open`, `rand` and
+    `http_transport` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        symbols: Sequence[str],
+        *,
+        url: str | None = None,
+        rest_url: str | None = None,
+        delayed: bool = False,
+        max_frame_bytes: int = 1 << 20,
+        open_timeout_s: float = 10.0,
+        handshake_timeout_s: float = 15.0,
+        ping_interval_s: float | None = 20.0,
+        ping_timeout_s: float | None = 20.0,
+        http_timeout_s: float = 30.0,
+        silence_timeout_s: float = 180.0,
+        warmup_s: float = 3600.0,
+        max_future_s: float = 300.0,
+        policy: ReconnectPolicy | None = None,
+        now: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        is_market_open: Callable[[float], bool] = xnys_is_open,
+        rand: Callable[[], float] = random.random,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+        name: str = "massive",
+    ) -> None:
+        if not api_key:
+            raise ValueError("the Massive API key must be non-empty")
+        wanted = tuple(dict.fromkeys(symbols))
+        bad = [s for s in wanted if not isinstance(s, str) or not SYMBOL_PATTERN.fullmatch(s)]
+        if not wanted or bad:
+            raise ValueError(f"symbols must be 1+ tickers matching [A-Z0-9.-]{{1,10}}, bad: {bad}")
+        if max_frame_bytes < 1024:
+            raise ValueError(f"max_frame_bytes must be >= 1024, got {max_frame_bytes}")
+        for label, value in (
+            ("open_timeout_s", open_timeout_s),
+            ("handshake_timeout_s", handshake_timeout_s),
+            ("http_timeout_s", http_timeout_s),
+            ("max_future_s", max_future_s),
+        ):
+            if not value > 0:
+                raise ValueError(f"{label} must be > 0, got {value}")
+        if warmup_s < 0:
+            raise ValueError(f"warmup_s must be >= 0, got {warmup_s}")
+        stream = url or (DELAYED_STREAM_URL if delayed else DEFAULT_STREAM_URL)
+        try:
+            parse_uri(stream)
+        except (ValueError, InvalidURI) as exc:
+            raise ValueError(f"url must be a ws:// or wss:// URL: {exc}") from None
+        self.name = name
+        self.stats = FeedStats()
+        self._settings = _Settings(
+            name=name,
+            url=stream,
+            rest_url=rest_url or DEFAULT_REST_URL,
+            api_key=api_key,
+            symbols=wanted,
+            max_frame_bytes=max_frame_bytes,
+            open_timeout_s=open_timeout_s,
+            handshake_timeout_s=handshake_timeout_s,
+            ping_interval_s=ping_interval_s,
+            ping_timeout_s=ping_timeout_s,
+            max_future_s=max_future_s,
+            now=now,
+            sleep=sleep,
+        )
+        self._policy = policy or ReconnectPolicy()
+        self._http_timeout_s = http_timeout_s
+        self._silence_timeout_s, self._warmup_s = silence_timeout_s, warmup_s
+        self._now, self._sleep, self._rand = now, sleep, rand
+        self._is_market_open = is_market_open
+        self._http_transport = http_transport
+
+    def __repr__(self) -> str:
+        s = self._settings
+        return f"MassiveFeed(name={s.name!r}, url={s.url!r}, symbols={s.symbols!r})"
+
+    @property
+    def url(self) -> str:
+        """The stream URL (no credentials in it)."""
+        return self._settings.url
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The subscribed symbols."""
+        return self._settings.symbols
+
+    async def run(self, emit: Callable[[FeedBatch], None]) -> None:
+        """Stream until cancelled, reconnecting and backfilling; raise `FeedFatal` on a dead end.
+
+        An exception raised by `emit` itself is not a feed problem: it propagates unchanged.
+        """
+        async with httpx.AsyncClient(
+            timeout=self._http_timeout_s, transport=self._http_transport, follow_redirects=False
+        ) as http:
+            loop = FeedLoop(
+                _MassiveSource(self._settings, http),
+                self.stats,
+                policy=self._policy,
+                silence_timeout_s=self._silence_timeout_s,
+                warmup_s=self._warmup_s,
+                now=self._now,
+                sleep=self._sleep,
+                is_market_open=self._is_market_open,
+                rand=self._rand,
+            )
+            await loop.run(emit)
