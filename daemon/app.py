@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -29,6 +30,8 @@ from daemon.config import Config
 from daemon.delivery import DeliveryLoop, drain_all
 from daemon.feeds.alpaca import AlpacaFeed
 from daemon.feeds.base import Feed, FeedBatch
+from daemon.feeds.finnhub import FinnhubFeed
+from daemon.feeds.massive import MassiveFeed
 from daemon.feeds.reconnect import ReconnectPolicy
 from daemon.health import HealthServer, SourceFuncs, observer
 from daemon.outbox import Outbox
@@ -334,34 +337,38 @@ class _closing:
 
 
 def build_feed(config: Config, secrets: Secrets, *, realtime: bool) -> Feed:
-    """The configured provider's feed (alpaca, or replay: an Alpaca-protocol server)."""
+    """The configured provider's feed (replay is an Alpaca-protocol server, local)."""
     f = config.feed
-    if f.provider in ("alpaca", "replay"):
-        key = secrets.get("ALPACA_API_KEY")
-        secret = secrets.get("ALPACA_API_SECRET")
-        if f.provider == "alpaca" and (key is None or secret is None):
-            raise ValueError("feed.provider alpaca needs ALPACA_API_KEY and ALPACA_API_SECRET")
-        extra: dict[str, object] = {}
-        if f.rest_url:
-            extra["rest_url"] = f.rest_url
-        if not realtime:
-            extra["is_market_open"] = lambda _t: True
-        policy = ReconnectPolicy(
+    common: dict[str, Any] = {
+        "url": f.url,
+        "max_frame_bytes": f.max_frame_bytes,
+        "silence_timeout_s": f.silence_timeout_s,
+        "policy": ReconnectPolicy(
             backoff_initial_s=f.backoff_initial_s, backoff_max_s=f.backoff_max_s
-        )
-        return AlpacaFeed(
-            policy=policy,
-            key=key.reveal() if key else "replay",
-            secret=secret.reveal() if secret else "replay",
-            symbols=list(f.symbols),
-            stream=f.alpaca_feed,
-            url=f.url,
-            max_frame_bytes=f.max_frame_bytes,
-            silence_timeout_s=f.silence_timeout_s,
-            warmup_s=0.0 if not realtime else 300.0,
-            **extra,  # type: ignore[arg-type]
-        )
-    raise ValueError(f"feed.provider {f.provider!r} has no adapter in this version yet")
+        ),
+        # Alpaca's start-up warm-up comes over REST before the feed starts (run); the
+        # others repair the last hour themselves. A replay has no market hours.
+        "warmup_s": 0.0 if not realtime else (300.0 if f.provider == "alpaca" else 3600.0),
+    }
+    if f.rest_url:
+        common["rest_url"] = f.rest_url
+    if not realtime:
+        common["is_market_open"] = lambda _t: True
+    symbols = list(f.symbols)
+    if f.provider == "massive":
+        return MassiveFeed(secrets.require("MASSIVE_API_KEY").reveal(), symbols, **common)
+    if f.provider == "finnhub":
+        return FinnhubFeed(secrets.require("FINNHUB_API_KEY").reveal(), symbols, **common)
+    key, secret = secrets.get("ALPACA_API_KEY"), secrets.get("ALPACA_API_SECRET")
+    if f.provider == "alpaca" and (key is None or secret is None):
+        raise ValueError("feed.provider alpaca needs ALPACA_API_KEY and ALPACA_API_SECRET")
+    return AlpacaFeed(
+        key=key.reveal() if key else "replay",
+        secret=secret.reveal() if secret else "replay",
+        symbols=symbols,
+        stream=f.alpaca_feed,
+        **common,
+    )
 
 
 async def run_daemon(
