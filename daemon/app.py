@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ from daemon.sinks.base import Sink
 from daemon.sinks.console import ConsoleSink
 from daemon.sinks.jsonl import JsonlSink
 from daemon.sinks.mqtt import MqttSink
+from daemon.snapshot import load_snapshot, save_snapshot
 from daemon.telegram.bot import TelegramBot
 from signals.alerts import Alert
 from signals.bar import BarBatch
@@ -299,8 +301,21 @@ def build_sinks(
     return sinks
 
 
-def _jobs(config: Config, pipeline: Pipeline, outbox: Outbox, ingest: Ingest) -> list[Job]:
+def _last_minute(pipeline: Pipeline) -> int | None:
+    engine = pipeline.minute
+    times = [engine.last_time(s) for s in engine.symbols] if engine is not None else []
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def _jobs(
+    config: Config, pipeline: Pipeline, outbox: Outbox, ingest: Ingest, snapshot_dir: Path | None
+) -> list[Job]:
     """The scheduled jobs this config calls for."""
+
+    async def snapshot() -> None:
+        assert snapshot_dir is not None
+        save_snapshot(pipeline, snapshot_dir, time.time())
 
     async def fetch_rates() -> None:
         async with RatesFetcher(config.rates.url) as fetcher:
@@ -319,6 +334,7 @@ def _jobs(config: Config, pipeline: Pipeline, outbox: Outbox, ingest: Ingest) ->
     return daemon_jobs(
         rates_fetch=fetch_rates if config.rates.source == "fred" else None,
         outbox_upkeep=outbox_upkeep,
+        snapshot=snapshot if snapshot_dir is not None else None,
         heartbeat=heartbeat_job(heartbeat_fields),
     )
 
@@ -336,7 +352,9 @@ class _closing:
         self.notifier.close()
 
 
-def build_feed(config: Config, secrets: Secrets, *, realtime: bool) -> Feed:
+def build_feed(
+    config: Config, secrets: Secrets, *, realtime: bool, warmup_s: float | None = None
+) -> Feed:
     """The configured provider's feed (replay is an Alpaca-protocol server, local)."""
     f = config.feed
     common: dict[str, Any] = {
@@ -350,6 +368,8 @@ def build_feed(config: Config, secrets: Secrets, *, realtime: bool) -> Feed:
         # others repair the last hour themselves. A replay has no market hours.
         "warmup_s": 0.0 if not realtime else (300.0 if f.provider == "alpaca" else 3600.0),
     }
+    if warmup_s is not None and realtime:
+        common["warmup_s"] = max(60.0, warmup_s)  # the gap since the restored snapshot
     if f.rest_url:
         common["rest_url"] = f.rest_url
     if not realtime:
@@ -376,13 +396,19 @@ async def run_daemon(
     secrets: Secrets,
     stop: asyncio.Event,
     *,
-    warmup: Warmup | None = None,
+    warmup: Warmup | Callable[[], Awaitable[Warmup]] | None = None,
     feed: Feed | None = None,
     realtime: bool = True,
     drain_timeout_s: float = 10.0,
     on_ingest: Callable[[Ingest], None] = lambda ingest: None,
+    snapshots: bool | None = None,
 ) -> IngestStats:
-    """Run until `stop` is set or the feed fails for good; returns the ingest counters."""
+    """Run until `stop` is set or the feed fails for good; returns the ingest counters.
+
+    `snapshots` (default: `realtime`) resumes from the state directory's snapshot
+    at start-up and writes one on schedule and at shutdown.
+    """
+    snapshots = realtime if snapshots is None else snapshots
     pipeline = build_pipeline(config, datetime.now(UTC))
     rule_names = [s.name for s in pipeline.book.specs]
     backend = DaemonBackend(pipeline, config.feed.symbols)
@@ -392,11 +418,18 @@ async def run_daemon(
         outbox = stack.enter_context(
             Outbox.open(config.state.dir / "outbox.sqlite", [s.name for s in sinks_built])
         )
-        saved = outbox.load_rule_state()
-        if warmup is not None:
-            warm_up(pipeline, warmup)
-        if saved is not None:
-            pipeline.book.restore(saved)
+        # A live restart resumes from the last snapshot (same config) instead of a cold
+        # warm-up; its rule state goes with it. A replay always starts fresh.
+        snapshot_dir = config.state.dir / "snapshot"
+        restored_at = load_snapshot(pipeline, snapshot_dir) if snapshots else None
+        resume_from = _last_minute(pipeline) if restored_at is not None else None
+        if restored_at is None:
+            history = await warmup() if callable(warmup) else warmup
+            if history is not None:
+                warm_up(pipeline, history)
+            saved = outbox.load_rule_state()
+            if saved is not None:
+                pipeline.book.restore(saved)
         sinks = [await stack.enter_async_context(s) for s in sinks_built]
         loops = [DeliveryLoop(outbox, s) for s in sinks]
         mqtt = next((s for s in sinks if isinstance(s, MqttSink)), None)
@@ -421,7 +454,8 @@ async def run_daemon(
         )
         ingest.backend = backend
         on_ingest(ingest)
-        the_feed = feed or build_feed(config, secrets, realtime=realtime)
+        gap_s = None if resume_from is None else min(time.time() - resume_from, 5 * 86_400.0)
+        the_feed = feed or build_feed(config, secrets, realtime=realtime, warmup_s=gap_s)
         backend.outbox, backend.feed = outbox, the_feed
 
         async def publish_states() -> None:
@@ -450,7 +484,7 @@ async def run_daemon(
                 )
             )
             _log.info("health.serving", host=config.health.host, port=health.port)
-        jobs = _jobs(config, pipeline, outbox, ingest)
+        jobs = _jobs(config, pipeline, outbox, ingest, snapshot_dir if snapshots else None)
         await stack.enter_async_context(Scheduler(jobs, calendar=calendar))
         notifier.ready(f"watching {len(config.feed.symbols)} symbols")
         async with asyncio.TaskGroup() as tg:
@@ -489,5 +523,7 @@ async def run_daemon(
                 publisher.cancel()
             for task in delivery:
                 task.cancel()  # 3. the sinks close with the exit stack
+            if snapshots:
+                save_snapshot(pipeline, snapshot_dir, time.time())
             _log.info("daemon.stopping", drained=drained, outbox_depth=outbox.depth())
         return ingest.stats

@@ -44,15 +44,18 @@ async def run(config_path: Path) -> int:
     _setup_logging(config, secrets)
     stop = asyncio.Event()
     _install_signal_handlers(stop)
-    warmup = None
-    if config.feed.provider == "alpaca":
+
+    async def alpaca_history() -> Warmup:
         key, secret = secrets.require("ALPACA_API_KEY"), secrets.require("ALPACA_API_SECRET")
-        warmup = await fetch_alpaca_warmup(
+        return await fetch_alpaca_warmup(
             key=key.reveal(), secret=secret.reveal(), symbols=config.feed.symbols,
             sessions=xnys_sessions(SESSIONS_FROM, date.today() + timedelta(days=366)), now=time.time(),
             rest_url=config.feed.rest_url, feed=config.feed.alpaca_feed, daily_days=config.feed.warmup_days,
         )  # fmt: skip
-    await run_daemon(config, secrets, stop, warmup=warmup)
+
+    # Fetched only when no snapshot can be resumed.
+    history = alpaca_history if config.feed.provider == "alpaca" else None
+    await run_daemon(config, secrets, stop, warmup=history)
     return 0
 
 

@@ -119,6 +119,22 @@ class Aggregator:
         rows = rows[self._start[rows] != NONE] if len(rows) else rows
         return self._batch(rows)
 
+    def snapshot(self) -> tuple[list[str], dict[str, np.ndarray]]:
+        """(symbols, arrays) of the forming bars, for a restart."""
+        return list(self._symbols), {
+            "start": self._start.copy(),
+            "end": self._end.copy(),
+            "ohlcv": self._ohlcv.copy(),
+        }
+
+    def restore(self, symbols: list[str], arrays: dict[str, np.ndarray]) -> None:
+        """Continue from `snapshot()` output."""
+        self._symbols = list(symbols)
+        self._rows = {s: i for i, s in enumerate(self._symbols)}
+        self._start = np.asarray(arrays["start"], dtype=np.int64).copy()
+        self._end = np.asarray(arrays["end"], dtype=np.int64).copy()
+        self._ohlcv = np.asarray(arrays["ohlcv"], dtype=np.float64).copy()
+
     def _emit(self, rows: IntArray) -> BarBatch:
         out = self._batch(rows)
         self._start[rows] = NONE

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -252,6 +253,47 @@ class Engine:
         if self._rvol is not None:
             inds.append(self._rvol)
         return inds
+
+    # -- snapshots -------------------------------------------------------------------
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(meta, arrays): everything needed to continue exactly where this engine is.
+
+        All arrays share their first dimension (the allocated rows), so they fit
+        one table. Restoring needs an engine built with the same config.
+        """
+        meta = {
+            "symbols": list(self._symbols),
+            "config": repr(self.config),
+            "rejected_total": dict(self.rejected_total),
+        }
+        arrays: dict[str, np.ndarray] = {
+            "bench": self._bench.copy(),
+            "comp": self._comp.copy(),
+            "last_time": self._last_time.copy(),
+            "last_close": self._last_close.copy(),
+            "last_ret": self._last_ret.copy(),
+            **self.rings.state(),
+        }
+        for i, ind in enumerate(self._indicators()):
+            arrays.update({f"ind{i}.{k}": v for k, v in ind.state().items()})
+        return meta, arrays
+
+    def restore(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """Continue from `snapshot()` output; `ValueError` if it came from another config."""
+        if meta["config"] != repr(self.config):
+            raise ValueError("the snapshot was taken with another engine configuration")
+        self._symbols = list(meta["symbols"])
+        self._rows = {sym: i for i, sym in enumerate(self._symbols)}
+        self.rejected_total = dict(meta["rejected_total"])
+        self._bench = np.asarray(arrays["bench"], dtype=np.int64).copy()
+        self._comp = np.asarray(arrays["comp"], dtype=np.int64).copy()
+        self._last_time = np.asarray(arrays["last_time"], dtype=np.int64).copy()
+        self._last_close = np.asarray(arrays["last_close"], dtype=np.float64).copy()
+        self._last_ret = np.asarray(arrays["last_ret"], dtype=np.float64).copy()
+        self.rings.load_state(dict(arrays))
+        for i, ind in enumerate(self._indicators()):
+            prefix = f"ind{i}."
+            ind.load_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
 
     def last_time(self, symbol: str) -> int | None:
         """Start time of the last closed bar of `symbol`, or None."""

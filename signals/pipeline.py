@@ -12,8 +12,9 @@ timeframe, and every alert carries the daily score's breakdown.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,32 @@ class Pipeline:
                 self._aggregators[name] = Aggregator(Timeframe.parse(name), sessions)
                 if name != "1d":
                     self._engines[name] = Engine(replace(config, intraday=False), rates)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Engines, aggregators and rule state: plain data for `daemon.snapshot` to store."""
+        engines = dict(self._engines)
+        if self.extended is not None:
+            engines["extended"] = self.extended
+        return {
+            "engines": {name: e.snapshot() for name, e in engines.items()},
+            "aggregators": {name: a.snapshot() for name, a in self._aggregators.items()},
+            "book": self.book.state(),
+        }
+
+    def restore(self, snap: Mapping[str, Any]) -> None:
+        """Continue from `snapshot()` output (taken by a pipeline with the same config)."""
+        engines = dict(self._engines)
+        if self.extended is not None:
+            engines["extended"] = self.extended
+        if set(snap["engines"]) != set(engines) or set(snap["aggregators"]) != set(
+            self._aggregators
+        ):
+            raise ValueError("the snapshot has other timeframes than this pipeline")
+        for name, engine in engines.items():
+            engine.restore(*snap["engines"][name])
+        for name, agg in self._aggregators.items():
+            agg.restore(*snap["aggregators"][name])
+        self.book.restore(snap["book"])
 
     def set_rates(self, rates: RatesSeries | None) -> None:
         """A new 2-year yield series (the daily fetch) for every engine from now on."""

@@ -92,3 +92,22 @@ class Rings:
         out references into it would let readers see torn windows.
         """
         return pl.DataFrame({c: self.column(row, c, last) for c in self.columns})
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Copies of every array, for snapshots."""
+        out = {f"ring.{c}": a.copy() for c, a in self._data.items()}
+        out["ring.head"], out["ring.count"] = self._head.copy(), self._count.copy()
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Take back what `state()` gave."""
+        for c in self.columns:
+            arr = np.asarray(state[f"ring.{c}"])
+            if arr.ndim != 2 or arr.shape[1] != self.capacity:
+                raise ValueError(
+                    f"ring column {c!r} has shape {arr.shape}, capacity {self.capacity}"
+                )
+            self._data[c] = arr.astype(self._data[c].dtype, copy=True)
+        self._head = np.asarray(state["ring.head"], dtype=np.int64).copy()
+        self._count = np.asarray(state["ring.count"], dtype=np.int64).copy()
+        self._n_rows = len(self._head)

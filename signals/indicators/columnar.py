@@ -69,6 +69,26 @@ class Columnar:
                 out[f"{i}.{name}"] = arr
         return out
 
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Take back what `state()` gave (a snapshot); shapes must match this indicator's."""
+        n_rows: int | None = None
+        for name, (fill, width) in self._state_spec().items():
+            arr = np.asarray(state[name])
+            want = _fresh_array(0, fill, width)
+            if arr.ndim != want.ndim or (width is not None and arr.shape[1] != width):
+                raise ValueError(f"state {name!r} has shape {arr.shape}, expected width {width}")
+            if n_rows is not None and arr.shape[0] != n_rows:
+                raise ValueError(f"state {name!r} has {arr.shape[0]} rows, others {n_rows}")
+            n_rows = arr.shape[0]
+            setattr(self, name, arr.astype(want.dtype, copy=True))
+        for i, child in enumerate(self._children()):
+            prefix = f"{i}."
+            child.load_state(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
+            n_rows = child.n_rows if n_rows is None else n_rows
+        self._n_rows = n_rows or 0
+
 
 def _fresh_array(n_rows: int, fill: float | int, width: int | None) -> np.ndarray:
     shape: tuple[int, ...] = (n_rows,) if width is None else (n_rows, width)

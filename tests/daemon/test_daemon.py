@@ -73,7 +73,7 @@ dir = "{tmp / "state"}"
 
 async def _run(
     tmp: Path, bars: pl.DataFrame, level: float, during: Callable[[ReplayServer], Awaitable[None]] | None = None,
-    speed: float = 400.0, extra: str = "",
+    speed: float = 400.0, extra: str = "", snapshots: bool = False,
 ) -> tuple[IngestStats, Ingest]:  # fmt: skip
     last = int(bars["time"].max())  # type: ignore[arg-type]
     async with ReplayServer(bars, speed=speed) as server:
@@ -92,7 +92,12 @@ async def _run(
         async with asyncio.timeout(60), asyncio.TaskGroup() as tg:
             tg.create_task(finish())
             stats = await run_daemon(
-                config, Secrets.load(config), stop, realtime=False, on_ingest=ingests.append
+                config,
+                Secrets.load(config),
+                stop,
+                realtime=False,
+                on_ingest=ingests.append,
+                snapshots=snapshots,
             )
     return stats, ingests[0]
 
@@ -324,3 +329,22 @@ async def test_sd_notify_and_health_endpoint_during_a_run(
     assert any("READY=1" in d for d in datagrams) and any("STOPPING=1" in d for d in datagrams)
     assert isinstance(seen["health"], dict) and "outbox_depth" in str(seen["health"])
     assert "iwm_alerts_" in str(seen["metrics"])
+
+
+async def test_restart_resumes_from_the_snapshot_without_resending(tmp_path: Path) -> None:
+    df, _ = minute_market(n_sessions=3)
+    level = float(df.filter(pl.col("symbol") == "IWM")["close"].median())  # type: ignore[arg-type]
+    times = df["time"].unique().sort()
+    cut = int(times[len(times) // 2 + 11])
+    whole_dir = tmp_path / "whole"
+    whole_dir.mkdir()
+    _, whole = await _run(whole_dir, df, level)
+
+    await _run(tmp_path, df.filter(pl.col("time") < cut), level, snapshots=True)
+    assert (tmp_path / "state" / "snapshot" / "meta.json").exists()
+    _, second = await _run(tmp_path, df.filter(pl.col("time") >= cut), level, snapshots=True)
+    assert second.pipeline.minute is not None and whole.pipeline.minute is not None
+    assert _daily_volumes(second) == _daily_volumes(whole)
+    assert second.pipeline.minute.rejected_total == whole.pipeline.minute.rejected_total
+    ids = _alert_ids(tmp_path)
+    assert len(ids) == len(set(ids)) and sorted(ids) == sorted(_alert_ids(whole_dir))
