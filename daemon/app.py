@@ -29,6 +29,7 @@ from daemon.bars import frame_to_batch
 from daemon.calendar import xnys_sessions
 from daemon.config import Config
 from daemon.delivery import DeliveryLoop, drain_all
+from daemon.digest import digest_alert
 from daemon.feeds.alpaca import AlpacaFeed
 from daemon.feeds.base import Feed, FeedBatch
 from daemon.feeds.finnhub import FinnhubFeed
@@ -327,6 +328,15 @@ def _jobs(
         removed = outbox.prune(older_than_s=30 * 86_400, now=time.time())
         _log.info("outbox.pruned", removed=removed, depth=outbox.depth())
 
+    def digest(kind: str) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            if ingest.backend is None:
+                return
+            alert = digest_alert(kind, ingest.backend, time.time(), outbox.recent(200))
+            ingest.decide([alert], None)
+
+        return job
+
     def heartbeat_fields() -> dict[str, object]:
         s = ingest.stats
         return {"bars": s.bars, "alerts": s.alerts_emitted, "outbox_depth": outbox.depth()}
@@ -334,6 +344,8 @@ def _jobs(
     return daemon_jobs(
         rates_fetch=fetch_rates if config.rates.source == "fred" else None,
         outbox_upkeep=outbox_upkeep,
+        premarket_digest=digest("premarket_digest"),
+        close_digest=digest("close_digest"),
         snapshot=snapshot if snapshot_dir is not None else None,
         heartbeat=heartbeat_job(heartbeat_fields),
     )
