@@ -37,7 +37,7 @@ from daemon.feeds.massive import MassiveFeed
 from daemon.feeds.reconnect import ReconnectPolicy
 from daemon.health import HealthServer, SourceFuncs, observer
 from daemon.outbox import Outbox
-from daemon.rates_fetch import RatesFetcher
+from daemon.rates_fetch import RatesFetcher, RatesFetchError
 from daemon.rules_file import load_rules
 from daemon.scheduler import Job, Scheduler, SessionCalendar, daemon_jobs, heartbeat_job
 from daemon.sdnotify import Notifier, WatchdogGate, watchdog_interval_s, watchdog_loop
@@ -245,8 +245,11 @@ SESSIONS_FROM = date(1995, 1, 1)
 def build_pipeline(config: Config, today: datetime) -> Pipeline:
     """Rules, engines and the XNYS sessions up to a year past `today`."""
     sessions = xnys_sessions(SESSIONS_FROM, (today + timedelta(days=366)).date())
+    engine = config.engine.engine_config(intraday=True)
+    if config.rates.source == "proxy":
+        engine = replace(engine, rates_proxy=config.rates.proxy_symbol)
     return Pipeline(
-        config.engine.engine_config(intraday=True),
+        engine,
         load_rules(config.rules.file),
         sessions=sessions,
         delayed_after_s=DELAYED_AFTER_S,
@@ -300,6 +303,15 @@ def build_sinks(
             )
         )
     return sinks
+
+
+async def _first_rates(config: Config, pipeline: Pipeline) -> None:
+    """The yield series at start-up, so the rates signal does not wait for the daily job."""
+    try:
+        async with RatesFetcher(config.rates.url) as fetcher:
+            pipeline.set_rates(await fetcher.fetch())
+    except RatesFetchError as exc:
+        _log.warning("rates.unavailable", error=str(exc))
 
 
 def _last_minute(pipeline: Pipeline) -> int | None:
@@ -498,6 +510,8 @@ async def run_daemon(
             _log.info("health.serving", host=config.health.host, port=health.port)
         jobs = _jobs(config, pipeline, outbox, ingest, snapshot_dir if snapshots else None)
         await stack.enter_async_context(Scheduler(jobs, calendar=calendar))
+        if config.rates.source == "fred" and realtime:
+            await _first_rates(config, pipeline)
         notifier.ready(f"watching {len(config.feed.symbols)} symbols")
         async with asyncio.TaskGroup() as tg:
             feed_task = tg.create_task(the_feed.run(ingest), name="feed")

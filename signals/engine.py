@@ -110,6 +110,10 @@ class EngineConfig:
     weights: Mapping[str, float] = field(default_factory=dict)
     min_signals: int = MIN_SIGNALS
     ring_capacity: int = 300
+    # Without a yield series, a short-Treasury ETF's price can stand in for the
+    # 2-year yield: its log price over its duration (years), in points, inverted.
+    rates_proxy: str | None = None
+    rates_proxy_duration: float = 1.9
 
     def links_for(self, symbol: str) -> Links:
         """The links of `symbol`: its own entry, else the default."""
@@ -161,6 +165,13 @@ class Evaluation:
         raw = {s: float(self.columns[RAW_COLUMN[s]][i]) for s in SIGNALS}
         subs = {s: float(self.columns[f"sub_{s}"][i]) for s in SIGNALS}
         return breakdown(raw, subs, self.weights, self.min_signals)
+
+
+def proxy_yield(price: float | FloatArray, duration: float) -> FloatArray:
+    """A yield level (percentage points, up to a constant) implied by a bond ETF's price:
+    dy = -dP/P / duration, so y = -100 * ln(P) / duration. NaN where there is no price."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(-100.0 * np.log(price) / duration, dtype=np.float64)
 
 
 class Engine:
@@ -408,7 +419,14 @@ class Engine:
             ratio = np.where(bench >= 0, c / close_now[bench], np.nan)
             rs_roc = ratio / self._ratio_lag.oldest(rows) - 1.0
             breadth = np.where(comp >= 0, ret20 - ret_now[comp], np.nan)
-            y = np.full(n, self.rates.asof(t)[()] if self.rates is not None else np.nan)
+            if self.rates is not None:
+                y = np.full(n, self.rates.asof(t)[()])
+            elif cfg.rates_proxy is not None and cfg.rates_proxy in self._rows:
+                y = np.full(
+                    n, proxy_yield(close_now[self._rows[cfg.rates_proxy]], cfg.rates_proxy_duration)
+                )
+            else:
+                y = np.full(n, np.nan)
             rates_delta = y - self._rates_lag.oldest(rows)
             has_ratio = ~np.isnan(ratio)
             rs_fast = self._rs_fast.step_where(rows, ratio, has_ratio, advance=commit)

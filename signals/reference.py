@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from signals.engine import COLUMNS, FIB_COLUMNS, EngineConfig
+from signals.engine import COLUMNS, FIB_COLUMNS, EngineConfig, proxy_yield
 from signals.indicators.atr import atr_batch
 from signals.indicators.donchian import donchian_batch
 from signals.indicators.ema import ema_batch
@@ -124,6 +124,24 @@ def reference_frame(
             )
         )
     )
+    if rates is None and cfg.rates_proxy is not None:
+        # The proxy's implied yield at each bar time, then its change over the symbol's bars.
+        proxy = at_time.filter(pl.col("symbol") == cfg.rates_proxy).select(
+            "time",
+            pl.Series(
+                "proxy_y",
+                proxy_yield(
+                    at_time.filter(pl.col("symbol") == cfg.rates_proxy)["close"].to_numpy(),
+                    cfg.rates_proxy_duration,
+                ),
+            ),
+        )
+        df = (
+            df.drop("rates_delta20").join(proxy, on="time", how="left").sort(["symbol", "time"])
+            .with_columns(pl.col("proxy_y").fill_nan(None).alias("rates"))
+            .with_columns((pl.col("rates") - pl.col("rates").shift(k).over("symbol")).alias("rates_delta20"))
+            .drop("proxy_y")
+        )  # fmt: skip
     df = pl.concat(
         [_ratio_emas(g, cfg) for _, g in df.group_by("symbol", maintain_order=True)]
     ).with_columns((pl.col("rs_ema_fast") / pl.col("rs_ema_slow") - 1.0).alias("rs_ema_spread"))

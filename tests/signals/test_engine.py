@@ -157,3 +157,14 @@ def test_a_benchmark_bar_must_not_come_after_its_dependents() -> None:
     late.on_bars(to_batch(head))
     assert np.isnan(late.on_bars(to_batch(iwm)).columns["rs_roc20"][0])
     late.on_bars(to_batch(spy))
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), skip=st.floats(0.0, 0.2))
+def test_rates_from_a_proxy_etf_equal_the_reference(seed: int, skip: float) -> None:
+    df = random_market(seed, 90, ("IWM", "SPY", "QQQ", "SHY"), skip_prob=skip)
+    cfg = EngineConfig(rates_proxy="SHY")
+    got = stream(Engine(cfg), df, seed)
+    want = reference_frame(df, cfg)
+    assert_frames_close(got, want)
+    assert got["sub_rates"].drop_nulls().len() > 0
