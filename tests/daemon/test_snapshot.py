@@ -66,9 +66,9 @@ def test_restart_from_snapshot_equals_an_uninterrupted_run(tmp_path: Path) -> No
             assert np.array_equal(got.columns[c], want.columns[c], equal_nan=True), c
     assert [a.id for a in before + after] == [a.id for a in whole_alerts]
     assert len(whole_alerts) > 2 and len(before) > 0 and len(after) > 0
-    ring, want = second.engine("1d").rings, whole.engine("1d").rings
-    assert ring.frame(second.engine("1d").row("IWM")).equals(
-        want.frame(whole.engine("1d").row("IWM"))
+    resumed, uninterrupted = second.engine("1d"), whole.engine("1d")
+    assert resumed.rings.frame(resumed.row("IWM")).equals(
+        uninterrupted.rings.frame(uninterrupted.row("IWM"))
     )
 
 
