@@ -51,6 +51,7 @@ from daemon.telegram.bot import TelegramBot
 from signals.alerts import Alert
 from signals.bar import BarBatch
 from signals.pipeline import Pipeline, Step
+from signals.score import label
 from signals.sessions import DAY_S
 
 _log = structlog.get_logger(__name__)
@@ -96,9 +97,7 @@ class Ingest:
         *,
         wall_clock: Callable[[], float] | None,
         on_alerts: Callable[[list[Alert]], None] = lambda alerts: None,
-        on_states: Callable[[dict[str, dict[str, float | str | bool | None]]], None] = lambda s: (
-            None
-        ),
+        on_states: Callable[[dict[str, dict[str, float | str | bool | None]]], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.outbox = outbox
@@ -125,7 +124,8 @@ class Ingest:
         self.decide(step.alerts, wall)
         if self.backend is not None:
             self.backend.observe(step.forming_daily)
-        self._on_states(self.states(step))
+        if self._on_states is not None:
+            self._on_states(self.states(step))
 
     def decide(self, alerts: list[Alert], wall: int | None) -> list[Alert]:
         """Drop stale alerts, record the rest with the rule state, hand the new ones on."""
@@ -185,6 +185,7 @@ class Ingest:
         daily = step.forming_daily
         if minute is None:
             return out
+        where = {} if daily is None else {sym: j for j, sym in enumerate(daily.symbol)}
         for i, sym in enumerate(minute.symbol):
             c = minute.columns
             state: dict[str, float | str | bool | None] = {
@@ -192,12 +193,12 @@ class Ingest:
                 "rvol": _num(c["rvol"][i]),
                 "time": datetime.fromtimestamp(int(minute.time[i]) + 60, UTC).isoformat(),
             }
-            if daily is not None and sym in daily.symbol:
-                j = daily.symbol.index(sym)
+            j = where.get(sym)
+            if daily is not None and j is not None:
                 d = daily.columns
-                b = daily.breakdown(j)
+                score = float(d["score"][j])
                 state.update(
-                    score=_num(b.score), label=b.label, rsi14=_num(d["rsi14"][j]),
+                    score=_num(score), label=label(score), rsi14=_num(d["rsi14"][j]),
                     atr_pct=_num(d["atr_pct"][j]), rs_roc20=_num(d["rs_roc20"][j]),
                 )  # fmt: skip
             last = self.stats.breakouts.get(sym)
@@ -474,7 +475,7 @@ async def run_daemon(
             outbox,
             wall_clock=time.time if realtime else None,
             on_alerts=wake,
-            on_states=queue_states,
+            on_states=queue_states if mqtt is not None else None,
         )
         ingest.backend = backend
         on_ingest(ingest)

@@ -29,27 +29,30 @@ class DaemonBackend:
         self._symbols = tuple(symbols)
         self.outbox: Outbox | None = None
         self.feed: Feed | None = None
-        self._latest: dict[str, tuple[Breakdown, dict[str, float | None]]] = {}
+        self._latest: dict[str, tuple[Evaluation, int]] = {}
         self.started = time.time()
 
     def observe(self, forming: Evaluation | None) -> None:
         """Remember the latest forming daily evaluation per symbol (called by ingest)."""
         if forming is None:
             return
+        # Only a reference: breakdowns and levels are built when a command asks.
         for i, sym in enumerate(forming.symbol):
-            levels = {c: _num(forming.columns[c][i]) for c in LEVEL_COLUMNS}
-            self._latest[sym] = (forming.breakdown(i), levels)
+            self._latest[sym] = (forming, i)
 
     def symbols(self) -> Sequence[str]:
         return self._symbols
 
     def breakdown(self, symbol: str) -> Breakdown | None:
         hit = self._latest.get(symbol)
-        return None if hit is None else hit[0]
+        return None if hit is None else hit[0].breakdown(hit[1])
 
     def levels(self, symbol: str) -> Mapping[str, float | None]:
         hit = self._latest.get(symbol)
-        out: dict[str, float | None] = dict(hit[1]) if hit else {}
+        out: dict[str, float | None] = {}
+        if hit is not None:
+            ev, i = hit
+            out.update({c: _num(ev.columns[c][i]) for c in LEVEL_COLUMNS})
         daily = self.pipeline.daily
         if symbol in daily.symbols and daily.rings.count(daily.row(symbol)):
             row = daily.row(symbol)

@@ -14,7 +14,7 @@ The daemon batches a minute's bars to keep it so.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -174,6 +174,27 @@ def proxy_yield(price: float | FloatArray, duration: float) -> FloatArray:
         return np.asarray(-100.0 * np.log(price) / duration, dtype=np.float64)
 
 
+class Breakdowns(Mapping[str, Breakdown]):
+    """The breakdowns of an evaluation by symbol, each built only when asked for.
+
+    Building one is Python work per symbol; a minute at 2,000 symbols asks for a
+    handful (the alerts that fire), so they are made on demand.
+    """
+
+    def __init__(self, ev: Evaluation) -> None:
+        self._ev = ev
+        self._pos = {s: i for i, s in enumerate(ev.symbol)}
+
+    def __getitem__(self, symbol: str) -> Breakdown:
+        return self._ev.breakdown(self._pos[symbol])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pos)
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+
 class Engine:
     """Incremental indicators and the score for every symbol of one timeframe."""
 
@@ -217,7 +238,7 @@ class Engine:
         row = self._rows.get(symbol)
         return self._add(symbol) if row is None else row
 
-    def _rows_of(self, symbols: Sequence[str]) -> IntArray:
+    def rows_of(self, symbols: Sequence[str]) -> IntArray:
         """Rows of many symbols at once (a dict lookup each; new symbols are added)."""
         get = self._rows.get
         found = [get(s) for s in symbols]
@@ -325,7 +346,7 @@ class Engine:
     def _run(self, batch: BarBatch, commit: bool) -> Evaluation:
         if self.config.intraday and (batch.session is None or batch.minute is None):
             raise ValueError("an intraday engine needs session and minute columns in every batch")
-        rows = self._rows_of(batch.symbol)
+        rows = self.rows_of(batch.symbol)
         order = np.argsort(batch.time, kind="stable")
         rejected: list[Rejection] = []
         out_idx: list[IntArray] = []

@@ -22,12 +22,11 @@ from signals.aggregate import Aggregator, Timeframe
 from signals.alerts import Alert
 from signals.arrays import BoolArray, FloatArray
 from signals.bar import BarBatch
-from signals.engine import Engine, EngineConfig, Evaluation
+from signals.engine import Breakdowns, Engine, EngineConfig, Evaluation
 from signals.indicators.swing import FIB_LEVEL_NAMES
 from signals.rates import RatesSeries
 from signals.rules.book import RuleBook
 from signals.rules.spec import RuleSpec
-from signals.score import Breakdown
 from signals.sessions import DAY_S, SessionTable
 
 
@@ -163,7 +162,7 @@ class Pipeline:
         forming = self._aggregators["1d"].forming(list(dict.fromkeys(ev.symbol)))
         peek = self.daily.peek(forming)
         step.forming_daily = peek
-        context = {peek.symbol[i]: peek.breakdown(i) for i in range(len(peek))}
+        context = Breakdowns(peek)
         levels = self._levels(ev, peek)
         now = int(ev.time.max()) + 60 if len(ev) else 0
         step.alerts += self.book.evaluate(
@@ -186,7 +185,7 @@ class Pipeline:
             return []
         forming = self._aggregators["1d"].forming(list(dict.fromkeys(ev.symbol)))
         peek = self.daily.peek(forming)
-        context = {peek.symbol[i]: peek.breakdown(i) for i in range(len(peek))}
+        context = Breakdowns(peek)
         pos = {
             (s, int(t)): i for i, (s, t) in enumerate(zip(batch.symbol, batch.time, strict=True))
         }
@@ -236,27 +235,26 @@ class Pipeline:
         minutes = Timeframe.parse(timeframe).minutes
         return start + 60 * (minutes or 1)
 
-    def _daily_context(self, ev: Evaluation) -> dict[str, Breakdown] | None:
+    def _daily_context(self, ev: Evaluation) -> Breakdowns | None:
         if "1d" not in self._aggregators:
             return None
-        peek = self.daily.peek(self._aggregators["1d"].forming(list(ev.symbol)))
-        return {peek.symbol[i]: peek.breakdown(i) for i in range(len(peek))}
+        return Breakdowns(self.daily.peek(self._aggregators["1d"].forming(list(ev.symbol))))
 
     def _levels(self, ev: Evaluation, peek: Evaluation) -> dict[str, FloatArray]:
         """Daily breakout levels aligned with the 1-minute evaluation `ev`."""
-        n = len(ev)
         pos = {s: i for i, s in enumerate(peek.symbol)}
+        j = np.array([pos.get(s, -1) for s in ev.symbol], dtype=np.int64)
+        found = j >= 0
         names = ("donchian_high20", "donchian_low20", *FIB_LEVEL_NAMES)
-        out = {k: np.full(n, np.nan) for k in (*names, "prior_day_high", "prior_day_low")}
-        for i, sym in enumerate(ev.symbol):
-            j = pos.get(sym)
-            if j is not None:
-                for k in names:
-                    out[k][i] = peek.columns[k][j]
-            row = self.daily.row(sym)
-            if self.daily.rings.count(row):
-                out["prior_day_high"][i] = self.daily.rings.column(row, "high", 1)[0]
-                out["prior_day_low"][i] = self.daily.rings.column(row, "low", 1)[0]
+        out = {
+            k: np.where(found, peek.columns[k][np.maximum(j, 0)], np.nan)
+            if len(peek)
+            else np.full(len(ev), np.nan)
+            for k in names
+        }
+        rows = self.daily.rows_of(ev.symbol)
+        out["prior_day_high"] = self.daily.rings.last(rows, "high")
+        out["prior_day_low"] = self.daily.rings.last(rows, "low")
         return out
 
     def _delayed(self, event_end: int, wall_now: int | None) -> bool:

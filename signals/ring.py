@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from signals.arrays import IntArray, as_rows
+from signals.arrays import FloatArray, IntArray, as_rows
 
 OHLCV = ("time", "open", "high", "low", "close", "volume")
 
@@ -74,6 +74,12 @@ class Rings:
         for c in self.columns:
             if c in values:
                 self._data[c][rows, last] = values[c]
+
+    def last(self, rows: IntArray, name: str) -> FloatArray:
+        """The newest value of column `name` for each of `rows` (NaN where a row holds none)."""
+        rows = as_rows(rows)
+        values = self._data[name][rows, (self._head[rows] - 1) % self.capacity].astype(np.float64)
+        return np.where(self._count[rows] > 0, values, np.nan)
 
     def count(self, row: int) -> int:
         """How many bars row `row` holds."""
