@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from daemon.app import STALE_AFTER_S, Ingest
 from daemon.bars import frame_to_batch
 from daemon.outbox import Outbox
