@@ -46,11 +46,8 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
-    InvalidStatus,
-    InvalidURI,
     WebSocketException,
 )
-from websockets.frames import CloseCode
 
 from daemon.feeds.base import (
     FeedAuthFailed,
@@ -61,10 +58,10 @@ from daemon.feeds.base import (
     FeedStats,
     FeedThrottled,
     FeedUnavailable,
-    FrameRejected,
 )
 from daemon.feeds.market_hours import xnys_is_open
 from daemon.feeds.reconnect import FeedLoop, Received, ReconnectPolicy, Rejection
+from daemon.feeds.wserrors import retry_after_s, websocket_error
 from signals.bar import SYMBOL_PATTERN, Bar, BarRejected
 
 _log = structlog.get_logger(__name__)
@@ -464,19 +461,6 @@ def rfc3339(epoch_s: int) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _retry_after_s(headers: Iterable[tuple[str, str]], now_s: float) -> float | None:
-    """Seconds to wait from `Retry-After` (seconds) or `X-RateLimit-Reset` (epoch), if present."""
-    values = {k.lower(): v for k, v in headers}
-    try:
-        if "retry-after" in values:
-            return max(0.0, float(values["retry-after"]))
-        if "x-ratelimit-reset" in values:
-            return max(0.0, float(values["x-ratelimit-reset"]) - now_s)
-    except ValueError:
-        return None
-    return None
-
-
 def _scrub(key: str, secret: str, text: str) -> str:
     for value in (key, secret):
         if len(value) >= _MIN_SCRUB_CHARS:
@@ -611,29 +595,10 @@ class _AlpacaConnection:
             _log.info("feed.subscribed", feed=self._s.name, channels=list(self._s.channels))
 
     def _translate(self, exc: BaseException) -> FeedError:
-        name = self._s.name
-        if isinstance(exc, ConnectionClosed):
-            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
-                return FrameRejected(
-                    name,
-                    "frame_too_big",
-                    f"a message exceeded {self._s.max_frame_bytes} bytes; closed with 1009",
-                )
-            return FeedUnavailable(name, self._s.scrub(f"connection closed: {exc}"))
-        if isinstance(exc, InvalidStatus):
-            status = exc.response.status_code
-            detail = f"websocket upgrade refused with HTTP {status}"
-            if status in (401, 403):
-                return FeedAuthFailed(name, detail)
-            if status == 429:
-                retry = _retry_after_s(exc.response.headers.raw_items(), self._s.now())
-                return FeedThrottled(name, detail, retry)
-            if status in (400, 404):
-                return FeedFatal(name, f"{detail}: is the stream URL right?")
-            return FeedUnavailable(name, detail)
-        if isinstance(exc, InvalidURI):
-            return FeedFatal(name, f"invalid stream URL: {exc}")
-        return FeedUnavailable(name, self._s.scrub(f"{type(exc).__name__}: {exc}"))
+        return websocket_error(
+            exc, feed=self._s.name, max_frame_bytes=self._s.max_frame_bytes,
+            scrub=self._s.scrub, now_s=self._s.now(),
+        )  # fmt: skip
 
 
 class AlpacaRest:
@@ -765,7 +730,7 @@ class AlpacaRest:
             self._key, self._secret, f"REST HTTP {status} {message[:_DETAIL_CHARS]}".rstrip()
         )
         if status == 429:
-            return FeedThrottled(name, detail, _retry_after_s(headers.multi_items(), self._now()))
+            return FeedThrottled(name, detail, retry_after_s(headers.multi_items(), self._now()))
         if status == 401:
             return FeedAuthFailed(name, detail)
         if status in (400, 403, 404, 422):  # bad request or a plan without this data

@@ -43,8 +43,7 @@ import httpx
 import msgspec
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
-from websockets.frames import CloseCode
+from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
 from websockets.uri import parse_uri
 
 from daemon.feeds.base import (
@@ -55,11 +54,11 @@ from daemon.feeds.base import (
     FeedStats,
     FeedThrottled,
     FeedUnavailable,
-    FrameRejected,
 )
 from daemon.feeds.market_hours import xnys_is_open
 from daemon.feeds.minute_builder import MinuteBuilder
 from daemon.feeds.reconnect import FeedLoop, Received, ReconnectPolicy, Rejection
+from daemon.feeds.wserrors import retry_after_s, websocket_error
 from signals.bar import SYMBOL_PATTERN, Bar, BarRejected
 
 _log = structlog.get_logger(__name__)
@@ -292,14 +291,6 @@ class _NoAccess(FeedFatal):
     """HTTP 403: the plan does not include candles."""
 
 
-def _retry_after_s(headers: httpx.Headers) -> float | None:
-    try:
-        value = headers.get("retry-after")
-        return None if value is None else max(0.0, float(value))
-    except ValueError:
-        return None
-
-
 class FinnhubRest:
     """The `/stock/candle` minute backfill: one request per symbol, bounded retries.
 
@@ -409,7 +400,7 @@ class FinnhubRest:
         if status == 403:
             return _NoAccess(self._name, detail)
         if status == 429:
-            return FeedThrottled(self._name, detail, _retry_after_s(headers))
+            return FeedThrottled(self._name, detail, retry_after_s(headers.multi_items()))
         if status == 401:
             return FeedAuthFailed(self._name, detail)
         if status in (400, 404):
@@ -520,28 +511,9 @@ class _FinnhubConnection:
                 return Received((("live", tuple(bars)),) if bars else (), tuple(rejected))
 
     def _translate(self, exc: BaseException) -> FeedError:
-        name = self._s.name
-        if isinstance(exc, ConnectionClosed):
-            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
-                return FrameRejected(
-                    name,
-                    "frame_too_big",
-                    f"a message exceeded {self._s.max_frame_bytes} bytes; closed with 1009",
-                )
-            return FeedUnavailable(name, self._s.scrub(f"connection closed: {exc}"))
-        if isinstance(exc, InvalidStatus):
-            status = exc.response.status_code
-            detail = f"websocket upgrade refused with HTTP {status}"
-            if status in (401, 403):  # Finnhub refuses a bad token at the upgrade
-                return FeedAuthFailed(name, detail)
-            if status == 429:  # one connection per key: another one holds it
-                return FeedThrottled(name, detail)
-            if status in (400, 404):
-                return FeedFatal(name, f"{detail}: is the stream URL right?")
-            return FeedUnavailable(name, detail)
-        if isinstance(exc, InvalidURI):
-            return FeedFatal(name, self._s.scrub(f"invalid stream URL: {exc}"))
-        return FeedUnavailable(name, self._s.scrub(f"{type(exc).__name__}: {exc}"))
+        return websocket_error(
+            exc, feed=self._s.name, max_frame_bytes=self._s.max_frame_bytes, scrub=self._s.scrub
+        )
 
 
 class _FinnhubSource:

@@ -42,8 +42,7 @@ import httpx
 import msgspec
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
-from websockets.frames import CloseCode
+from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
 from websockets.uri import parse_uri
 
 from daemon.feeds.base import (
@@ -54,10 +53,10 @@ from daemon.feeds.base import (
     FeedStats,
     FeedThrottled,
     FeedUnavailable,
-    FrameRejected,
 )
 from daemon.feeds.market_hours import xnys_is_open
 from daemon.feeds.reconnect import FeedLoop, Received, ReconnectPolicy, Rejection
+from daemon.feeds.wserrors import retry_after_s, websocket_error
 from signals.bar import SYMBOL_PATTERN, Bar, BarRejected
 
 _log = structlog.get_logger(__name__)
@@ -374,14 +373,6 @@ def parse_aggs_page(
     return AggsPage(tuple(bars), tuple(rejected), page.next_url or None)
 
 
-def _retry_after_s(headers: httpx.Headers) -> float | None:
-    try:
-        value = headers.get("retry-after")
-        return None if value is None else max(0.0, float(value))
-    except ValueError:
-        return None
-
-
 def _origin(url: str) -> tuple[str, str | None, int | None]:
     parts = urlsplit(url)
     return parts.scheme, parts.hostname, parts.port
@@ -509,7 +500,7 @@ class MassiveRest:
             message = ""
         detail = self._scrub(f"REST HTTP {status} {message[:_DETAIL_CHARS]}".rstrip())
         if status == 429:
-            return FeedThrottled(self._name, detail, _retry_after_s(headers))
+            return FeedThrottled(self._name, detail, retry_after_s(headers.multi_items()))
         if status == 401:
             return FeedAuthFailed(self._name, detail)
         if status in (400, 403, 404):  # a bad request, or a plan without this data
@@ -617,28 +608,10 @@ class _MassiveConnection:
         return Received((("live", tuple(bars)),) if bars else (), tuple(rejected))
 
     def _translate(self, exc: BaseException) -> FeedError:
-        name = self._s.name
-        if isinstance(exc, ConnectionClosed):
-            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
-                return FrameRejected(
-                    name,
-                    "frame_too_big",
-                    f"a message exceeded {self._s.max_frame_bytes} bytes; closed with 1009",
-                )
-            return FeedUnavailable(name, _scrub(self._s.api_key, f"connection closed: {exc}"))
-        if isinstance(exc, InvalidStatus):
-            status = exc.response.status_code
-            detail = f"websocket upgrade refused with HTTP {status}"
-            if status in (401, 403):
-                return FeedAuthFailed(name, detail)
-            if status == 429:
-                return FeedThrottled(name, detail)
-            if status in (400, 404):
-                return FeedFatal(name, f"{detail}: is the stream URL right?")
-            return FeedUnavailable(name, detail)
-        if isinstance(exc, InvalidURI):
-            return FeedFatal(name, f"invalid stream URL: {exc}")
-        return FeedUnavailable(name, _scrub(self._s.api_key, f"{type(exc).__name__}: {exc}"))
+        return websocket_error(
+            exc, feed=self._s.name, max_frame_bytes=self._s.max_frame_bytes,
+            scrub=lambda text: _scrub(self._s.api_key, text),
+        )  # fmt: skip
 
 
 class _MassiveSource:

@@ -1,0 +1,69 @@
+"""What a websocket failure means for the reconnect loop, shared by every provider.
+
+The upgrade's HTTP status, a close code or a bad URL become the `FeedError`
+that tells `FeedLoop` what to do. `scrub` removes secrets from any text the
+library or the server sent (keys can sit in URLs and echoed frames).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode
+
+from daemon.feeds.base import (
+    FeedAuthFailed,
+    FeedError,
+    FeedFatal,
+    FeedThrottled,
+    FeedUnavailable,
+    FrameRejected,
+)
+
+
+def retry_after_s(headers: Iterable[tuple[str, str]], now_s: float | None = None) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds), or `X-RateLimit-Reset` (epoch) given `now_s`."""
+    values = {k.lower(): v for k, v in headers}
+    try:
+        if "retry-after" in values:
+            return max(0.0, float(values["retry-after"]))
+        if "x-ratelimit-reset" in values and now_s is not None:
+            return max(0.0, float(values["x-ratelimit-reset"]) - now_s)
+    except ValueError:
+        return None
+    return None
+
+
+def websocket_error(
+    exc: BaseException,
+    *,
+    feed: str,
+    max_frame_bytes: int,
+    scrub: Callable[[str], str],
+    now_s: float | None = None,
+) -> FeedError:
+    """The `FeedError` for a websocket exception (connect, upgrade, or a closed session)."""
+    if isinstance(exc, ConnectionClosed):
+        if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+            return FrameRejected(
+                feed,
+                "frame_too_big",
+                f"a message exceeded {max_frame_bytes} bytes; closed with 1009",
+            )
+        return FeedUnavailable(feed, scrub(f"connection closed: {exc}"))
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        detail = f"websocket upgrade refused with HTTP {status}"
+        if status in (401, 403):  # a bad key can be refused at the upgrade (Finnhub does)
+            return FeedAuthFailed(feed, detail)
+        if status == 429:  # one connection per key: another one holds it
+            return FeedThrottled(
+                feed, detail, retry_after_s(exc.response.headers.raw_items(), now_s)
+            )
+        if status in (400, 404):
+            return FeedFatal(feed, f"{detail}: is the stream URL right?")
+        return FeedUnavailable(feed, detail)
+    if isinstance(exc, InvalidURI):
+        return FeedFatal(feed, scrub(f"invalid stream URL: {exc}"))
+    return FeedUnavailable(feed, scrub(f"{type(exc).__name__}: {exc}"))
