@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import msgspec
 import numpy as np
-import pandas as pd  # type: ignore[import-untyped]
-import pandas_ta_classic as pta  # type: ignore[import-untyped]
+import pandas as pd
+import pandas_ta_classic as pta
 import talib
-from talipp.indicators import ATR, EMA, MACD, RSI, SMA  # type: ignore[import-untyped]
-from talipp.ohlcv import OHLCV  # type: ignore[import-untyped]
+from talipp.indicators import ATR, EMA, MACD, RSI, SMA
+from talipp.ohlcv import OHLCV
 
 from bench.common import (
     HANDSHAKE,

@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import psutil  # type: ignore[import-untyped]
+import psutil
 
 from bench.common import minute_times, random_walk, sessions
 from daemon.app import Warmup, warm_up
