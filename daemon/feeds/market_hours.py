@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import exchange_calendars as xcals
+from daemon.calendar import exchange_calendar, quiet_pandas
 
 
 class MarketHours:
@@ -27,10 +27,11 @@ class MarketHours:
 
     def __call__(self, epoch_s: float) -> bool:
         if self._calendar is None:
-            self._calendar = xcals.get_calendar(self.exchange)
+            self._calendar = exchange_calendar(self.exchange)
         minute = datetime.fromtimestamp(int(epoch_s) // 60 * 60, UTC)
         try:
-            return bool(self._calendar.is_open_on_minute(minute))
+            with quiet_pandas():  # the calendar's first answer computes (and warns) lazily
+                return bool(self._calendar.is_open_on_minute(minute))
         except ValueError:  # exchange_calendars.errors.MinuteOutOfBounds
             return False
 
