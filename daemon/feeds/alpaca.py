@@ -34,20 +34,13 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Final, Literal, Self
+from typing import Final, Literal
 
 import httpx
 import msgspec
 import structlog
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import (
-    ConnectionClosed,
-    WebSocketException,
-)
 
 from daemon.feeds.base import (
     FeedAuthFailed,
@@ -61,7 +54,8 @@ from daemon.feeds.base import (
 )
 from daemon.feeds.market_hours import xnys_is_open
 from daemon.feeds.reconnect import FeedLoop, Received, ReconnectPolicy, Rejection
-from daemon.feeds.wserrors import retry_after_s, websocket_error
+from daemon.feeds.wserrors import retry_after_s
+from daemon.feeds.wssession import WebsocketSession
 from signals.bar import SYMBOL_PATTERN, Bar, BarRejected
 
 _log = structlog.get_logger(__name__)
@@ -494,80 +488,38 @@ class _Settings:
         return _scrub(self.key, self.secret, text)
 
 
-class _AlpacaConnection:
+class _AlpacaConnection(WebsocketSession):
     """One websocket session: entering connects, authenticates and subscribes; then `receive`."""
 
     def __init__(self, settings: _Settings) -> None:
         self._s = settings
-        self._protocol = AlpacaProtocol(
+        self._alpaca = AlpacaProtocol(
             settings.key,
             settings.secret,
             settings.symbols,
             channels=settings.channels,
             max_future_s=settings.max_future_s,
         )
-        self._stack = AsyncExitStack()
-        self._ws: ClientConnection | None = None
-        self._early: list[Received] = []
+        super().__init__(
+            self._alpaca,
+            name=settings.name,
+            url=settings.url,
+            max_frame_bytes=settings.max_frame_bytes,
+            open_timeout_s=settings.open_timeout_s,
+            ping_interval_s=settings.ping_interval_s,
+            ping_timeout_s=settings.ping_timeout_s,
+            handshake_timeout_s=settings.handshake_timeout_s,
+            now=settings.now,
+            scrub=settings.scrub,
+        )
 
-    async def __aenter__(self) -> Self:
-        async with AsyncExitStack() as stack:
-            try:
-                self._ws = await stack.enter_async_context(
-                    connect(
-                        self._s.url,
-                        max_size=self._s.max_frame_bytes,
-                        open_timeout=self._s.open_timeout_s,
-                        ping_interval=self._s.ping_interval_s,
-                        ping_timeout=self._s.ping_timeout_s,
-                        close_timeout=2.0,
-                    )
-                )
-            except (WebSocketException, OSError, TimeoutError, EOFError) as exc:
-                raise self._translate(exc) from exc
-            try:
-                async with asyncio.timeout(self._s.handshake_timeout_s):
-                    while self._protocol.state != "streaming":
-                        self._early.append(await self._next())
-            except TimeoutError as exc:
-                raise FeedUnavailable(
-                    self._s.name,
-                    f"no subscription confirmed within {self._s.handshake_timeout_s:g} s",
-                ) from exc
-            self._stack = stack.pop_all()
-        return self
+    def _streaming(self) -> bool:
+        return self._alpaca.state == "streaming"
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._stack.aclose()
-
-    async def receive(self) -> Received:
-        """The next message as bars and rejections; raises a `FeedError` when the session ends."""
-        if self._early:
-            return self._early.pop(0)
-        return await self._next()
-
-    async def _next(self) -> Received:
-        ws = self._ws
-        if ws is None:
-            raise RuntimeError("receive() before the connection was entered")
-        try:
-            data = await ws.recv()
-        except ConnectionClosed as exc:
-            raise self._translate(exc) from exc
-        self._protocol.receive_frame(data, self._s.now())
-        for message in self._protocol.data_to_send():
-            try:
-                await ws.send(message)
-            except ConnectionClosed as exc:
-                raise self._translate(exc) from exc
+    def _received(self) -> Received:
         batches: list[tuple[FeedKind, tuple[Bar, ...]]] = []
         rejected: list[Rejection] = []
-        for event in self._protocol.events_received():
+        for event in self._alpaca.events_received():
             if isinstance(event, BarsReceived):
                 batches.append((event.kind, event.bars))
             elif isinstance(event, Rejection):
@@ -593,12 +545,6 @@ class _AlpacaConnection:
             _log.warning("feed.subscription_incomplete", feed=self._s.name, missing=missing)
         else:
             _log.info("feed.subscribed", feed=self._s.name, channels=list(self._s.channels))
-
-    def _translate(self, exc: BaseException) -> FeedError:
-        return websocket_error(
-            exc, feed=self._s.name, max_frame_bytes=self._s.max_frame_bytes,
-            scrub=self._s.scrub, now_s=self._s.now(),
-        )  # fmt: skip
 
 
 class AlpacaRest:

@@ -33,17 +33,14 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Final, Self
 from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
 
 import httpx
 import msgspec
 import structlog
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidURI
 from websockets.uri import parse_uri
 
 from daemon.feeds.base import (
@@ -58,7 +55,8 @@ from daemon.feeds.base import (
 from daemon.feeds.market_hours import xnys_is_open
 from daemon.feeds.minute_builder import MinuteBuilder
 from daemon.feeds.reconnect import FeedLoop, Received, ReconnectPolicy, Rejection
-from daemon.feeds.wserrors import retry_after_s, websocket_error
+from daemon.feeds.wserrors import retry_after_s
+from daemon.feeds.wssession import WebsocketSession
 from signals.bar import SYMBOL_PATTERN, Bar, BarRejected
 
 _log = structlog.get_logger(__name__)
@@ -438,46 +436,44 @@ class _Settings:
         return _scrub(self.token, text)
 
 
-class _FinnhubConnection:
+class _FinnhubConnection(WebsocketSession):
     """One websocket session: entering connects and subscribes; `receive` also runs the bar timer."""
 
     def __init__(self, settings: _Settings, builder: MinuteBuilder) -> None:
         self._s = settings
-        self._protocol = FinnhubProtocol(
+        self._finnhub = FinnhubProtocol(
             settings.symbols, builder, max_future_s=settings.max_future_s, token=settings.token
         )
-        self._stack = AsyncExitStack()
-        self._ws: ClientConnection | None = None
+        super().__init__(
+            self._finnhub,
+            name=settings.name,
+            url=stream_url(settings.url, settings.token),
+            max_frame_bytes=settings.max_frame_bytes,
+            open_timeout_s=settings.open_timeout_s,
+            ping_interval_s=settings.ping_interval_s,
+            ping_timeout_s=settings.ping_timeout_s,
+            handshake_timeout_s=settings.open_timeout_s,
+            now=settings.now,
+            scrub=settings.scrub,
+        )
 
     async def __aenter__(self) -> Self:
-        async with AsyncExitStack() as stack:
-            try:
-                self._ws = ws = await stack.enter_async_context(
-                    connect(
-                        stream_url(self._s.url, self._s.token),
-                        max_size=self._s.max_frame_bytes,
-                        open_timeout=self._s.open_timeout_s,
-                        ping_interval=self._s.ping_interval_s,
-                        ping_timeout=self._s.ping_timeout_s,
-                        close_timeout=2.0,
-                    )
-                )
-                for message in self._protocol.data_to_send():
-                    await ws.send(message)
-            except (WebSocketException, OSError, TimeoutError, EOFError) as exc:
-                # InvalidURI's message is the URL, token included: do not chain it.
-                raise self._translate(exc) from (None if isinstance(exc, InvalidURI) else exc)
-            _log.info("feed.subscribed", feed=self._s.name, symbols=list(self._s.symbols))
-            self._stack = stack.pop_all()
+        await super().__aenter__()
+        _log.info("feed.subscribed", feed=self._s.name, symbols=list(self._s.symbols))
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._stack.aclose()
+    def _streaming(self) -> bool:
+        return True  # Finnhub confirms no subscription: streaming once the subscribes are sent
+
+    def _received(self) -> Received:
+        bars: list[Bar] = []
+        rejected: list[Rejection] = []
+        for event in self._finnhub.events_received():
+            if isinstance(event, BarsReceived):
+                bars.extend(event.bars)
+            elif isinstance(event, Rejection):
+                rejected.append(event)
+        return Received((("live", tuple(bars)),) if bars else (), tuple(rejected))
 
     async def receive(self) -> Received:
         """The next message's closed bars and rejections, or bars the timer closed.
@@ -486,34 +482,21 @@ class _FinnhubConnection:
         quiet tick with nothing to close waits on (the loop counts every
         return as activity). Raises a `FeedError` when the session ends.
         """
-        ws = self._ws
-        if ws is None:
-            raise RuntimeError("receive() before the connection was entered")
+        ws = self._socket()
         while True:
             try:
                 async with asyncio.timeout(self._s.flush_interval_s):
                     data = await ws.recv()  # cancelling recv loses nothing
             except TimeoutError:
-                self._protocol.tick(self._s.now())
+                self._finnhub.tick(self._s.now())
                 data = None
             except ConnectionClosed as exc:
                 raise self._translate(exc) from exc
             if data is not None:
-                self._protocol.receive_frame(data, self._s.now())
-            bars: list[Bar] = []
-            rejected: list[Rejection] = []
-            for event in self._protocol.events_received():
-                if isinstance(event, BarsReceived):
-                    bars.extend(event.bars)
-                elif isinstance(event, Rejection):
-                    rejected.append(event)
-            if data is not None or bars:
-                return Received((("live", tuple(bars)),) if bars else (), tuple(rejected))
-
-    def _translate(self, exc: BaseException) -> FeedError:
-        return websocket_error(
-            exc, feed=self._s.name, max_frame_bytes=self._s.max_frame_bytes, scrub=self._s.scrub
-        )
+                self._finnhub.receive_frame(data, self._s.now())
+            received = self._received()
+            if data is not None or received.batches:
+                return received
 
 
 class _FinnhubSource:
