@@ -54,7 +54,7 @@ from daemon.feeds.base import (
 )
 from daemon.feeds.market_hours import xnys_is_open
 from daemon.feeds.minute_builder import MinuteBuilder
-from daemon.feeds.reconnect import FeedLoop, Received, ReconnectPolicy, Rejection
+from daemon.feeds.reconnect import LoopSettings, Received, ReconnectPolicy, Rejection, run_feed
 from daemon.feeds.wserrors import retry_after_s
 from daemon.feeds.wssession import WebsocketSession
 from signals.bar import SYMBOL_PATTERN, Bar, BarRejected
@@ -603,12 +603,17 @@ class FinnhubFeed:
             now=now,
             sleep=sleep,
         )
-        self._policy = policy or ReconnectPolicy()
-        self._http_timeout_s = http_timeout_s
-        self._silence_timeout_s, self._warmup_s = silence_timeout_s, warmup_s
-        self._now, self._sleep, self._rand = now, sleep, rand
-        self._is_market_open = is_market_open
-        self._http_transport = http_transport
+        self._loop = LoopSettings(
+            policy=policy or ReconnectPolicy(),
+            silence_timeout_s=silence_timeout_s,
+            warmup_s=warmup_s,
+            http_timeout_s=http_timeout_s,
+            http_transport=http_transport,
+            now=now,
+            sleep=sleep,
+            is_market_open=is_market_open,
+            rand=rand,
+        )
 
     def __repr__(self) -> str:
         s = self._settings
@@ -630,19 +635,11 @@ class FinnhubFeed:
         The minute being built survives reconnects. An exception raised by
         `emit` itself is not a feed problem: it propagates unchanged.
         """
-        async with httpx.AsyncClient(
-            timeout=self._http_timeout_s, transport=self._http_transport, follow_redirects=False
-        ) as http:
-            source = _FinnhubSource(self._settings, MinuteBuilder(self._bar_close_delay_s), http)
-            loop = FeedLoop(
-                source,
-                self.stats,
-                policy=self._policy,
-                silence_timeout_s=self._silence_timeout_s,
-                warmup_s=self._warmup_s,
-                now=self._now,
-                sleep=self._sleep,
-                is_market_open=self._is_market_open,
-                rand=self._rand,
-            )
-            await loop.run(emit)
+        await run_feed(
+            lambda http: _FinnhubSource(
+                self._settings, MinuteBuilder(self._bar_close_delay_s), http
+            ),
+            self.stats,
+            self._loop,
+            emit,
+        )

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Protocol, Self
 
+import httpx
 import structlog
 
 from daemon.feeds.base import (
@@ -500,3 +501,42 @@ class FeedLoop:
                 self._stats.silences += 1
                 _log.warning("feed.silence", feed=name, quiet_s=round(quiet_s, 3))
                 raise FeedSilent(name, f"no data for {quiet_s:.0f} s while the market is open")
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The knobs every provider's feed passes to its `FeedLoop` and its REST client."""
+
+    policy: ReconnectPolicy
+    silence_timeout_s: float
+    warmup_s: float
+    http_timeout_s: float
+    http_transport: httpx.AsyncBaseTransport | None
+    now: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+    is_market_open: Callable[[float], bool]
+    rand: Callable[[], float]
+
+
+async def run_feed(
+    make_source: Callable[[httpx.AsyncClient], Source],
+    stats: FeedStats,
+    settings: LoopSettings,
+    emit: Callable[[FeedBatch], None],
+) -> None:
+    """A provider's whole `run`: one HTTP client for its backfills, its source, the loop."""
+    async with httpx.AsyncClient(
+        timeout=settings.http_timeout_s, transport=settings.http_transport, follow_redirects=False
+    ) as http:
+        loop = FeedLoop(
+            make_source(http),
+            stats,
+            policy=settings.policy,
+            silence_timeout_s=settings.silence_timeout_s,
+            warmup_s=settings.warmup_s,
+            now=settings.now,
+            sleep=settings.sleep,
+            is_market_open=settings.is_market_open,
+            rand=settings.rand,
+        )
+        await loop.run(emit)
