@@ -24,8 +24,8 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -33,6 +33,7 @@ from typing import Any, Final, Self
 import msgspec
 import structlog
 
+from daemon.sqlite import connect_durable, immediate
 from signals.alerts import Alert, decode_alert, encode_alert
 
 _log = structlog.get_logger(__name__)
@@ -122,17 +123,12 @@ class Outbox:
         if not sinks:
             raise ValueError("an outbox needs at least one sink")
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly ours.
-        conn = sqlite3.connect(target, timeout=busy_timeout_s, isolation_level=None)
         opened = False
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise OutboxError(f"{target}: cannot use WAL journal mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
+            conn = connect_durable(target, busy_timeout_s)
+        except sqlite3.DatabaseError as exc:  # not a database, or no WAL
+            raise OutboxError(f"{target}: {exc}") from exc
+        try:
             _migrate(conn, target)
             outbox = cls(conn, sinks)
             reset = outbox._reset_interrupted(time.time() if now is None else now)
@@ -160,17 +156,8 @@ class Outbox:
     ) -> None:
         self.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front: no upgrade deadlock with another writer.
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-            self._conn.commit()
-        finally:
-            # Still open here means the body (or the commit) failed: undo all of it.
-            if self._conn.in_transaction:
-                self._conn.rollback()
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._conn)
 
     def _reset_interrupted(self, now: float) -> int:
         with self._transaction() as tx:

@@ -17,8 +17,8 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import time as dtime
@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from daemon.sqlite import connect_durable, immediate
 from signals.alerts import SEVERITIES, Alert
 
 _log = structlog.get_logger(__name__)
@@ -171,16 +172,13 @@ class SubscriberStore:
     ) -> SubscriberStore:
         """Open (creating or migrating) the store at `path`."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-        conn = sqlite3.connect(target, timeout=busy_timeout_s, isolation_level=None)
         opened = False
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise SubscriberStoreError(f"{target}: cannot use WAL journal mode (got {mode!r})")
-            # A delivery row lost in a crash would mean a duplicate message after restart.
-            conn.execute("PRAGMA synchronous = FULL")
+            # Durable: a delivery row lost in a crash would mean a duplicate message after restart.
+            conn = connect_durable(target, busy_timeout_s)
+        except sqlite3.DatabaseError as exc:
+            raise SubscriberStoreError(f"{target}: {exc}") from exc
+        try:
             _migrate(conn, target)
             opened = True
         except sqlite3.DatabaseError as exc:
@@ -205,15 +203,8 @@ class SubscriberStore:
     ) -> None:
         self.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-            self._conn.commit()
-        finally:
-            if self._conn.in_transaction:
-                self._conn.rollback()
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._conn)
 
     # -- subscribers ----------------------------------------------------------------------
 
