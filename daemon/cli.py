@@ -12,7 +12,8 @@ from pathlib import Path
 from daemon import runner
 from daemon.backtest import run_backtest, summary_lines, write_outputs
 from daemon.bars import BarFileError, load_bars
-from daemon.config import ConfigError, check_config_main, load_config
+from daemon.config import check_config_main, load_config
+from daemon.config_errors import ConfigError
 from daemon.fred import RatesFileError, read_fred_csv
 from daemon.rules_file import load_rules
 from daemon.sample import sample_daily

@@ -15,7 +15,6 @@ from daemon.config import (
     FRED_DGS2_URL,
     MIB,
     Config,
-    ConfigError,
     EngineSettings,
     FeedSettings,
     HealthSettings,
@@ -30,6 +29,7 @@ from daemon.config import (
     check_config_main,
     load_config,
 )
+from daemon.config_errors import ConfigError
 from signals.engine import EngineConfig, Links
 from signals.score import SIGNALS
 
