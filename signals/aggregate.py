@@ -9,11 +9,12 @@ passes its end (the last minutes never came).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from signals.arrays import FloatArray, IntArray
+from signals.arrays import FloatArray, IntArray, RowMemo
 from signals.bar import BarBatch
 from signals.sessions import SessionTable
 
@@ -46,6 +47,7 @@ class Aggregator:
         self.sessions = sessions
         self._rows: dict[str, int] = {}
         self._symbols: list[str] = []
+        self._row_memo = RowMemo()
         n = 0
         self._start = np.full(n, NONE, np.int64)  # bar label (time)
         self._end = np.zeros(n, np.int64)  # epoch s when the bar is complete
@@ -63,6 +65,12 @@ class Aggregator:
                 self._ohlcv = np.vstack([self._ohlcv, np.zeros((grow, 5))])
         return row
 
+    def _rows_of(self, symbols: Sequence[str]) -> IntArray:
+        key, rows = self._row_memo.get(symbols)
+        if rows is None:
+            rows = self._row_memo.put(key, np.array([self._row(s) for s in key], dtype=np.int64))
+        return rows
+
     def _bucket(self, times: IntArray) -> tuple[IntArray, IntArray, np.ndarray]:
         """Label and end of each minute's bar, and whether it is in regular hours."""
         loc = self.sessions.locate(times)
@@ -78,7 +86,7 @@ class Aggregator:
         """Take closed 1-minute bars (one per symbol; other hours are ignored); return bars that closed."""
         start, end, regular = self._bucket(batch.time)
         keep = np.flatnonzero(regular)
-        rows = np.array([self._row(batch.symbol[int(i)]) for i in keep], dtype=np.int64)
+        rows = self._rows_of(batch.symbol)[keep]
         start, end = start[keep], end[keep]
         # A minute of a new bucket closes the bucket it replaces.
         superseded = (self._start[rows] != NONE) & (self._start[rows] != start)
@@ -114,8 +122,12 @@ class Aggregator:
 
     def forming(self, symbols: list[str] | None = None) -> BarBatch:
         """The forming bars (of `symbols`, default all), for a non-mutating peek."""
-        names = self._symbols if symbols is None else [s for s in symbols if s in self._rows]
-        rows = np.array([self._rows[s] for s in names], dtype=np.int64)
+        _key, known = (None, None) if symbols is None else self._row_memo.get(symbols)
+        if known is not None:  # every symbol of a batch seen before has a row
+            rows = known
+        else:
+            names = self._symbols if symbols is None else [s for s in symbols if s in self._rows]
+            rows = np.array([self._rows[s] for s in names], dtype=np.int64)
         rows = rows[self._start[rows] != NONE] if len(rows) else rows
         return self._batch(rows)
 
@@ -131,6 +143,7 @@ class Aggregator:
         """Continue from `snapshot()` output."""
         self._symbols = list(symbols)
         self._rows = {s: i for i, s in enumerate(self._symbols)}
+        self._row_memo.clear()
         self._start = np.asarray(arrays["start"], dtype=np.int64).copy()
         self._end = np.asarray(arrays["end"], dtype=np.int64).copy()
         self._ohlcv = np.asarray(arrays["ohlcv"], dtype=np.float64).copy()

@@ -20,6 +20,10 @@ import numpy as np
 from signals.arrays import BoolArray, FloatArray, IntArray
 
 SYMBOL_PATTERN = re.compile(r"[A-Z0-9.\-]{1,10}")
+_INF = math.inf
+_PLAIN = (float, int)  # exact types: bool and exotic numbers take the full check
+_GOOD_SYMBOLS: set[str] = set()  # symbols that matched SYMBOL_PATTERN, to skip the regex
+_GOOD_SYMBOLS_MAX = 100_000  # bounded: a hostile feed cannot grow it without limit
 
 
 class BarRejected(ValueError):
@@ -42,9 +46,27 @@ class Bar(msgspec.Struct, frozen=True):
     volume: float
 
     def __post_init__(self) -> None:
-        reason = bar_problem(self.symbol, self.open, self.high, self.low, self.close, self.volume)
+        # The common case in one chained comparison (NaN fails every comparison, so
+        # it falls through to the full check); it is the hot path of every feed.
+        o, h, lo, c, v = self.open, self.high, self.low, self.close, self.volume
+        if (
+            type(self.symbol) is str
+            and self.symbol in _GOOD_SYMBOLS
+            and type(o) in _PLAIN
+            and type(h) in _PLAIN
+            and type(lo) in _PLAIN
+            and type(c) in _PLAIN
+            and type(v) in _PLAIN
+            and 0.0 < lo <= o <= h < _INF
+            and lo <= c <= h
+            and 0.0 <= v < _INF
+        ):
+            return
+        reason = bar_problem(self.symbol, o, h, lo, c, v)
         if reason is not None:
             raise BarRejected(reason, _describe(reason, self))
+        if type(self.symbol) is str and len(_GOOD_SYMBOLS) < _GOOD_SYMBOLS_MAX:
+            _GOOD_SYMBOLS.add(self.symbol)
 
 
 def bar_problem(

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from signals.arrays import FloatArray, IntArray
+from signals.arrays import FloatArray, IntArray, RowMemo
 from signals.bar import BarBatch
 from signals.indicators.atr import ATR
 from signals.indicators.columnar import Columnar, Window
@@ -183,7 +183,13 @@ class Breakdowns(Mapping[str, Breakdown]):
 
     def __init__(self, ev: Evaluation) -> None:
         self._ev = ev
-        self._pos = {s: i for i, s in enumerate(ev.symbol)}
+        self._index: dict[str, int] | None = None
+
+    @property
+    def _pos(self) -> dict[str, int]:
+        if self._index is None:  # built on the first lookup: most minutes make none
+            self._index = {s: i for i, s in enumerate(self._ev.symbol)}
+        return self._index
 
     def __getitem__(self, symbol: str) -> Breakdown:
         return self._ev.breakdown(self._pos[symbol])
@@ -204,6 +210,7 @@ class Engine:
         self.config = cfg = config or EngineConfig()
         self.rates = rates
         self._rows: dict[str, int] = {}
+        self._row_memo = RowMemo()
         self._symbols: list[str] = []
         self._bench = np.zeros(0, dtype=np.int64)
         self._comp = np.zeros(0, dtype=np.int64)
@@ -239,12 +246,23 @@ class Engine:
         return self._add(symbol) if row is None else row
 
     def rows_of(self, symbols: Sequence[str]) -> IntArray:
-        """Rows of many symbols at once (a dict lookup each; new symbols are added)."""
+        """Rows of many symbols at once (new symbols are added); read-only, memoised."""
+        key, rows = self._row_memo.get(symbols)
+        if rows is not None:
+            return rows
         get = self._rows.get
-        found = [get(s) for s in symbols]
+        found = [get(s) for s in key]
         if None in found:
-            found = [self.row(s) for s in symbols]
-        return np.array(found, dtype=np.int64)
+            # Room for exactly the new symbols (and their links), not the next power of two:
+            # a 2,000-symbol start would otherwise carry 2,558 rows of every array.
+            new = {s for s, r in zip(key, found, strict=True) if r is None}
+            links = [self.config.links_for(s) for s in new]
+            extra = {x for k in links for x in (k.benchmark, k.comparator) if x is not None}
+            need = len(self._symbols) + len(new | (extra - self._rows.keys()))
+            if need > len(self._bench):
+                self._grow(need)
+            found = [self.row(s) for s in key]
+        return self._row_memo.put(key, np.array(found, dtype=np.int64))
 
     def _link_row(self, symbol: str, other: str | None) -> int:
         if other is None or other == symbol:
@@ -316,6 +334,7 @@ class Engine:
             raise ValueError("the snapshot was taken with another engine configuration")
         self._symbols = list(meta["symbols"])
         self._rows = {sym: i for i, sym in enumerate(self._symbols)}
+        self._row_memo.clear()
         self.rejected_total = dict(meta["rejected_total"])
         self._bench = np.asarray(arrays["bench"], dtype=np.int64).copy()
         self._comp = np.asarray(arrays["comp"], dtype=np.int64).copy()
@@ -326,6 +345,12 @@ class Engine:
         for i, ind in enumerate(self._indicators()):
             prefix = f"ind{i}."
             ind.load_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+
+    def newest_time(self) -> int | None:
+        """Start time of the newest closed bar of any symbol, or None before the first."""
+        n = len(self._symbols)
+        newest = int(self._last_time[:n].max()) if n else np.iinfo(np.int64).min
+        return None if newest == np.iinfo(np.int64).min else newest
 
     def last_time(self, symbol: str) -> int | None:
         """Start time of the last closed bar of `symbol`, or None."""
@@ -368,10 +393,13 @@ class Engine:
         for r in rejected:
             self.rejected_total[r.reason] = self.rejected_total.get(r.reason, 0) + 1
         idx_all = np.concatenate(out_idx) if out_idx else np.zeros(0, np.int64)
-        cols = {
-            c: np.concatenate([o[c] for o in out_cols]) if out_cols else np.zeros(0)
-            for c in COLUMNS
-        }
+        if len(out_cols) == 1:  # one bar time: the common case, no copies
+            cols = {c: out_cols[0][c] for c in COLUMNS}
+        else:
+            cols = {
+                c: np.concatenate([o[c] for o in out_cols]) if out_cols else np.zeros(0)
+                for c in COLUMNS
+            }
         return Evaluation(
             symbol=(
                 tuple(batch.symbol)

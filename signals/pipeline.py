@@ -40,6 +40,16 @@ class Step:
     outside_hours: int = 0
 
 
+@dataclass(frozen=True)
+class RuleChanges:
+    """What `Pipeline.replace_rules` changed, by rule name."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    total: int
+
+
 class Pipeline:
     """Engines per timeframe, aggregators, and the rule book, fed in time order."""
 
@@ -97,6 +107,48 @@ class Pipeline:
         for name, agg in self._aggregators.items():
             agg.restore(*snap["aggregators"][name])
         self.book.restore(snap["book"])
+
+    def replace_rules(self, rules: Sequence[RuleSpec]) -> RuleChanges:
+        """Run `rules` from the next bar on; rules kept by name keep their state.
+
+        Changed rules (same name, other definition) start fresh, as new ones do.
+        Raises `ValueError` (and changes nothing) when the new rules need what this
+        pipeline was not built with: a timeframe without an engine, or
+        extended-hours rules without the extended engine. Those need a restart.
+        """
+        book = RuleBook(rules)
+        missing = sorted(t for t in book.timeframes() if t not in self._engines)
+        if missing:
+            raise ValueError(
+                f"the new rules need timeframe(s) {', '.join(missing)}, which this running "
+                "pipeline does not compute: restart the daemon to add them"
+            )
+        if self.extended is None and any(
+            r.timeframe == "1m" and r.sessions == "extended" for r in book.specs
+        ):
+            raise ValueError(
+                "the new rules add extended-hours rules, which need the extended-hours "
+                "engine: restart the daemon to add them"
+            )
+        old = {s.name: s for s in self.book.specs}
+        new = {s.name: s for s in book.specs}
+        changed = {n for n in new.keys() & old.keys() if new[n] != old[n]}
+        # A changed rule starts fresh: its previous value or arming may mean
+        # something else under the new definition (another column, threshold).
+        state = self.book.state()
+        state["rules"] = {n: v for n, v in state["rules"].items() if n not in changed}
+        book.restore(state)
+        self.book = book
+        return RuleChanges(
+            added=tuple(sorted(new.keys() - old.keys())),
+            removed=tuple(sorted(old.keys() - new.keys())),
+            changed=tuple(sorted(changed)),
+            total=len(book.specs),
+        )
+
+    def timeframes(self) -> set[str]:
+        """The timeframes this pipeline computes (`1d`, and with sessions `1m` and the rest)."""
+        return set(self._engines)
 
     def set_rates(self, rates: RatesSeries | None) -> None:
         """A new 2-year yield series (the daily fetch) for every engine from now on."""
@@ -242,8 +294,11 @@ class Pipeline:
 
     def _levels(self, ev: Evaluation, peek: Evaluation) -> dict[str, FloatArray]:
         """Daily breakout levels aligned with the 1-minute evaluation `ev`."""
-        pos = {s: i for i, s in enumerate(peek.symbol)}
-        j = np.array([pos.get(s, -1) for s in ev.symbol], dtype=np.int64)
+        if peek.symbol == ev.symbol:  # the usual case: every symbol has its forming day
+            j = np.arange(len(ev), dtype=np.int64)
+        else:
+            pos = {s: i for i, s in enumerate(peek.symbol)}
+            j = np.array([pos.get(s, -1) for s in ev.symbol], dtype=np.int64)
         found = j >= 0
         names = ("donchian_high20", "donchian_low20", *FIB_LEVEL_NAMES)
         out = {

@@ -9,7 +9,7 @@ down-swing's bounce (close - L)/(H - L); 0 at the swing's end, 1 at its start.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,15 +72,8 @@ class Swing(Columnar):
         `high` and `low` do not enter the result (the current bar is excluded);
         they are taken so that `peek` and `update` share one signature.
         """
-        # Storage order is enough: the extremes by value, and among equal values the
-        # most recent by age (ties resolve to the most recent bar).
-        highs, lows = self._highs.raw(rows), self._lows.raw(rows)
-        ages = self._highs.ages(rows)  # both windows are pushed together: one age table
         warm = self._highs.full(rows)
-        top, bottom = highs.max(axis=1), lows.min(axis=1)
-        never = self.lookback + 1
-        high_back = np.where(highs == top[:, None], ages, never).min(axis=1)
-        low_back = np.where(lows == bottom[:, None], ages, never).min(axis=1)
+        top, bottom, high_back, low_back = self._extremes(rows)
         h = np.where(warm, top, np.nan)
         lo = np.where(warm, bottom, np.nan)
         high_age = np.where(warm, high_back.astype(np.float64), np.nan)
@@ -109,7 +102,70 @@ class Swing(Columnar):
         values = self.peek(rows, high, low, close)
         self._highs.push(rows, high)
         self._lows.push(rows, low)
+        self._slide(rows, high, low)
         return values
+
+    # -- the extremes of each full window, kept up to date instead of rescanned ----
+    #
+    # A bar slides every window by one: ages grow by one, the new bar may become
+    # the extreme (ties go to it: it is the most recent), and an extreme whose
+    # most recent copy slides out leaves no copy behind (all others were older),
+    # so only then is the window rescanned, on its next read. Values are exact:
+    # the same max/min and ages a full rescan gives. The memo is not state: a
+    # resize, reset or load forgets it.
+
+    def _extremes(self, rows: IntArray) -> tuple[FloatArray, FloatArray, IntArray, IntArray]:
+        """Per row: highest high, lowest low, and their ages (NaN-bearing until full)."""
+        unknown = rows[~self._known[rows]]
+        if len(unknown):
+            # Storage order is enough: the extremes by value, and among equal values
+            # the most recent by age (ties resolve to the most recent bar).
+            highs, lows = self._highs.raw(unknown), self._lows.raw(unknown)
+            ages = self._highs.ages(unknown)  # both windows are pushed together
+            top, bottom = highs.max(axis=1), lows.min(axis=1)
+            never = self.lookback + 1
+            self._top[unknown], self._bottom[unknown] = top, bottom
+            self._high_back[unknown] = np.where(highs == top[:, None], ages, never).min(axis=1)
+            self._low_back[unknown] = np.where(lows == bottom[:, None], ages, never).min(axis=1)
+            self._known[unknown] = self._highs.full(unknown)
+        return self._top[rows], self._bottom[rows], self._high_back[rows], self._low_back[rows]
+
+    def _slide(self, rows: IntArray, high: FloatArray, low: FloatArray) -> None:
+        known = self._known[rows]
+        r, h, lo = rows[known], high[known], low[known]
+        high_back, low_back = self._high_back[r] + 1, self._low_back[r] + 1
+        new_top, new_bottom = h >= self._top[r], lo <= self._bottom[r]
+        self._top[r] = np.where(new_top, h, self._top[r])
+        self._bottom[r] = np.where(new_bottom, lo, self._bottom[r])
+        high_back = np.where(new_top, 1, high_back)
+        low_back = np.where(new_bottom, 1, low_back)
+        self._high_back[r], self._low_back[r] = high_back, low_back
+        self._known[r] = (high_back <= self.lookback) & (low_back <= self.lookback)
+        self._known[rows[~known]] = False
+
+    def _forget(self) -> None:
+        n = self.n_rows
+        self._known = np.zeros(n, np.bool_)
+        self._top, self._bottom = np.full(n, np.nan), np.full(n, np.nan)
+        self._high_back = np.zeros(n, np.int64)
+        self._low_back = np.zeros(n, np.int64)
+
+    def resize(self, n_rows: int) -> None:
+        """Grow to `n_rows` rows; new rows are fresh. Never shrinks."""
+        known = getattr(self, "_known", None)
+        super().resize(n_rows)
+        if known is None or len(known) != self.n_rows:
+            self._forget()
+
+    def reset(self, rows: IntArray | None = None) -> None:
+        """Make `rows` (default: all rows) equal to fresh rows."""
+        super().reset(rows)
+        self._forget()
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Take back what `state()` gave (a snapshot)."""
+        super().load_state(state)
+        self._forget()
 
 
 def swing_batch(

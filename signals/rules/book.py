@@ -10,13 +10,14 @@ symbols of an evaluation; time is passed in.
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from signals.alerts import SEVERITIES, Alert, alert_id
-from signals.arrays import BoolArray, FloatArray, IntArray
+from signals.arrays import BoolArray, FloatArray, IntArray, RowMemo
 from signals.engine import RAW_COLUMN, Evaluation
 from signals.indicators.swing import FIB_LEVEL_NAMES, FIB_RATIOS
 from signals.rules.spec import RuleSpec
@@ -74,14 +75,33 @@ class RuleBook:
         self._rules = {s.name: _RuleState(s) for s in self.specs}
         self._rows: dict[str, int] = {}
         self._symbols: list[str] = []
+        self._row_memo = RowMemo()
+        self._quiet = False
+
+    @contextmanager
+    def quietly(self) -> Iterator[None]:
+        """Advance rule state without making alerts (a warm-up's alerts are history).
+
+        Inside, `evaluate` returns no alerts but arms, fires, cools down and
+        re-arms exactly as it would outside: only the `Alert` objects, the
+        costly part, are not built.
+        """
+        before, self._quiet = self._quiet, True
+        try:
+            yield
+        finally:
+            self._quiet = before
 
     def timeframes(self) -> set[str]:
         """The timeframes the enabled rules run on."""
         return {s.timeframe for s in self.specs}
 
     def _row_of(self, symbols: Sequence[str]) -> IntArray:
+        key, rows = self._row_memo.get(symbols)
+        if rows is not None:
+            return rows
         out = np.empty(len(symbols), dtype=np.int64)
-        for i, s in enumerate(symbols):
+        for i, s in enumerate(key):
             row = self._rows.get(s)
             if row is None:
                 row = self._rows[s] = len(self._symbols)
@@ -89,7 +109,7 @@ class RuleBook:
             out[i] = row
         for st in self._rules.values():
             st.grow(len(self._symbols))
-        return out
+        return self._row_memo.put(key, out)
 
     def evaluate(
         self,
@@ -163,20 +183,24 @@ class RuleBook:
             last = st.last_fire[rows]
             ok &= (last == NONE) | (now - last >= cooldown)
         fire = np.flatnonzero(ok) if not expired else np.zeros(0, np.int64)
-        alerts = [
-            self._alert(
-                spec,
-                ev,
-                int(i),
-                now,
-                float(cur[i]),
-                float(level[i]),
-                level_name[i],
-                context,
-                delayed,
-            )
-            for i in fire
-        ]
+        alerts = (
+            []
+            if self._quiet
+            else [
+                self._alert(
+                    spec,
+                    ev,
+                    int(i),
+                    now,
+                    float(cur[i]),
+                    float(level[i]),
+                    level_name[i],
+                    context,
+                    delayed,
+                )
+                for i in fire
+            ]
+        )
         fired_rows = rows[fire]
         st.fired_bar[fired_rows] = ev.time[fire]
         st.last_fire[fired_rows] = now
@@ -267,6 +291,7 @@ class RuleBook:
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load `state()` output; rules no longer defined are dropped, new rules start fresh."""
         self._rows = {s: i for i, s in enumerate(state["symbols"])}
+        self._row_memo.clear()
         self._symbols = list(state["symbols"])
         n = len(self._symbols)
         for name, st in self._rules.items():
@@ -316,7 +341,8 @@ def _breakout(
     names: list[str] = []
     cols: list[FloatArray] = []
     lv = levels or {}
-    fib_name: list[str] = []
+    fib_pick: IntArray = np.zeros(n, np.int64)
+    fibs: list[str] = []
     side = "high" if up else "low"
     if "prior_day" in spec.levels and f"prior_day_{side}" in lv:
         names.append(f"prior_day_{side}")
@@ -336,7 +362,7 @@ def _breakout(
             nearest = np.where(pick, np.nan, safe[np.arange(n), j])
             names.append("fib")
             cols.append(nearest)
-            fib_name = [fibs[k] for k in j]
+            fib_pick = j
     if not cols:
         return np.zeros(n, np.bool_), np.full(n, np.nan), [None] * n
     grid = np.column_stack(cols)
@@ -349,13 +375,10 @@ def _breakout(
     k = np.argmax(masked, axis=1) if up else np.argmin(masked, axis=1)
     any_cross: BoolArray = np.asarray(crossed.any(axis=1), dtype=np.bool_)
     level = np.where(any_cross, grid[np.arange(n), k], np.nan)
-    label: list[str | None] = []
-    for i in range(n):
-        if not any_cross[i]:
-            label.append(None)
-            continue
+    label: list[str | None] = [None] * n
+    for i in np.flatnonzero(any_cross).tolist():  # few: only where a level was crossed
         name = names[k[i]]
-        label.append(LEVEL_LABELS[fib_name[i] if name == "fib" else name])
+        label[i] = LEVEL_LABELS[fibs[fib_pick[i]] if name == "fib" else name]
     rvol = ev.columns["volume_signal"]
     cond = any_cross & (rvol >= spec.min_rvol)
     return cond, level, label

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from signals.bar import Bar, BarBatch, BarRejected
+from signals.bar import Bar, BarBatch, BarRejected, bar_problem
 
 
 def test_good_bar_builds() -> None:
@@ -73,3 +73,66 @@ def test_batch_problems_agree_with_bar(o: float, h: float, lo: float, c: float, 
 def test_batch_columns_must_have_one_length() -> None:
     with pytest.raises(ValueError, match="column close"):
         BarBatch(["A", "B"], np.zeros(2, np.int64), *(np.ones(2),) * 3, np.ones(1), np.ones(2))
+
+
+anything = st.one_of(
+    prices,
+    st.integers(min_value=-(10**20), max_value=10**20),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+    st.decimals(allow_nan=True),
+)
+symbols = st.one_of(
+    st.sampled_from(["IWM", "SPY", "BRK.B", "iwm", "", "TOOLONGSYMBOL", "A\n"]),
+    st.text(max_size=12),
+    st.none(),
+    st.lists(st.integers(), max_size=1),
+)
+
+
+@given(sym=symbols, o=anything, h=anything, lo=anything, c=anything, v=anything)
+def test_fast_path_gives_the_full_checks_verdict(
+    sym: object, o: object, h: object, lo: object, c: object, v: object
+) -> None:
+    """`Bar` skips the full check for plain valid bars; every verdict still equals `bar_problem`.
+
+    Each pair is built twice: the second time the symbol is known good (cached), so the
+    fast path is what answers.
+    """
+    for _ in range(2):
+        try:
+            want = bar_problem(sym, o, h, lo, c, v)  # type: ignore[arg-type]
+        except TypeError:
+            want = "type_error"
+        try:
+            Bar(sym, 0, o, h, lo, c, v)  # type: ignore[arg-type]
+            got = None
+        except BarRejected as exc:
+            got = exc.reason
+        except TypeError:
+            got = "type_error"
+        assert got == want
+
+
+@given(
+    st.lists(
+        st.one_of(st.floats(min_value=-1.0, max_value=1e308), st.just(math.nan)),
+        min_size=4,
+        max_size=4,
+    ),
+    st.one_of(st.floats(min_value=-1.0), st.just(math.nan)),
+    st.permutations(range(4)),
+)
+def test_fast_path_on_nearly_valid_bars(xs: list[float], v: float, order: list[int]) -> None:
+    """Mostly valid bars (sorted prices, some shuffled): the fast path's own territory."""
+    lo, a, b, h = sorted(xs) if not any(math.isnan(x) for x in xs) else xs
+    o, c = (a, b) if order[0] < 2 else (h, lo)
+    for _ in range(2):
+        want = bar_problem("IWM", o, h, lo, c, v)
+        try:
+            Bar("IWM", 0, o, h, lo, c, v)
+            got = None
+        except BarRejected as exc:
+            got = exc.reason
+        assert got == want

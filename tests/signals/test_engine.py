@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from signals.bar import Bar, BarBatch
 from signals.engine import COLUMNS, Engine, EngineConfig, Links
 from signals.rates import RatesSeries
 from signals.reference import reference_frame
@@ -168,3 +169,16 @@ def test_rates_from_a_proxy_etf_equal_the_reference(seed: int, skip: float) -> N
     want = reference_frame(df, cfg)
     assert_frames_close(got, want)
     assert got["sub_rates"].drop_nulls().len() > 0
+
+
+def test_newest_time_is_the_latest_bar_of_any_symbol() -> None:
+    eng = Engine(EngineConfig())
+    assert eng.newest_time() is None
+    eng.on_bars(BarBatch.from_bars([Bar("IWM", 86_400, 1.0, 1.0, 1.0, 1.0, 1.0)]))
+    eng.on_bars(BarBatch.from_bars([Bar("SPY", 3 * 86_400, 1.0, 1.0, 1.0, 1.0, 1.0)]))
+    eng.on_bars(BarBatch.from_bars([Bar("IWM", 2 * 86_400, 1.0, 1.0, 1.0, 1.0, 1.0)]))
+    assert (
+        eng.newest_time()
+        == 3 * 86_400
+        == max(t for s in eng.symbols if (t := eng.last_time(s)) is not None)
+    )
