@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import structlog
 
+from daemon import heap
 from daemon.backend import DaemonBackend
 from daemon.bars import frame_to_batch
 from daemon.calendar import xnys_sessions
@@ -46,7 +46,7 @@ from daemon.sinks.base import Sink
 from daemon.sinks.console import ConsoleSink
 from daemon.sinks.jsonl import JsonlSink
 from daemon.sinks.mqtt import MqttSink
-from daemon.snapshot import load_snapshot, save_snapshot
+from daemon.snapshot import FeedTimeSnapshots, last_minute, load_snapshot
 from daemon.telegram.bot import TelegramBot
 from signals.alerts import Alert
 from signals.bar import BarBatch
@@ -217,6 +217,17 @@ def warm_up(pipeline: Pipeline, warmup: Warmup) -> None:
     """Daily bars through the daily engine and rules (their alerts are history, not news);
     1-minute bars of past sessions through the 1-minute engine only; today's minutes
     through the whole pipeline, alerts dropped."""
+    with pipeline.book.quietly():
+        _warm_up(pipeline, warmup)
+    heap.release()  # the warm-up's temporary evaluations: give their pages back
+    _log.info(
+        "engine.warmed_up",
+        daily=0 if warmup.daily is None else warmup.daily.height,
+        minutes=0 if warmup.minutes is None else warmup.minutes.height,
+    )
+
+
+def _warm_up(pipeline: Pipeline, warmup: Warmup) -> None:
     if warmup.daily is not None and warmup.daily.height:
         pipeline.on_daily_bars(frame_to_batch(warmup.daily.sort("time", "symbol")))
     minutes = warmup.minutes
@@ -232,11 +243,6 @@ def warm_up(pipeline: Pipeline, warmup: Warmup) -> None:
         if len(current):
             # Today's minutes build today's daily bar; what they would have alerted is history.
             pipeline.on_minute_bars(b.take(current))
-    _log.info(
-        "engine.warmed_up",
-        daily=0 if warmup.daily is None else warmup.daily.height,
-        minutes=0 if minutes is None else minutes.height,
-    )
 
 
 # Sessions from here on, so replays of old data find their sessions too.
@@ -315,21 +321,8 @@ async def _first_rates(config: Config, pipeline: Pipeline) -> None:
         _log.warning("rates.unavailable", error=str(exc))
 
 
-def _last_minute(pipeline: Pipeline) -> int | None:
-    engine = pipeline.minute
-    times = [engine.last_time(s) for s in engine.symbols] if engine is not None else []
-    known = [t for t in times if t is not None]
-    return max(known) if known else None
-
-
-def _jobs(
-    config: Config, pipeline: Pipeline, outbox: Outbox, ingest: Ingest, snapshot_dir: Path | None
-) -> list[Job]:
-    """The scheduled jobs this config calls for."""
-
-    async def snapshot() -> None:
-        assert snapshot_dir is not None
-        save_snapshot(pipeline, snapshot_dir, time.time())
+def _jobs(config: Config, pipeline: Pipeline, outbox: Outbox, ingest: Ingest) -> list[Job]:
+    """The scheduled jobs this config calls for (snapshots follow feed time, not the clock)."""
 
     async def fetch_rates() -> None:
         async with RatesFetcher(config.rates.url) as fetcher:
@@ -359,7 +352,6 @@ def _jobs(
         outbox_upkeep=outbox_upkeep,
         premarket_digest=digest("premarket_digest"),
         close_digest=digest("close_digest"),
-        snapshot=snapshot if snapshot_dir is not None else None,
         heartbeat=heartbeat_job(heartbeat_fields),
     )
 
@@ -377,10 +369,37 @@ class _closing:
         self.notifier.close()
 
 
+# The first backfill after a restore starts this long before the restored minute: it
+# covers the time between building the feed and its first backfill (the engine drops
+# the minutes it already holds).
+RESUME_MARGIN_S = 120.0
+# A live restart repairs at most this much of a gap (providers limit history requests).
+MAX_LIVE_GAP_S = 5 * 86_400.0
+
+
+def _first_backfill_s(config: Config, *, realtime: bool, resume_from: int | None) -> float:
+    """How far back of the wall clock the feed's first backfill starts."""
+    if resume_from is not None:
+        gap_s = max(RESUME_MARGIN_S, time.time() - resume_from + RESUME_MARGIN_S)
+        return min(gap_s, MAX_LIVE_GAP_S) if realtime else gap_s
+    if realtime:
+        # Alpaca's start-up warm-up comes over REST before the feed starts (run); the
+        # others repair the last hour themselves.
+        return 300.0 if config.feed.provider == "alpaca" else 3600.0
+    # Feed time: a replay server's history is what it has played so far, all of it.
+    return time.time() if config.feed.provider == "replay" else 0.0
+
+
 def build_feed(
-    config: Config, secrets: Secrets, *, realtime: bool, warmup_s: float | None = None
+    config: Config, secrets: Secrets, *, realtime: bool, resume_from: int | None = None
 ) -> Feed:
-    """The configured provider's feed (replay is an Alpaca-protocol server, local)."""
+    """The configured provider's feed (replay is an Alpaca-protocol server, local).
+
+    `realtime` False runs the feed in feed time: the market is always open. The
+    first backfill starts at `resume_from` (the last minute of a restored
+    snapshot) when given, else a little before now (live) or, for a replay, at
+    the start of what the server has played.
+    """
     f = config.feed
     common: dict[str, Any] = {
         "url": f.url,
@@ -389,16 +408,12 @@ def build_feed(
         "policy": ReconnectPolicy(
             backoff_initial_s=f.backoff_initial_s, backoff_max_s=f.backoff_max_s
         ),
-        # Alpaca's start-up warm-up comes over REST before the feed starts (run); the
-        # others repair the last hour themselves. A replay has no market hours.
-        "warmup_s": 0.0 if not realtime else (300.0 if f.provider == "alpaca" else 3600.0),
+        "warmup_s": _first_backfill_s(config, realtime=realtime, resume_from=resume_from),
     }
-    if warmup_s is not None and realtime:
-        common["warmup_s"] = max(60.0, warmup_s)  # the gap since the restored snapshot
     if f.rest_url:
         common["rest_url"] = f.rest_url
     if not realtime:
-        common["is_market_open"] = lambda _t: True
+        common["is_market_open"] = lambda _t: True  # feed time has no market hours
     symbols = list(f.symbols)
     if f.provider == "massive":
         return MassiveFeed(secrets.require("MASSIVE_API_KEY").reveal(), symbols, **common)
@@ -430,24 +445,28 @@ async def run_daemon(
 ) -> IngestStats:
     """Run until `stop` is set or the feed fails for good; returns the ingest counters.
 
-    `snapshots` (default: `realtime`) resumes from the state directory's snapshot
-    at start-up and writes one on schedule and at shutdown.
+    `realtime` False runs in feed time: no alert is too old to send, the market
+    is always open. `snapshots` (default: `realtime`) resumes from the state
+    directory's snapshot at start-up, with the feed's first backfill starting at
+    its last minute; without one it writes one at once (so a crash before the
+    first periodic one resumes consistently with the outbox); then one every
+    `state.snapshot_every_s` of feed time, and one at shutdown.
     """
     snapshots = realtime if snapshots is None else snapshots
     pipeline = build_pipeline(config, datetime.now(UTC))
     rule_names = [s.name for s in pipeline.book.specs]
-    backend = DaemonBackend(pipeline, config.feed.symbols)
+    backend = DaemonBackend(pipeline, config.feed.symbols, config.rules.file)
     sinks_built = build_sinks(config, secrets, rule_names, backend)
     config.state.dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         outbox = stack.enter_context(
             Outbox.open(config.state.dir / "outbox.sqlite", [s.name for s in sinks_built])
         )
-        # A live restart resumes from the last snapshot (same config) instead of a cold
-        # warm-up; its rule state goes with it. A replay always starts fresh.
+        # A restart resumes from the last snapshot (same config) instead of a cold
+        # warm-up; its rule state goes with it. Without snapshots it starts fresh.
         snapshot_dir = config.state.dir / "snapshot"
         restored_at = load_snapshot(pipeline, snapshot_dir) if snapshots else None
-        resume_from = _last_minute(pipeline) if restored_at is not None else None
+        resume_from = last_minute(pipeline) if restored_at is not None else None
         if restored_at is None:
             history = await warmup() if callable(warmup) else warmup
             if history is not None:
@@ -455,6 +474,15 @@ async def run_daemon(
             saved = outbox.load_rule_state()
             if saved is not None:
                 pipeline.book.restore(saved)
+        snapshotter = (
+            FeedTimeSnapshots(pipeline, snapshot_dir, config.state.snapshot_every_s)
+            if snapshots
+            else None
+        )
+        if snapshotter is not None and restored_at is None:
+            snapshotter.save()
+        if config.rates.source == "fred" and realtime:
+            await _first_rates(config, pipeline)
         sinks = [await stack.enter_async_context(s) for s in sinks_built]
         loops = [DeliveryLoop(outbox, s) for s in sinks]
         mqtt = next((s for s in sinks if isinstance(s, MqttSink)), None)
@@ -479,19 +507,27 @@ async def run_daemon(
         )
         ingest.backend = backend
         on_ingest(ingest)
-        gap_s = None if resume_from is None else min(time.time() - resume_from, 5 * 86_400.0)
-        the_feed = feed or build_feed(config, secrets, realtime=realtime, warmup_s=gap_s)
+        the_feed = feed or build_feed(config, secrets, realtime=realtime, resume_from=resume_from)
         backend.outbox, backend.feed = outbox, the_feed
+
+        def take(batch: FeedBatch) -> None:
+            ingest(batch)
+            if snapshotter is not None:
+                snapshotter.tick()
 
         async def publish_states() -> None:
             assert mqtt is not None
             while True:
                 await states_ready.wait()
                 states_ready.clear()
-                batch = dict(pending_states)
-                pending_states.clear()
-                for sym, state in batch.items():
-                    await mqtt.publish_state(sym, state)
+                while pending_states:  # one at a time: a newer state may replace a queued one
+                    sym = next(iter(pending_states))
+                    state = pending_states.pop(sym)
+                    try:
+                        await mqtt.publish_state(sym, state)
+                    except asyncio.CancelledError:
+                        pending_states.setdefault(sym, state)  # shutdown publishes it
+                        raise
 
         notifier = stack.enter_context(_closing(Notifier()))
         calendar = SessionCalendar()
@@ -509,13 +545,11 @@ async def run_daemon(
                 )
             )
             _log.info("health.serving", host=config.health.host, port=health.port)
-        jobs = _jobs(config, pipeline, outbox, ingest, snapshot_dir if snapshots else None)
+        jobs = _jobs(config, pipeline, outbox, ingest)
         await stack.enter_async_context(Scheduler(jobs, calendar=calendar))
-        if config.rates.source == "fred" and realtime:
-            await _first_rates(config, pipeline)
         notifier.ready(f"watching {len(config.feed.symbols)} symbols")
         async with asyncio.TaskGroup() as tg:
-            feed_task = tg.create_task(the_feed.run(ingest), name="feed")
+            feed_task = tg.create_task(the_feed.run(take), name="feed")
             interval = watchdog_interval_s()
             watchdog = (
                 tg.create_task(watchdog_loop(notifier, gate, interval), name="watchdog")
@@ -544,13 +578,16 @@ async def run_daemon(
             stopper.cancel()
             drained = await drain_all(loops, drain_timeout_s)  # 2. deliver what was decided
             if publisher is not None:
-                if pending_states:
-                    for sym, state in pending_states.items():
-                        await mqtt.publish_state(sym, state)  # type: ignore[union-attr]
+                # Stop the publisher first (it puts back a state it was sending), then
+                # publish what is left: the last state of every symbol is retained.
                 publisher.cancel()
+                await asyncio.wait([publisher])
+                for sym, state in list(pending_states.items()):
+                    await mqtt.publish_state(sym, state)  # type: ignore[union-attr]
+                pending_states.clear()
             for task in delivery:
                 task.cancel()  # 3. the sinks close with the exit stack
-            if snapshots:
-                save_snapshot(pipeline, snapshot_dir, time.time())
+            if snapshotter is not None:
+                snapshotter.save()
             _log.info("daemon.stopping", drained=drained, outbox_depth=outbox.depth())
         return ingest.stats

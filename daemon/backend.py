@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+import structlog
 
 from daemon.feeds.base import Feed
 from daemon.outbox import Outbox
+from daemon.rules_file import load_rules
 from signals.alerts import Alert
 from signals.engine import FIB_COLUMNS, Evaluation
 from signals.pipeline import Pipeline
 from signals.score import Breakdown
+
+_log = structlog.get_logger(__name__)
 
 LEVEL_COLUMNS = ("donchian_high20", "donchian_low20", "swing_high", "swing_low", *FIB_COLUMNS)
 
@@ -24,9 +29,13 @@ class DaemonBackend:
     The outbox and the feed are attached once the supervisor has opened them.
     """
 
-    def __init__(self, pipeline: Pipeline, symbols: Sequence[str]) -> None:
+    def __init__(
+        self, pipeline: Pipeline, symbols: Sequence[str], rules_file: Path | None = None
+    ) -> None:
         self.pipeline = pipeline
         self._symbols = tuple(symbols)
+        self.rules_file = rules_file
+        """What /reload re-reads (None: the bundled default rules)."""
         self.outbox: Outbox | None = None
         self.feed: Feed | None = None
         self._latest: dict[str, tuple[Evaluation, int]] = {}
@@ -80,6 +89,36 @@ class DaemonBackend:
 
     def recent_alerts(self, n: int) -> Sequence[Alert]:
         return [] if self.outbox is None else self.outbox.recent(n)
+
+    def reload_rules(self) -> str:
+        """Re-read the rules file into the running pipeline (see `Pipeline.replace_rules`).
+
+        Runs between two bars (the bot and the ingest share one event loop). A
+        wrong file raises `RuleError` naming the file and the key; rules that
+        need a restart raise `ValueError`; either way nothing changes.
+        """
+        specs = load_rules(self.rules_file)
+        changes = self.pipeline.replace_rules(specs)
+        source = "the default rules" if self.rules_file is None else self.rules_file.name
+        _log.info(
+            "rules.reloaded",
+            file=str(self.rules_file) if self.rules_file else None,
+            rules=changes.total,
+            added=list(changes.added),
+            removed=list(changes.removed),
+            changed=list(changes.changed),
+        )
+        parts = [f"{changes.total} rules from {source}"]
+        for label, names in (
+            ("added", changes.added),
+            ("removed", changes.removed),
+            ("changed", changes.changed),
+        ):
+            if names:
+                parts.append(f"{label}: {', '.join(names)}")
+        if len(parts) == 1:
+            parts.append("no change")
+        return "; ".join(parts)
 
 
 def _num(x: float) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,11 +32,19 @@ def exchange_calendar(name: str, **kwargs: str) -> Any:
         return xcals.get_calendar(name, **kwargs)
 
 
+@functools.lru_cache(maxsize=8)
 def xnys_sessions(start: date, end: date) -> SessionTable:
-    """Regular NYSE sessions from `start` to `end` inclusive."""
+    """Regular NYSE sessions from `start` to `end` inclusive.
+
+    Built once per range (a quarter of a second each: the daemon's start-up
+    asked twice for the same one) and shared, so its arrays are read-only.
+    """
     cal = exchange_calendar("XNYS", start=start.isoformat(), end=end.isoformat())
     sched = cal.schedule.loc[start.isoformat() : end.isoformat()]
     label = np.array([d.value // 1_000_000_000 for d in sched.index], dtype=np.int64)
     opens = np.array([t.value // 1_000_000_000 for t in sched["open"]], dtype=np.int64)
     closes = np.array([t.value // 1_000_000_000 for t in sched["close"]], dtype=np.int64)
-    return SessionTable(label, opens, closes)
+    table = SessionTable(label, opens, closes)
+    for arr in (table.label, table.open, table.close):
+        arr.flags.writeable = False
+    return table

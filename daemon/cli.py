@@ -83,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     rn = sub.add_parser(
         "run",
         help="run the daemon on its configured feed",
-        description="Run the daemon: feed, engine, rules, outbox and sinks, until SIGTERM.",
+        description="Run the daemon: feed, engine, rules, outbox and sinks, until SIGTERM. "
+        'A restart resumes from the last snapshot. With feed.provider = "replay" it follows '
+        "an external replay server at feed.url, in the replay's own time.",
     )
     rn.add_argument("--config", type=Path, required=True, metavar="PATH", help="the config TOML")
 

@@ -305,9 +305,14 @@ class SinksSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 
 class StateSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """`[state]`: where the outbox, subscribers and snapshots live."""
+    """`[state]`: where the outbox, subscribers and snapshots live.
+
+    `snapshot_every_s` is feed time (bar time), not wall time: live the two
+    agree, while a replay snapshots as often per replayed hour as live would.
+    """
 
     dir: Path = Path("state")
+    snapshot_every_s: PositiveFloat = 900.0
 
 
 class HealthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -18,6 +18,7 @@ what it can within a timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 import time
@@ -167,6 +168,11 @@ class DeliveryLoop:
     async def _wait(self, delay_s: float) -> None:
         """Sleep `delay_s` or until woken, whichever comes first."""
         if self._wake.is_set() or delay_s <= 0:
+            return
+        if self._sleep is asyncio.sleep:  # real time: a timeout on the event, no extra tasks
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay_s):
+                    await self._wake.wait()
             return
         async with asyncio.TaskGroup() as tg:
             woken = tg.create_task(self._wake.wait(), name=f"delivery.{self.name}.wake")

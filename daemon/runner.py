@@ -18,19 +18,37 @@ from daemon.app import SESSIONS_FROM, Ingest, IngestStats, Warmup, run_daemon
 from daemon.bars import load_bars
 from daemon.calendar import xnys_sessions
 from daemon.config import Config, load_config
+from daemon.config_errors import ConfigError
 from daemon.feeds.replay import ReplayServer
 from daemon.logs import configure_logging
 from daemon.sample import demo_market
 from daemon.secrets import Secrets
-from daemon.warmup import fetch_alpaca_warmup
+from daemon.warmup import fetch_alpaca_warmup, fetch_massive_warmup
+from signals.sessions import SessionTable
 
 _log = structlog.get_logger(__name__)
 
 
-def _install_signal_handlers(stop: asyncio.Event) -> None:
+def _install_signal_handlers(stop: asyncio.Event, ingests: list[Ingest]) -> None:
+    """SIGTERM/SIGINT stop the daemon; SIGHUP re-reads the rules file (as /reload does)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_rules, ingests)
+
+
+def _reload_rules(ingests: list[Ingest]) -> None:
+    # Runs on the event loop, so between two bars, like the bot's /reload.
+    backend = ingests[0].backend if ingests else None
+    if backend is None:
+        _log.warning("rules.reload_failed", error="the daemon is still starting")
+        return
+    try:
+        summary = backend.reload_rules()
+    except ValueError as exc:  # RuleError too: it names the file and the key
+        _log.warning("rules.reload_failed", error=str(exc))
+        return
+    _log.info("rules.reload_signal", summary=summary)
 
 
 def _setup_logging(config: Config, secrets: Secrets) -> None:
@@ -38,24 +56,58 @@ def _setup_logging(config: Config, secrets: Secrets) -> None:
 
 
 async def run(config_path: Path) -> int:
-    """The daemon on its configured live feed, until SIGTERM/SIGINT."""
+    """The daemon on its configured feed, until SIGTERM/SIGINT, resuming from its snapshot;
+    SIGHUP re-reads the rules file.
+
+    With `feed.provider = "replay"` the feed is a long-lived replay server at
+    `feed.url` and the daemon runs in feed time: alerts are judged by bar time
+    (never dropped as stale), the market is always open, and a restart resumes
+    from the last snapshot and backfills from its last minute, exactly as a live
+    restart does.
+    """
     config = load_config(config_path)
+    if config.feed.provider == "replay" and config.feed.url is None:
+        raise ConfigError(
+            config_path, "feed.url", 'run with provider = "replay" needs the replay server\'s url'
+        )
     secrets = Secrets.load(config)
     _setup_logging(config, secrets)
     stop = asyncio.Event()
-    _install_signal_handlers(stop)
+    ingests: list[Ingest] = []
+    _install_signal_handlers(stop, ingests)
+
+    def sessions() -> SessionTable:
+        return xnys_sessions(SESSIONS_FROM, date.today() + timedelta(days=366))
 
     async def alpaca_history() -> Warmup:
         key, secret = secrets.require("ALPACA_API_KEY"), secrets.require("ALPACA_API_SECRET")
         return await fetch_alpaca_warmup(
             key=key.reveal(), secret=secret.reveal(), symbols=config.feed.symbols,
-            sessions=xnys_sessions(SESSIONS_FROM, date.today() + timedelta(days=366)), now=time.time(),
+            sessions=sessions(), now=time.time(),
             rest_url=config.feed.rest_url, feed=config.feed.alpaca_feed, daily_days=config.feed.warmup_days,
         )  # fmt: skip
 
-    # Fetched only when no snapshot can be resumed.
-    history = alpaca_history if config.feed.provider == "alpaca" else None
-    await run_daemon(config, secrets, stop, warmup=history)
+    async def massive_history() -> Warmup:
+        return await fetch_massive_warmup(
+            api_key=secrets.require("MASSIVE_API_KEY").reveal(), symbols=config.feed.symbols,
+            sessions=sessions(), now=time.time(), rest_url=config.feed.rest_url,
+            daily_days=config.feed.warmup_days,
+        )  # fmt: skip
+
+    # Fetched only when no snapshot can be resumed (Finnhub's candles are a paid extra).
+    history = {"alpaca": alpaca_history, "massive": massive_history}.get(config.feed.provider)
+    if config.feed.warmup_days == 0:  # the documented "0: none"
+        history = None
+    realtime = config.feed.provider != "replay"
+    await run_daemon(
+        config,
+        secrets,
+        stop,
+        warmup=history,
+        realtime=realtime,
+        snapshots=True,
+        on_ingest=ingests.append,
+    )
     return 0
 
 
@@ -69,8 +121,8 @@ async def _replay_until_done(
 ) -> IngestStats:
     """Run the daemon against a local replay server until the replay is played and ingested."""
     stop = asyncio.Event()
-    _install_signal_handlers(stop)
     ingest_ref: list[Ingest] = []
+    _install_signal_handlers(stop, ingest_ref)
 
     async def watch() -> None:
         await server.wait_played(server.minutes_total)

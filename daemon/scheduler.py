@@ -349,7 +349,6 @@ class ScheduleSettings:
     rates_fetch_at: time = time(16, 45)
     premarket_digest_at: time = time(9, 0)
     close_digest_after_close_min: float = 10.0
-    snapshot_every_s: float = 900.0
     outbox_upkeep_every_s: float = 3600.0
     heartbeat_every_s: float = 300.0
     job_timeout_s: float = 300.0
@@ -360,17 +359,17 @@ def daemon_jobs(
     rates_fetch: JobFunc | None = None,
     premarket_digest: JobFunc | None = None,
     close_digest: JobFunc | None = None,
-    snapshot: JobFunc | None = None,
     outbox_upkeep: JobFunc | None = None,
     heartbeat: JobFunc | None = None,
     settings: ScheduleSettings = ScheduleSettings(),
 ) -> list[Job]:
     """The daemon's standard jobs, for the callbacks given (None leaves a job out).
 
+    (Snapshots are not a job: they follow bar time, see `daemon.snapshot.FeedTimeSnapshots`.)
+
     - `rates_fetch`: the DGS2 CSV, on sessions at 16:45 ET;
     - `premarket_digest`: on sessions at 09:00 ET;
     - `close_digest`: 10 minutes after the close (16:10 ET, 13:10 on early closes);
-    - `snapshot`: rings and indicator state, every 15 minutes;
     - `outbox_upkeep`: retry sweep and prune, hourly;
     - `heartbeat`: one log line, every 5 minutes.
     """
@@ -380,7 +379,6 @@ def daemon_jobs(
         ("rates_fetch", rates_fetch, OnSessions("clock", clock=s.rates_fetch_at)),
         ("premarket_digest", premarket_digest, OnSessions("clock", clock=s.premarket_digest_at)),
         ("close_digest", close_digest, OnSessions.after_close(s.close_digest_after_close_min)),
-        ("snapshot", snapshot, Every(s.snapshot_every_s)),
         ("outbox_upkeep", outbox_upkeep, Every(s.outbox_upkeep_every_s)),
         ("heartbeat", heartbeat, Every(s.heartbeat_every_s)),
     ]

@@ -31,10 +31,24 @@ def connect_durable(target: Path, busy_timeout_s: float) -> sqlite3.Connection:
 
 
 @contextmanager
-def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction: committed if the body returns, rolled back if it raises."""
+def immediate(conn: sqlite3.Connection, *, fsync: bool = True) -> Iterator[sqlite3.Connection]:
+    """A write transaction: committed if the body returns, rolled back if it raises.
+
+    `fsync=False` commits without waiting for the disk (WAL `synchronous = NORMAL`):
+    the commit survives the process being killed, and can only be lost, not
+    corrupted, by a power cut or an OS crash; the next full commit makes it durable
+    too. For bookkeeping whose loss is harmless (a delivery mark: at worst the
+    alert is sent again), not for data that must survive.
+    """
+    if not fsync:
+        conn.execute("PRAGMA synchronous = NORMAL")
     # IMMEDIATE takes the write lock up front: no upgrade deadlock with another writer.
-    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except BaseException:
+        if not fsync:
+            conn.execute("PRAGMA synchronous = FULL")
+        raise
     try:
         yield conn
         conn.commit()
@@ -42,3 +56,5 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         # Still open here means the body (or the commit) failed: undo all of it.
         if conn.in_transaction:
             conn.rollback()
+        if not fsync:
+            conn.execute("PRAGMA synchronous = FULL")

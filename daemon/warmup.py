@@ -1,7 +1,8 @@
 """Start-up warm-up over REST: daily history for the daily timeframe, recent minutes for RVOL.
 
 Without it the daily indicators would need months of live running before a
-first score. Daily bars come back from Alpaca stamped at midnight New York;
+first score. Alpaca and Massive both do it (Finnhub's candles are a paid
+extra: it starts cold). Daily bars come back stamped at midnight New York;
 the engine labels a session by its date at 00:00 UTC, so they are relabelled.
 Today's partial daily bar is left out: today is rebuilt from its minutes.
 """
@@ -17,6 +18,9 @@ import structlog
 
 from daemon.app import Warmup
 from daemon.feeds.alpaca import DEFAULT_REST_URL, AlpacaRest
+from daemon.feeds.massive import DEFAULT_REST_URL as MASSIVE_REST_URL
+from daemon.feeds.massive import MassiveRest
+from daemon.feeds.reconnect import Received
 from signals.bar import Bar
 from signals.sessions import DAY_S, SessionTable
 
@@ -63,13 +67,10 @@ async def fetch_alpaca_warmup(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Warmup:
     """Daily bars of the last `daily_days` sessions and minutes of the last `minute_sessions`."""
-    today = today_label(sessions, now)
-    cutoff = int(now) if today is None else today
-    past = np.flatnonzero(sessions.label < cutoff)  # indices of the sessions before today
-    if not len(past):
+    window = _window(sessions, now, daily_days, minute_sessions)
+    if window is None:
         return Warmup()
-    first_daily = int(sessions.label[past[max(0, len(past) - daily_days)]])
-    first_minute = int(sessions.open[past[max(0, len(past) - minute_sessions)]])
+    today, first_daily, first_minute = window
     async with httpx.AsyncClient(transport=transport, timeout=30.0) as http:
         rest = AlpacaRest(
             http,
@@ -81,6 +82,49 @@ async def fetch_alpaca_warmup(
         )
         daily = await rest.bars(first_daily, int(now), timeframe="1Day")
         minutes = await rest.bars(first_minute, int(now), timeframe="1Min")
+    return _warmup(daily, minutes, today)
+
+
+async def fetch_massive_warmup(
+    *,
+    api_key: str,
+    symbols: Sequence[str],
+    sessions: SessionTable,
+    now: float,
+    rest_url: str | None = None,
+    daily_days: int = 120,
+    minute_sessions: int = 20,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Warmup:
+    """The same warm-up from Massive's `/v2/aggs` (daily aggregates, then minutes)."""
+    window = _window(sessions, now, daily_days, minute_sessions)
+    if window is None:
+        return Warmup()
+    today, first_daily, first_minute = window
+    async with httpx.AsyncClient(transport=transport, timeout=30.0) as http:
+        rest = MassiveRest(
+            http, api_key=api_key, symbols=symbols, rest_url=rest_url or MASSIVE_REST_URL
+        )
+        daily = await rest.bars(first_daily, int(now), timespan="day")
+        minutes = await rest.bars(first_minute, int(now), timespan="minute")
+    return _warmup(daily, minutes, today)
+
+
+def _window(
+    sessions: SessionTable, now: float, daily_days: int, minute_sessions: int
+) -> tuple[int | None, int, int] | None:
+    """(today's label or None, first daily session, first minute) to fetch; None: nothing."""
+    today = today_label(sessions, now)
+    cutoff = int(now) if today is None else today
+    past = np.flatnonzero(sessions.label < cutoff)  # indices of the sessions before today
+    if not len(past):
+        return None
+    first_daily = int(sessions.label[past[max(0, len(past) - max(daily_days, 1))]])
+    first_minute = int(sessions.open[past[max(0, len(past) - max(minute_sessions, 1))]])
+    return today, first_daily, first_minute
+
+
+def _warmup(daily: Received, minutes: Received, today: int | None) -> Warmup:
     daily_bars = [b for _, batch in daily.batches for b in batch]
     minute_bars = [b for _, batch in minutes.batches for b in batch]
     daily_frame = _frame(daily_bars, daily=True)

@@ -45,7 +45,6 @@ from websockets.uri import parse_uri
 
 from daemon.feeds.base import (
     FeedAuthFailed,
-    FeedBatch,
     FeedError,
     FeedFatal,
     FeedStats,
@@ -54,8 +53,15 @@ from daemon.feeds.base import (
 )
 from daemon.feeds.market_hours import xnys_is_open
 from daemon.feeds.minute_builder import MinuteBuilder
-from daemon.feeds.reconnect import LoopSettings, Received, ReconnectPolicy, Rejection, run_feed
-from daemon.feeds.wserrors import retry_after_s
+from daemon.feeds.reconnect import (
+    LoopSettings,
+    Received,
+    ReconnectPolicy,
+    Rejection,
+    StreamFeed,
+    checked_feed_args,
+)
+from daemon.feeds.wserrors import is_utf8, retry_after_s
 from daemon.feeds.wssession import WebsocketSession
 from signals.bar import SYMBOL_PATTERN, Bar, BarRejected
 
@@ -165,6 +171,9 @@ class FinnhubProtocol:
 
     def receive_frame(self, data: str | bytes, now_s: float) -> None:
         """Process one websocket message received at wall-clock `now_s` (epoch seconds)."""
+        if not is_utf8(data):
+            self._reject("bad_json", f"not UTF-8: {_excerpt(data)!r}")
+            return
         try:
             kind = msgspec.json.decode(data, type=_Head).type
         except msgspec.ValidationError:
@@ -242,7 +251,8 @@ class FinnhubProtocol:
             return Rejection("negative_volume", f"{name}: volume {volume!r}")
         if stamp < 0:
             return Rejection("bad_time", f"{name}: time {stamp} ms is before 1970")
-        if stamp / 1000 > now_s + self._max_future_s:
+        # Compared in ms: `stamp / 1000` overflows a float for a huge int.
+        if stamp > (now_s + self._max_future_s) * 1000:
             return Rejection("future_time", f"{name}: time {stamp} ms is ahead of the clock")
         self._stream_s = max(self._stream_s, stamp / 1000)
         return self.builder.add(symbol, stamp, price, volume)
@@ -525,7 +535,7 @@ class _FinnhubSource:
         return await self._rest.bars(start_s, end_s)
 
 
-class FinnhubFeed:
+class FinnhubFeed(StreamFeed):
     """Finnhub trades as a `Feed`: minute bars built from trades, REST candle backfill.
 
     `token` is only ever sent to Finnhub; it never appears in a log line, a
@@ -536,6 +546,8 @@ class FinnhubFeed:
     `AlpacaFeed`'s; `now`, `sleep`, `is_market_open`, `rand` and
     `http_transport` are injectable for tests.
     """
+
+    _settings: _Settings
 
     def __init__(
         self,
@@ -564,22 +576,17 @@ class FinnhubFeed:
     ) -> None:
         if not token:
             raise ValueError("the Finnhub token must be non-empty")
-        wanted = tuple(dict.fromkeys(symbols))
-        bad = [s for s in wanted if not isinstance(s, str) or not SYMBOL_PATTERN.fullmatch(s)]
-        if not wanted or bad:
-            raise ValueError(f"symbols must be 1+ tickers matching [A-Z0-9.-]{{1,10}}, bad: {bad}")
-        if max_frame_bytes < 1024:
-            raise ValueError(f"max_frame_bytes must be >= 1024, got {max_frame_bytes}")
-        for label, value in (
-            ("flush_interval_s", flush_interval_s),
-            ("open_timeout_s", open_timeout_s),
-            ("http_timeout_s", http_timeout_s),
-            ("max_future_s", max_future_s),
-        ):
-            if not value > 0:
-                raise ValueError(f"{label} must be > 0, got {value}")
-        if warmup_s < 0:
-            raise ValueError(f"warmup_s must be >= 0, got {warmup_s}")
+        wanted = checked_feed_args(
+            symbols,
+            max_frame_bytes=max_frame_bytes,
+            warmup_s=warmup_s,
+            positive={
+                "flush_interval_s": flush_interval_s,
+                "open_timeout_s": open_timeout_s,
+                "http_timeout_s": http_timeout_s,
+                "max_future_s": max_future_s,
+            },
+        )
         stream = url or DEFAULT_STREAM_URL
         try:
             parse_uri(stream_url(stream, "t"))
@@ -615,31 +622,7 @@ class FinnhubFeed:
             rand=rand,
         )
 
-    def __repr__(self) -> str:
-        s = self._settings
-        return f"FinnhubFeed(name={s.name!r}, url={s.url!r}, symbols={s.symbols!r})"
-
-    @property
-    def url(self) -> str:
-        """The stream URL without the token."""
-        return self._settings.url
-
-    @property
-    def symbols(self) -> tuple[str, ...]:
-        """The subscribed symbols."""
-        return self._settings.symbols
-
-    async def run(self, emit: Callable[[FeedBatch], None]) -> None:
-        """Stream until cancelled, reconnecting and backfilling; raise `FeedFatal` on a dead end.
-
-        The minute being built survives reconnects. An exception raised by
-        `emit` itself is not a feed problem: it propagates unchanged.
-        """
-        await run_feed(
-            lambda http: _FinnhubSource(
-                self._settings, MinuteBuilder(self._bar_close_delay_s), http
-            ),
-            self.stats,
-            self._loop,
-            emit,
-        )
+    def _source(self, http: httpx.AsyncClient) -> _FinnhubSource:
+        # A fresh minute builder per run; within a run the minute being built
+        # survives reconnects (the source keeps it).
+        return _FinnhubSource(self._settings, MinuteBuilder(self._bar_close_delay_s), http)

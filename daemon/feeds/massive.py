@@ -44,7 +44,6 @@ from websockets.uri import parse_uri
 
 from daemon.feeds.base import (
     FeedAuthFailed,
-    FeedBatch,
     FeedError,
     FeedFatal,
     FeedStats,
@@ -52,10 +51,17 @@ from daemon.feeds.base import (
     FeedUnavailable,
 )
 from daemon.feeds.market_hours import xnys_is_open
-from daemon.feeds.reconnect import LoopSettings, Received, ReconnectPolicy, Rejection, run_feed
-from daemon.feeds.wserrors import retry_after_s
+from daemon.feeds.reconnect import (
+    LoopSettings,
+    Received,
+    ReconnectPolicy,
+    Rejection,
+    StreamFeed,
+    checked_feed_args,
+)
+from daemon.feeds.wserrors import is_utf8, retry_after_s
 from daemon.feeds.wssession import WebsocketSession
-from signals.bar import SYMBOL_PATTERN, Bar, BarRejected
+from signals.bar import Bar, BarRejected
 
 _log = structlog.get_logger(__name__)
 
@@ -169,7 +175,8 @@ def _minute_bar(
         return Rejection("bad_time", f"{name}: start {start_ms} ms is before 1970")
     if start_ms % 60_000:
         return Rejection("bad_time", f"{name}: start {start_ms} ms is not on a minute")
-    if start_ms / 1000 > now_s + max_future_s:
+    # Compared in ms: `start_ms / 1000` overflows a float for a huge (but whole-minute) int.
+    if start_ms > (now_s + max_future_s) * 1000:
         return Rejection("future_time", f"{name}: start {start_ms} ms is ahead of the clock")
     try:
         bar = Bar(symbol, start_ms // 1000, *ohlcv)
@@ -210,6 +217,9 @@ class MassiveProtocol:
 
     def receive_frame(self, data: str | bytes, now_s: float) -> None:
         """Process one websocket message received at wall-clock `now_s` (epoch seconds)."""
+        if not is_utf8(data):
+            self._reject("bad_json", f"not UTF-8: {_excerpt(data)!r}")
+            return
         try:
             items = msgspec.json.decode(data, type=list[msgspec.Raw])
         except msgspec.ValidationError:
@@ -415,12 +425,20 @@ class MassiveRest:
     def __repr__(self) -> str:
         return f"MassiveRest(url={self._base!r}, symbols={self._symbols!r})"
 
-    async def bars(self, start_s: int, end_s: int) -> Received:
-        """Minute bars with start in `[start_s, end_s]` for every symbol, as kind `backfill`."""
+    async def bars(
+        self, start_s: int, end_s: int, *, timespan: Literal["minute", "day"] = "minute"
+    ) -> Received:
+        """Bars with start in `[start_s, end_s]` for every symbol, as kind `backfill`.
+
+        `timespan="day"`: daily bars, which Massive stamps at midnight New York.
+        """
         bars: list[Bar] = []
         rejected: list[Rejection] = []
         for symbol in self._symbols:
-            url = f"{self._base}/v2/aggs/ticker/{symbol}/range/1/minute/{start_s * 1000}/{end_s * 1000}"
+            url = (
+                f"{self._base}/v2/aggs/ticker/{symbol}/range/1/{timespan}/"
+                f"{start_s * 1000}/{end_s * 1000}"
+            )
             params: dict[str, str] | None = {
                 "adjusted": "true",
                 "sort": "asc",
@@ -591,7 +609,7 @@ class _MassiveSource:
         return await self._rest.bars(start_s, end_s)
 
 
-class MassiveFeed:
+class MassiveFeed(StreamFeed):
     """Massive (Polygon) stocks as a `Feed`: `AM.*` minute aggregates, REST backfill.
 
     `api_key` is only ever sent to Massive; it never appears in a log line, a
@@ -602,6 +620,8 @@ class MassiveFeed:
     `frame_too_big`); `now`, `sleep`, `is_market_open`, `rand` and
     `http_transport` are injectable for tests.
     """
+
+    _settings: _Settings
 
     def __init__(
         self,
@@ -630,22 +650,17 @@ class MassiveFeed:
     ) -> None:
         if not api_key:
             raise ValueError("the Massive API key must be non-empty")
-        wanted = tuple(dict.fromkeys(symbols))
-        bad = [s for s in wanted if not isinstance(s, str) or not SYMBOL_PATTERN.fullmatch(s)]
-        if not wanted or bad:
-            raise ValueError(f"symbols must be 1+ tickers matching [A-Z0-9.-]{{1,10}}, bad: {bad}")
-        if max_frame_bytes < 1024:
-            raise ValueError(f"max_frame_bytes must be >= 1024, got {max_frame_bytes}")
-        for label, value in (
-            ("open_timeout_s", open_timeout_s),
-            ("handshake_timeout_s", handshake_timeout_s),
-            ("http_timeout_s", http_timeout_s),
-            ("max_future_s", max_future_s),
-        ):
-            if not value > 0:
-                raise ValueError(f"{label} must be > 0, got {value}")
-        if warmup_s < 0:
-            raise ValueError(f"warmup_s must be >= 0, got {warmup_s}")
+        wanted = checked_feed_args(
+            symbols,
+            max_frame_bytes=max_frame_bytes,
+            warmup_s=warmup_s,
+            positive={
+                "open_timeout_s": open_timeout_s,
+                "handshake_timeout_s": handshake_timeout_s,
+                "http_timeout_s": http_timeout_s,
+                "max_future_s": max_future_s,
+            },
+        )
         stream = url or (DELAYED_STREAM_URL if delayed else DEFAULT_STREAM_URL)
         try:
             parse_uri(stream)
@@ -680,25 +695,5 @@ class MassiveFeed:
             rand=rand,
         )
 
-    def __repr__(self) -> str:
-        s = self._settings
-        return f"MassiveFeed(name={s.name!r}, url={s.url!r}, symbols={s.symbols!r})"
-
-    @property
-    def url(self) -> str:
-        """The stream URL (no credentials in it)."""
-        return self._settings.url
-
-    @property
-    def symbols(self) -> tuple[str, ...]:
-        """The subscribed symbols."""
-        return self._settings.symbols
-
-    async def run(self, emit: Callable[[FeedBatch], None]) -> None:
-        """Stream until cancelled, reconnecting and backfilling; raise `FeedFatal` on a dead end.
-
-        An exception raised by `emit` itself is not a feed problem: it propagates unchanged.
-        """
-        await run_feed(
-            lambda http: _MassiveSource(self._settings, http), self.stats, self._loop, emit
-        )
+    def _source(self, http: httpx.AsyncClient) -> _MassiveSource:
+        return _MassiveSource(self._settings, http)

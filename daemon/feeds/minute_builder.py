@@ -60,7 +60,8 @@ class MinuteBuilder:
         self._closed: dict[str, int] = {}  # symbol -> newest minute start closed
 
     def add(self, symbol: str, time_ms: int, price: float, volume: float) -> Bar | Rejection | None:
-        """Add one trade; return the bar it closed, a `late_trade` rejection, or None.
+        """Add one trade; return the bar it closed, a rejection (`late_trade`, or `non_finite`
+        when the minute's volume would overflow), or None.
 
         The caller validates the trade; a price that is not finite and
         positive, or a volume that is negative or not finite, raises
@@ -84,6 +85,9 @@ class MinuteBuilder:
                 minute, price, price, price, price, volume, time_ms, time_ms
             )
             return finished
+        if not math.isfinite(bar.volume + volume):
+            # Two finite volumes can sum to inf; a bar with it could not be built at close.
+            return Rejection("non_finite", f"{symbol} trade at {time_ms} ms: volume overflows")
         if time_ms < bar.first_ms:
             bar.open, bar.first_ms = price, time_ms
         if time_ms >= bar.last_ms:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Protocol, Self
@@ -44,7 +44,7 @@ from daemon.feeds.base import (
     FeedUnavailable,
     FrameRejected,
 )
-from signals.bar import Bar
+from signals.bar import SYMBOL_PATTERN, Bar
 
 _log = structlog.get_logger(__name__)
 
@@ -490,17 +490,21 @@ class FeedLoop:
         if self._silence_timeout_s <= 0:
             return
         name = self._source.name
+        timeout = self._silence_timeout_s
         while True:
-            await self._sleep(self._silence_timeout_s / 4)
             now = self._now()
             if not self._is_market_open(now):
                 self._quiet_since = now  # quiet while closed is expected; count from the open
+                await self._sleep(timeout / 4)
                 continue
             quiet_s = now - self._quiet_since
-            if quiet_s >= self._silence_timeout_s:
+            if quiet_s >= timeout:
                 self._stats.silences += 1
                 _log.warning("feed.silence", feed=name, quiet_s=round(quiet_s, 3))
                 raise FeedSilent(name, f"no data for {quiet_s:.0f} s while the market is open")
+            # Wake when the silence would reach the limit (not a poll later), but look at
+            # the market at least every quarter of it.
+            await self._sleep(min(timeout - quiet_s, timeout / 4))
 
 
 @dataclass(frozen=True)
@@ -540,3 +544,76 @@ async def run_feed(
             rand=settings.rand,
         )
         await loop.run(emit)
+
+
+class _StreamSettings(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def symbols(self) -> tuple[str, ...]: ...
+
+
+class StreamFeed:
+    """What every websocket provider's `Feed` shares: `url`, `symbols`, a repr without
+    secrets, and `run` over `run_feed`. A provider sets `name`, `stats`, `_settings`
+    (with `name`, `url`, `symbols`) and `_loop`, and makes its `Source` in `_source`."""
+
+    name: str
+    stats: FeedStats
+    _settings: _StreamSettings
+    _loop: LoopSettings
+
+    def __repr__(self) -> str:
+        s = self._settings
+        return f"{type(self).__name__}(name={s.name!r}, url={s.url!r}, symbols={s.symbols!r})"
+
+    @property
+    def url(self) -> str:
+        """The stream URL (no credentials in it)."""
+        return self._settings.url
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The subscribed symbols."""
+        return self._settings.symbols
+
+    async def run(self, emit: Callable[[FeedBatch], None]) -> None:
+        """Stream until cancelled, reconnecting and backfilling; raise `FeedFatal` on a dead end.
+
+        An exception raised by `emit` itself is not a feed problem: it propagates unchanged.
+        """
+        await run_feed(self._source, self.stats, self._loop, emit)
+
+    def _source(self, http: httpx.AsyncClient) -> Source:
+        """A source for one `run` (`http` serves its backfills)."""
+        raise NotImplementedError
+
+
+def checked_feed_args(
+    symbols: Sequence[str],
+    *,
+    max_frame_bytes: int,
+    warmup_s: float,
+    positive: Mapping[str, float],
+) -> tuple[str, ...]:
+    """Check what every stream feed's constructor takes; the symbols, deduplicated in order.
+
+    `positive` names the timeouts and intervals that must be > 0. Raises
+    `ValueError` naming the first bad argument.
+    """
+    wanted = tuple(dict.fromkeys(symbols))
+    bad = [s for s in wanted if not isinstance(s, str) or not SYMBOL_PATTERN.fullmatch(s)]
+    if not wanted or bad:
+        raise ValueError(f"symbols must be 1+ tickers matching [A-Z0-9.-]{{1,10}}, bad: {bad}")
+    if max_frame_bytes < 1024:
+        raise ValueError(f"max_frame_bytes must be >= 1024, got {max_frame_bytes}")
+    for label, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"{label} must be > 0, got {value}")
+    if warmup_s < 0:
+        raise ValueError(f"warmup_s must be >= 0, got {warmup_s}")
+    return wanted

@@ -5,13 +5,15 @@ The websocket speaks the Alpaca market data v2 protocol (`connected`, `auth`,
 symbols of one minute in one frame, at `speed` bar-minutes per real second
 (0 or infinity: as fast as the client reads). The timeline is global and
 starts when the first client subscribes: like a real market it keeps moving
-while a client is disconnected. `GET /v2/stocks/bars` serves the same frame
-in Alpaca's REST shape, up to the minute already played, so a client can
-repair a gap after a reconnect.
+while a client is disconnected (with `manual=True` it moves only when a test
+calls `advance(minutes)`, to keep step with a fake clock). `GET
+/v2/stocks/bars` serves the same frame in Alpaca's REST shape, up to the
+minute already played, so a client can repair a gap after a reconnect.
 
 Both listen on loopback only, on free ports by default. Test hooks:
 `kill_connections()`, `refuse_with(code)`, `go_silent()`,
-`close_after_subscribe()`, `send_raw(data)` and `fail_rest(status)`.
+`close_after_subscribe()`, `send_raw(data)`, `fail_rest(status)` and
+`hold_rest()`.
 
 Used by `iwm-alerts demo` / `replay` and by the feed tests.
 """
@@ -145,6 +147,7 @@ class ReplayServer:
         http_port: int = 0,
         stream: str = "iex",
         auth_timeout_s: float = 10.0,
+        manual: bool = False,
     ) -> None:
         if host not in LOOPBACK:
             raise ValueError(f"the replay server listens on loopback only, not {host!r}")
@@ -174,6 +177,12 @@ class ReplayServer:
         self._finished = asyncio.Event()
         self._progress = asyncio.Condition()
         self._played = 0
+        self._sent = 0  # minutes whose frames have gone out (or were skipped while silent)
+        self._manual = manual
+        self._allowed = 0  # manual mode: minutes the test has let the timeline play
+        self._rest_open = asyncio.Event()
+        self._rest_open.set()
+        self._rest_held = 0
         self._refuse: int | None = None
         self._silent = False
         self._close_after_subscribe = False
@@ -186,6 +195,8 @@ class ReplayServer:
         """Websocket connections accepted so far."""
         self.auth_attempts = 0
         """`auth` messages received so far."""
+        self.refused: dict[int, int] = {}
+        """Sessions refused by `refuse_with`, by error code."""
         self.rest_requests = 0
         """REST requests answered so far."""
         self.last_subscription: dict[str, list[str]] | None = None
@@ -271,6 +282,22 @@ class ReplayServer:
         """Start the timeline now instead of at the first subscription."""
         self._start.set()
 
+    async def advance(self, minutes: int = 1) -> int:
+        """Manual mode: play `minutes` more minutes and return once their frames are sent.
+
+        Capped at the frame's length. Returns the minutes played so far.
+        """
+        if not self._manual:
+            raise RuntimeError("advance() needs a server created with manual=True")
+        if minutes < 0:
+            raise ValueError(f"minutes must be >= 0, got {minutes}")
+        self._allowed = min(len(self._minutes), self._allowed + minutes)
+        target = self._allowed
+        async with self._progress:
+            self._progress.notify_all()
+            await self._progress.wait_for(lambda: self._sent >= target)
+        return self._played
+
     # Test hooks.
 
     def kill_connections(self) -> int:
@@ -291,6 +318,28 @@ class ReplayServer:
     def close_after_subscribe(self, enabled: bool = True) -> None:
         """Close each new session right after confirming its subscription (accept-then-close)."""
         self._close_after_subscribe = enabled
+
+    def hold_rest(self, held: bool = True) -> None:
+        """Keep REST requests waiting, once read, until called with False (a slow backfill)."""
+        if held:
+            self._rest_open.clear()
+        else:
+            self._rest_open.set()
+
+    @property
+    def rest_waiting(self) -> int:
+        """REST requests held by `hold_rest` right now."""
+        return self._rest_held
+
+    @property
+    def connected_clients(self) -> int:
+        """Websocket clients connected right now, subscribed or not."""
+        return len(self._clients)
+
+    @property
+    def streaming_clients(self) -> int:
+        """Clients subscribed to bars right now."""
+        return len(self._subscribed)
 
     def fail_rest(self, status: int, times: int = 1, retry_after_s: float | None = None) -> None:
         """Answer the next `times` REST requests with `status` (and `Retry-After` if given)."""
@@ -354,7 +403,9 @@ class ReplayServer:
             await ws.send(_error(403))
             return True
         code = self._refuse
-        if code is None and (request.key, request.secret) != (self._key, self._secret):
+        if code is not None:
+            self.refused[code] = self.refused.get(code, 0) + 1
+        elif (request.key, request.secret) != (self._key, self._secret):
             code = None if self._key is None else 402
         if code is not None:
             await ws.send(_error(code))
@@ -392,12 +443,16 @@ class ReplayServer:
         return True
 
     async def _play(self) -> None:
-        await self._start.wait()
+        if not self._manual:
+            await self._start.wait()
         loop = asyncio.get_running_loop()
         began = loop.time()
         fast = self._speed == 0 or math.isinf(self._speed)
         for index in range(len(self._minutes)):
-            if fast:
+            if self._manual:
+                async with self._progress:
+                    await self._progress.wait_for(lambda: self._allowed > index)  # noqa: B023
+            elif fast:
                 await asyncio.sleep(0)
             else:
                 await asyncio.sleep(max(0.0, began + index / self._speed - loop.time()))
@@ -411,6 +466,7 @@ class ReplayServer:
             async with self._progress:
                 self._progress.notify_all()
             if self._silent:
+                await self._minute_sent(index)
                 continue
             messages = [
                 {"T": "b", "S": row["symbol"], **_rest_bar(row)}
@@ -424,8 +480,15 @@ class ReplayServer:
                     await ws.send(_json(chosen))
                 except ConnectionClosed:
                     continue
+            await self._minute_sent(index)
         self._finished.set()
         _log.info("replay.finished", minutes=len(self._minutes))
+
+    async def _minute_sent(self, index: int) -> None:
+        self._sent = index + 1
+        if self._manual:
+            async with self._progress:
+                self._progress.notify_all()
 
     @property
     def finished(self) -> bool:
@@ -447,6 +510,12 @@ class ReplayServer:
                         break
                     name, _, value = line.partition(":")
                     headers[name.strip().lower()] = value.strip()
+            if not self._rest_open.is_set():
+                self._rest_held += 1
+                try:
+                    await self._rest_open.wait()
+                finally:
+                    self._rest_held -= 1
             status, body, extra = self._respond(request_line, headers)
             self.rest_requests += 1
             reason = HTTPStatus(status).phrase

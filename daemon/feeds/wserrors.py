@@ -3,6 +3,7 @@
 The upgrade's HTTP status, a close code or a bad URL become the `FeedError`
 that tells `FeedLoop` what to do. `scrub` removes secrets from any text the
 library or the server sent (keys can sit in URLs and echoed frames).
+`is_utf8` is the check a protocol runs on a message before decoding it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,24 @@ def retry_after_s(headers: Iterable[tuple[str, str]], now_s: float | None = None
     return None
 
 
+def is_utf8(data: bytes | str) -> bool:
+    """Whether a message is UTF-8 (bytes) or encodes to it (str: no lone surrogates).
+
+    msgspec checks UTF-8 only inside the strings it decodes and raises
+    `UnicodeDecodeError` there, out of a nested decode: protocols check a
+    message up front, so a binary frame with a bad byte in a string is one
+    rejection, not a crash.
+    """
+    try:
+        if isinstance(data, bytes):
+            data.decode("utf-8")
+        else:
+            data.encode("utf-8")
+    except UnicodeError:
+        return False
+    return True
+
+
 def websocket_error(
     exc: BaseException,
     *,
@@ -51,6 +70,9 @@ def websocket_error(
                 "frame_too_big",
                 f"a message exceeded {max_frame_bytes} bytes; closed with 1009",
             )
+        if exc.sent is not None and exc.sent.code == CloseCode.INVALID_DATA:
+            # A text frame that is not UTF-8: bad input like any other, so counted.
+            return FrameRejected(feed, "bad_utf8", "a text message was not UTF-8; closed with 1007")
         return FeedUnavailable(feed, scrub(f"connection closed: {exc}"))
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code

@@ -38,6 +38,11 @@ _log = structlog.get_logger(__name__)
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
+_ACKED_KEPT = 1024  # alerts with some topics acknowledged, awaiting a retry of the rest
+STABLE_SESSION_S = 5.0
+"""A session that lasted this long resets the reconnect backoff."""
+
+
 def backoff_delays(initial_s: float, max_s: float) -> Iterator[float]:
     """Reconnect delays: doubling from `initial_s` up to `max_s`, each drawn from
     [d/2, d] so that many clients cut off together do not come back together."""
@@ -137,6 +142,7 @@ class MqttSink:
         self._username = username
         # Kept wrapped so that it prints as *** wherever the sink's state ends up.
         self._password = Secret(password) if isinstance(password, str) else password
+        self._acked: dict[str, set[str]] = {}  # alert id -> topics the broker acknowledged
         self._client_id = client_id
         self._ca_file, self._cert_file, self._key_file = (
             None if f is None else os.fspath(f) for f in (ca_file, cert_file, key_file)
@@ -218,16 +224,30 @@ class MqttSink:
         client = self._client
         if client is None:
             raise SinkUnavailable(self.name, "not connected to the broker")
+        # A retry after a connection loss sends only the topics the broker has not
+        # acknowledged yet: the alert must not show up twice on the first topic
+        # because the second one failed.
+        acked = self._acked.pop(alert.id, set())
         try:
             async with asyncio.timeout(self._publish_timeout_s):
                 for topic in topics:
-                    await client.publish(topic, payload, qos=self._qos, retain=False)
+                    if topic not in acked:
+                        await client.publish(topic, payload, qos=self._qos, retain=False)
+                        acked.add(topic)
         except TimeoutError as exc:
+            self._remember_acked(alert.id, acked)
             raise SinkUnavailable(self.name, "publish timed out") from exc
         except aiomqtt.MqttError as exc:
+            self._remember_acked(alert.id, acked)
             raise SinkUnavailable(self.name, self._redact(str(exc))) from exc
         except ValueError as exc:  # paho refuses the payload itself (beyond the MQTT limit)
             raise SinkRejected(self.name, f"alert {alert.id}: {exc}") from exc
+
+    def _remember_acked(self, alert_id: str, topics: set[str]) -> None:
+        if topics:
+            self._acked[alert_id] = topics
+            while len(self._acked) > _ACKED_KEPT:
+                self._acked.pop(next(iter(self._acked)))
 
     async def publish_state(
         self, symbol: str, state: Mapping[str, float | str | bool | None]
@@ -313,8 +333,9 @@ class MqttSink:
                 else:
                     _log.warning("mqtt.disconnected", reason="lost", **fields)
             # Only a session that held for a while earns a fast retry: a broker
-            # that accepts then drops us (a client-id clash) must not make a storm.
-            if since is not None and loop.time() - since >= self._reconnect[1]:
+            # that accepts then drops us (a client-id clash) must not make a storm,
+            # while one that ran for seconds before a restart gets us back quickly.
+            if since is not None and loop.time() - since >= STABLE_SESSION_S:
                 delays = backoff_delays(*self._reconnect)
             delay = next(delays)
             _log.info("mqtt.reconnect", delay_s=round(delay, 3))

@@ -75,8 +75,8 @@ def render_text(
 
 
 def _layout(alert: Alert, benchmark: str, comparator: str) -> list[Line]:
-    symbol = _clean(alert.symbol, _MAX_SYMBOL)
-    head: Line = [(f"{_emoji(alert)} ", None), (_clean(alert.title, _MAX_TITLE), "b")]
+    symbol = clean(alert.symbol, _MAX_SYMBOL)
+    head: Line = [(f"{_emoji(alert)} ", None), (clean(alert.title, _MAX_TITLE), "b")]
     if alert.delayed:
         head += [(SEP, None), ("⏱ delayed", "i")]
     lines = [
@@ -84,7 +84,7 @@ def _layout(alert: Alert, benchmark: str, comparator: str) -> list[Line]:
         _price_line(alert),
         _score_line(alert),
         _relative_line(
-            alert, symbol, _clean(benchmark, _MAX_SYMBOL), _clean(comparator, _MAX_SYMBOL)
+            alert, symbol, clean(benchmark, _MAX_SYMBOL), clean(comparator, _MAX_SYMBOL)
         ),
         _footer(alert),
     ]
@@ -95,7 +95,7 @@ def _price_line(alert: Alert) -> Line:
     close = _number(alert, "close")
     level = _number(alert, "level")
     raw_name = alert.values.get("level_name")
-    name = _clean(raw_name, _MAX_NAME) if isinstance(raw_name, str) and raw_name.strip() else None
+    name = clean(raw_name, _MAX_NAME) if isinstance(raw_name, str) and raw_name.strip() else None
     line: Line = []
     if close is not None:
         line.append((f"Price {_price(close)}", None))
@@ -116,7 +116,7 @@ def _score_line(alert: Alert) -> Line:
     parts: list[Line] = []
     score = alert.score
     if score is not None and math.isfinite(score):
-        label = _clean(alert.label, _MAX_NAME).strip()
+        label = clean(alert.label, _MAX_NAME).strip()
         parts.append([(f"Score {score:.0f}/100" + (f" {label}" if label else ""), None)])
     rsi = _number(alert, "rsi14")
     if rsi is not None:
@@ -151,7 +151,7 @@ def _footer(alert: Alert) -> Line:
     when = _when(alert)
     if when:
         line.append((when + SEP, None))
-    line += [("rule ", None), (_clean(alert.rule, _MAX_NAME), "code")]
+    line += [("rule ", None), (clean(alert.rule, _MAX_NAME), "code")]
     return line
 
 
@@ -227,7 +227,9 @@ def _signed(x: float, digits: int) -> str:
     return ("+" if x > 0 else MINUS) + text
 
 
-def _clean(text: str, limit: int) -> str:
+def clean(text: str, limit: int) -> str:
+    """Hostile text made fit to show: controls as spaces, lone surrogates as `?`, at most
+    `limit` characters (cut with "…"). Not escaped: that is the caller's format's business."""
     text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates cannot be sent
     text = _CONTROL.sub(" ", text)
     if len(text) > limit:

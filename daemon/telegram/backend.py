@@ -16,7 +16,7 @@ from signals.score import Breakdown
 
 
 class BotBackend(Protocol):
-    """Read-only access to daemon state for /status, /score, /levels, /chart and /health."""
+    """Daemon state for /status, /score, /levels, /chart and /health, and /reload."""
 
     def symbols(self) -> Sequence[str]:
         """The tracked symbols, the default one first."""
@@ -41,4 +41,12 @@ class BotBackend(Protocol):
 
     def recent_alerts(self, n: int) -> Sequence[Alert]:
         """The last `n` alerts, newest first."""
+        ...
+
+    def reload_rules(self) -> str:
+        """Re-read the rules file and run it from the next bar (/reload); a short summary.
+
+        Raises `ValueError` with a message safe to show when the file is wrong or
+        needs a restart; the running rules then stay as they were.
+        """
         ...

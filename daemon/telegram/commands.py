@@ -5,7 +5,7 @@ command, and forwarded messages run nothing (a forward is somebody else's
 words). With `access = "allowlist"` only listed users (and admins) are served;
 anyone else gets a one-line answer to /start and silence otherwise.
 
-Admin commands (/health, /subscribers) run only for an admin user id, in a
+Admin commands (/health, /subscribers, /reload) run only for an admin user id, in a
 private chat, from a message that is not forwarded: the handler's filters
 say so and the handler checks again. Anything else is refused without a
 reply and logged (`telegram.command_refused`).
@@ -27,6 +27,7 @@ from telegram import BotCommand, Chat, Update
 from telegram.constants import ParseMode
 from telegram.ext import BaseHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
+from daemon.sinks.render import clean
 from daemon.telegram.backend import BotBackend
 from daemon.telegram.chart import Chart, render_chart
 from daemon.telegram.replies import (
@@ -63,6 +64,7 @@ PUBLIC_COMMANDS: Final[tuple[tuple[str, str], ...]] = (
 ADMIN_COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("health", "Daemon health"),
     ("subscribers", "Who is subscribed"),
+    ("reload", "Re-read the rules file"),
 )
 MAX_MUTE_S: Final = 30 * 86400
 _DURATION_PART = re.compile(r"(\d+)([mhd])")
@@ -72,6 +74,10 @@ _SETTINGS_USAGE = (
     " · /settings quiet 22:00-07:00 (New York time) · /settings quiet off"
 )
 _NOT_SUBSCRIBED = "This chat is not subscribed: send /start first."
+# What a reply quotes back (a user's argument, an error about it, an alert's title) is cut
+# to this many characters: a user's 4,096 would not fit in the reply around them.
+_MAX_QUOTE = 200
+_MAX_LONG_QUOTE = 1500
 
 # New, non-forwarded messages: an edit or a forward never runs a command.
 _MESSAGES = filters.UpdateType.MESSAGE & ~filters.FORWARDED & ~filters.IS_AUTOMATIC_FORWARD
@@ -156,6 +162,7 @@ class Commands:
             *(self._handler(name, run, admin=False) for name, run in public.items()),
             self._handler("health", self._health, admin=True, extra=admin_only),
             self._handler("subscribers", self._subscribers, admin=True, extra=admin_only),
+            self._handler("reload", self._reload, admin=True, extra=admin_only),
             # Reached only when the admin handlers' filters said no: log, run nothing.
             CommandHandler(
                 [name for name, _ in ADMIN_COMMANDS],
@@ -249,7 +256,7 @@ class Commands:
             return tracked[0], ""
         symbol = args[0].upper()
         if symbol not in tracked:
-            return None, f"Unknown symbol {html.escape(symbol)}. Tracked: {', '.join(tracked)}."
+            return None, f"Unknown symbol {_quote(symbol)}. Tracked: {', '.join(tracked)}."
         return symbol, ""
 
     # -- public commands ------------------------------------------------------------------
@@ -275,7 +282,7 @@ class Commands:
         recent = list(self._backend.recent_alerts(1))
         if recent:
             when = datetime.fromtimestamp(recent[0].time, NEW_YORK)
-            lines.append(f"Last alert {when:%a %H:%M} ET: {html.escape(recent[0].title)}")
+            lines.append(f"Last alert {when:%a %H:%M} ET: {_quote(recent[0].title)}")
         return "\n".join(lines)
 
     def _score(self, req: _Request) -> Reply:
@@ -310,7 +317,7 @@ class Commands:
         try:
             seconds = parse_duration(req.args[0])
         except ValueError as exc:
-            return html.escape(str(exc))
+            return _quote(str(exc))
         until = self._clock() + seconds
         if not self._store.set_muted_until(req.chat_id, until):
             return _NOT_SUBSCRIBED
@@ -336,7 +343,7 @@ class Commands:
                 unknown = [s for s in symbols if s not in tracked]
                 if unknown:
                     return (
-                        f"Not tracked: {html.escape(', '.join(unknown))}. "
+                        f"Not tracked: {_quote(', '.join(unknown))}. "
                         f"Tracked: {', '.join(sorted(tracked))}."
                     )
                 self._store.set_symbols(req.chat_id, symbols)
@@ -350,7 +357,7 @@ class Commands:
             else:
                 return _SETTINGS_USAGE
         except ValueError as exc:
-            return html.escape(str(exc))
+            return _quote(str(exc))
         updated = self._store.get(req.chat_id)
         assert updated is not None  # it was there a moment ago, in this thread
         return "Saved.\n" + format_subscriber(updated, self._clock())
@@ -374,6 +381,24 @@ class Commands:
     def _subscribers(self, req: _Request) -> Reply:
         active, total = self._store.counts()
         return format_subscribers(self._store.all(limit=50), active, total, self._clock())
+
+    def _reload(self, req: _Request) -> Reply:
+        try:
+            summary = self._backend.reload_rules()
+        except ValueError as exc:
+            _log.warning("telegram.reload_failed", chat_id=req.chat_id, error=str(exc)[:500])
+            return "<b>Reload failed</b>; the running rules stay.\n" + _quote_long(str(exc))
+        return "<b>Rules reloaded</b>\n" + _quote_long(summary)
+
+
+def _quote_long(text: str) -> str:
+    """Our own longer text (an error naming a file and a key), cleaned, cut and escaped."""
+    return html.escape(clean(text, _MAX_LONG_QUOTE), quote=False)
+
+
+def _quote(text: str) -> str:
+    """Outside text to quote in a reply: cleaned, cut to `_MAX_QUOTE`, escaped."""
+    return html.escape(clean(text, _MAX_QUOTE), quote=False)
 
 
 def _score_text(score: float, label: str) -> str:

@@ -24,6 +24,7 @@ from daemon.config import load_config
 from daemon.feeds.replay import ReplayServer
 from daemon.secrets import Secrets
 from daemon.telegram.subscribers import SubscriberStore
+from tests.daemon.daemon_config import write_config
 from tests.daemon.minute_market import minute_market
 from tests.daemon.sinks.mosquitto import Mosquitto, free_port
 from tests.daemon.telegram.botapi import BotApiServer
@@ -39,36 +40,9 @@ threshold = {level}
 """
 
 
-NO_HEALTH = "[health]\nenabled = false\n"
-
-
 def _config(tmp: Path, url: str, rest_url: str, level: float, extra: str = "") -> Path:
-    (tmp / "rules.toml").write_text(RULES.format(level=level))
-    path = tmp / "config.toml"
-    path.write_text(f"""
-[feed]
-provider = "replay"
-url = "{url}"
-rest_url = "{rest_url}"
-symbols = ["IWM", "SPY", "QQQ"]
-backoff_initial_s = 0.05
-backoff_max_s = 0.2
-
-[rules]
-file = "{tmp / "rules.toml"}"
-
-[sinks.console]
-enabled = false
-
-[sinks.jsonl]
-path = "{tmp / "alerts.jsonl"}"
-
-[state]
-dir = "{tmp / "state"}"
-
-{extra if "[health]" in extra else NO_HEALTH + extra}
-""")
-    return path
+    feed = f'url = "{url}"\nrest_url = "{rest_url}"'
+    return write_config(tmp, feed=feed, rules=RULES.format(level=level), extra=extra)
 
 
 async def _run(
@@ -181,6 +155,23 @@ async def test_alerts_and_state_reach_a_real_mqtt_subscriber(tmp_path: Path) -> 
     assert statuses[0] == b"online" and statuses[-1] == b"offline"
 
 
+def _retained(port: int, topic: str) -> bytes | None:
+    """The retained message on `topic`, as a new subscriber finds it (None: there is none)."""
+
+    async def read() -> bytes | None:
+        async with aiomqtt.Client("127.0.0.1", port, identifier="retained-check") as client:
+            await client.subscribe(topic, qos=1)
+            try:
+                async with asyncio.timeout(1.0):
+                    async for message in client.messages:
+                        return message.payload if isinstance(message.payload, bytes) else None
+            except TimeoutError:
+                pass
+        return None
+
+    return asyncio.run(read())
+
+
 def test_sigterm_stops_cleanly_within_ten_seconds(tmp_path: Path) -> None:
     df, _ = minute_market(n_sessions=2)
     bars = tmp_path / "bars.csv"
@@ -190,29 +181,91 @@ def test_sigterm_stops_cleanly_within_ten_seconds(tmp_path: Path) -> None:
         .dt.strftime("%Y-%m-%dT%H:%M:%SZ")
         .alias("timestamp")
     ).drop("time").write_csv(bars)
-    config = _config(tmp_path, "ws://127.0.0.1:9/unused", "http://127.0.0.1:9", 1e9)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "replay", "--bars", str(bars), "--speed", "20", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while not (tmp_path / "state" / "outbox.sqlite").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.5)
-        proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        _out, err = proc.communicate(timeout=10)
-        assert time.monotonic() - started < 10
-    finally:
-        proc.kill()
+    with Mosquitto(tmp_path / "broker") as broker:
+        extra = f'[sinks.mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
+        config = _config(tmp_path, "ws://127.0.0.1:9/unused", "http://127.0.0.1:9", 1e9, extra)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "replay", "--bars", str(bars), "--speed", "20", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while _retained(broker.port, "iwm-alerts/status") != b"online":
+                assert time.monotonic() < deadline, "the daemon never came online"
+                time.sleep(0.1)
+            time.sleep(1.5)
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            _out, err = proc.communicate(timeout=10)
+            assert time.monotonic() - started < 10
+        finally:
+            proc.kill()
+        # A clean DISCONNECT sends no last will: this `offline` is the daemon's own.
+        status = _retained(broker.port, "iwm-alerts/status")
     assert proc.returncode == 0, err[-2000:]
     assert "daemon.stopping" in err
+    assert status == b"offline"
+    assert "mqtt.offline_failed" not in err
     with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
         assert (
             db.execute("select count(*) from deliveries where status = 'sending'").fetchone()[0]
             == 0
         )
+
+
+def test_sighup_reloads_the_rules_of_the_running_daemon(tmp_path: Path) -> None:
+    """`systemctl reload` (SIGHUP) swaps the rules between two bars; a broken file is
+    refused with its reason in the log and the daemon runs on with the rules it had."""
+    df, _ = minute_market(n_sessions=2)
+    bars = tmp_path / "bars.csv"
+    df.with_columns(
+        pl.from_epoch("time", time_unit="s").dt.replace_time_zone("UTC")
+        .dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias("timestamp")
+    ).drop("time").write_csv(bars)  # fmt: skip
+    config = _config(tmp_path, "ws://127.0.0.1:9/unused", "http://127.0.0.1:9", 1e9)
+    every_bar = (
+        RULES.format(level=0.0).replace("crossing_up", "greater_than").replace("px_up", "every")
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "replay", "--bars", str(bars), "--speed", "10", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    alerts = tmp_path / "alerts.jsonl"
+
+    def fired() -> list[str]:
+        return (
+            [json.loads(x)["rule"] for x in alerts.read_text().splitlines()]
+            if alerts.exists()
+            else []
+        )
+
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "state" / "outbox.sqlite").exists():
+            assert time.monotonic() < deadline, "the daemon never started"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert fired() == []  # px_up at 1e9 never fires
+        (tmp_path / "rules.toml").write_text(every_bar)
+        proc.send_signal(signal.SIGHUP)
+        while "every" not in fired():
+            assert time.monotonic() < deadline, "the reloaded rule never fired"
+            time.sleep(0.1)
+        (tmp_path / "rules.toml").write_text(every_bar.replace("greater_than", "grater_than"))
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        n = len(fired())
+        time.sleep(1.0)
+        assert len(fired()) > n  # still running, on the rules it had
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert set(fired()) == {"every"}
+    assert '"rules.reload_signal"' in err or "rules.reload_signal" in err
+    failed = [line for line in err.splitlines() if "rules.reload_failed" in line]
+    assert len(failed) == 1 and "rules.toml" in failed[0] and "operator" in failed[0]
 
 
 async def test_alerts_reach_telegram_subscribers_and_commands_read_the_daemon(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from daemon.outbox import SCHEMA_VERSION, Outbox, OutboxError
+from daemon.sqlite import connect_durable, immediate
 from signals.alerts import Alert, alert_id, decode_alert
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -372,3 +373,25 @@ def test_sigkill_mid_loop_loses_no_recorded_alert(tmp_path: Path) -> None:
         for (text,) in _rows(path, "SELECT alert FROM alerts"):
             assert isinstance(text, str)
             decode_alert(text)
+
+
+def test_bookkeeping_commits_skip_the_fsync_and_leave_the_connection_durable(
+    tmp_path: Path,
+) -> None:
+    """Delivery marks commit with synchronous=NORMAL; everything else (and `record`) stays FULL,
+    even after a bookkeeping transaction that failed."""
+    full, normal = 2, 1
+    conn = connect_durable(tmp_path / "x.sqlite", 1.0)
+    conn.execute("CREATE TABLE t (x)")
+    with immediate(conn, fsync=False):
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == normal
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == full
+    with pytest.raises(RuntimeError), immediate(conn, fsync=False):
+        conn.execute("INSERT INTO t VALUES (2)")
+        raise RuntimeError("boom")
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == full
+    with immediate(conn):
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == full
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+    conn.close()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from daemon.bars import frame_to_batch
 from daemon.rules_file import load_rules
 from signals.alerts import Alert
 from signals.engine import EngineConfig
 from signals.pipeline import Pipeline
-from signals.rules.spec import parse_rules
+from signals.rules.spec import RuleSpec, parse_rules
 from tests.daemon.minute_market import minute_market
 
 # Relative volume over 3 sessions keeps these tests to a handful of sessions.
@@ -101,3 +102,95 @@ def test_extended_hours_bars_reach_only_rules_that_opt_in() -> None:
         by_rule[a.rule] = by_rule.get(a.rule, 0) + 1
     # 30 pre-market minutes x 3 symbols only for the opted-in rule; 3 regular minutes for both.
     assert by_rule == {"any_bar_ext": 90 + 9, "any_bar": 9}
+
+
+def _px_rules(*rules: tuple[str, str, float]) -> tuple[RuleSpec, ...]:
+    return parse_rules(
+        {
+            "rule": [
+                {"name": n, "operator": op, "timeframe": "1m", "value": "close", "threshold": t}
+                for n, op, t in rules
+            ]
+        }
+    )
+
+
+def test_replacing_rules_keeps_the_state_of_kept_rules_and_starts_the_rest_fresh() -> None:
+    df, table = minute_market(n_sessions=3)
+    iwm = df.filter(pl.col("symbol") == "IWM")["close"]
+    mid, high = float(iwm.median()), float(iwm.quantile(0.7))  # type: ignore[arg-type]
+    times = df["time"].unique().sort()
+    split = int(times[len(times) // 2])
+    first, second = df.filter(pl.col("time") < split), df.filter(pl.col("time") >= split)
+    keep, gone, fresh = (
+        ("keep", "crossing_up", mid),
+        ("gone", "crossing_down", mid),
+        ("fresh", "crossing_up", high),
+    )
+    control = Pipeline(CONFIG, _px_rules(keep, fresh), sessions=table)
+    want = replay(df, control)
+
+    pipe = Pipeline(CONFIG, _px_rules(keep, gone), sessions=table)
+    before = replay(first, pipe)
+    changes = pipe.replace_rules(_px_rules(keep, fresh))
+    after = replay(second, pipe)
+    assert (changes.added, changes.removed, changes.changed, changes.total) == (
+        ("fresh",),
+        ("gone",),
+        (),
+        2,
+    )
+    assert any(a.rule == "gone" for a in before) and not any(a.rule == "gone" for a in after)
+    # The kept rule never noticed: its alerts are the uninterrupted run's.
+    assert [a.id for a in before + after if a.rule == "keep"] == [
+        a.id for a in want if a.rule == "keep"
+    ]
+    # The new rule starts with no previous value: it fires from its second bar on, as the
+    # uninterrupted run does in that half (bar for bar, bar one aside).
+    got_fresh = [a.id for a in after if a.rule == "fresh"]
+    start = int(second["time"].min())  # type: ignore[arg-type]
+    want_fresh = [a.id for a in want if a.rule == "fresh" and a.bar_time > start]
+    assert got_fresh and got_fresh == want_fresh
+
+
+def test_a_changed_rule_starts_fresh_and_impossible_rules_change_nothing() -> None:
+    df, table = minute_market(n_sessions=2)
+    pipe = Pipeline(CONFIG, _px_rules(("r", "crossing_up", 100.0)), sessions=table)
+    replay(df.head(300), pipe)
+    changes = pipe.replace_rules(_px_rules(("r", "crossing_up", 101.0)))
+    assert changes.changed == ("r",) and changes.added == changes.removed == ()
+    state = pipe.book.state()["rules"]["r"]
+    assert all(np.isnan(state["prev"]))  # fresh: no previous value carried over
+    book = pipe.book
+    five = parse_rules(
+        {
+            "rule": [
+                {
+                    "name": "r5",
+                    "operator": "greater_than",
+                    "timeframe": "5m",
+                    "value": "close",
+                    "threshold": 1.0,
+                }
+            ]
+        }
+    )
+    with pytest.raises(ValueError, match=r"timeframe.*5m.*restart"):
+        pipe.replace_rules(five)
+    ext = parse_rules(
+        {
+            "rule": [
+                {
+                    "name": "x",
+                    "operator": "greater_than",
+                    "timeframe": "1m",
+                    "value": "close",
+                    "threshold": 1.0,
+                    "sessions": "extended",
+                }
+            ]
+        }
+    )
+    with pytest.raises(ValueError, match=r"extended-hours.*restart"):
+        pipe.replace_rules(ext)
+    assert pipe.book is book

@@ -40,7 +40,6 @@ JOBS = daemon_jobs(
     rates_fetch=nothing,
     premarket_digest=nothing,
     close_digest=nothing,
-    snapshot=nothing,
     outbox_upkeep=nothing,
     heartbeat=nothing,
 )
@@ -149,14 +148,9 @@ def test_every_is_aligned_to_the_clock(cal: SessionCalendar) -> None:
 
 def test_due_jobs_orders_by_time_then_given_order(cal: SessionCalendar) -> None:
     due = due_jobs(JOBS, ny("2024-03-11", 8, 59), ny("2024-03-11", 9, 0), cal)
-    # 09:00 ET: the premarket digest, and the snapshot and heartbeat on their grid; the
-    # hourly outbox upkeep too.
-    assert [j.name for _, j in due] == [
-        "premarket_digest",
-        "snapshot",
-        "outbox_upkeep",
-        "heartbeat",
-    ]
+    # 09:00 ET: the premarket digest, and the heartbeat on its grid; the hourly outbox
+    # upkeep too.
+    assert [j.name for _, j in due] == ["premarket_digest", "outbox_upkeep", "heartbeat"]
 
 
 def test_session_calendar_open_since(cal: SessionCalendar) -> None:

@@ -17,10 +17,12 @@ import asyncio
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from datetime import UTC, datetime, time
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import SplitResult, parse_qs, urlencode, urlsplit
+from zoneinfo import ZoneInfo
 
 import msgspec
 import polars as pl
@@ -134,6 +136,8 @@ class MassiveServer:
 
     With `api_key` set only that key authenticates (`auth_failed` otherwise).
     `page_size` caps REST pages below the client's `limit`, to exercise `next_url`.
+    `daily` (symbol, time = session date at 00:00 UTC, OHLCV) answers `range/1/day`,
+    stamped at midnight New York as Massive does; days from `daily_until` on are left out.
     """
 
     def __init__(
@@ -143,8 +147,10 @@ class MassiveServer:
         speed: float = 0.0,
         api_key: str | None = None,
         page_size: int = 50_000,
+        daily: pl.DataFrame | None = None,
     ) -> None:
         self._frame = bars.sort("time", "symbol")
+        self._daily = daily
         self._minutes: list[int] = self._frame["time"].unique(maintain_order=True).to_list()
         self._speed, self._key, self._page_size = speed, api_key, page_size
         self._clients: dict[ServerConnection, set[str]] = {}
@@ -310,26 +316,34 @@ class MassiveServer:
             extra = [] if retry_after is None else [f"Retry-After: {retry_after:g}"]
             return code, msgspec.json.encode({"status": "ERROR", "error": "nope"}), extra
         parts = target.path.split("/")
-        # /v2/aggs/ticker/{sym}/range/1/minute/{from}/{to}
+        # /v2/aggs/ticker/{sym}/range/1/{minute|day}/{from}/{to}
         if (
             len(parts) != 10
             or parts[1:4] != ["v2", "aggs", "ticker"]
-            or parts[5:8]
-            != [
-                "range",
-                "1",
-                "minute",
-            ]
+            or parts[5:7] != ["range", "1"]
+            or parts[7] not in ("minute", "day")
+            or (parts[7] == "day" and self._daily is None)
         ):
             return 404, b'{"status":"NOT_FOUND"}', []
         symbol, start_ms, end_ms = parts[4], int(parts[8]), int(parts[9])
-        played = self.played_until if self.played_until is not None else -1
-        rows = self._frame.filter(
-            (pl.col("symbol") == symbol)
-            & (pl.col("time") * 1000 >= start_ms)
-            & (pl.col("time") * 1000 <= end_ms)
-            & (pl.col("time") <= played)
-        )
+        if parts[7] == "day":
+            assert self._daily is not None
+            stamped = self._daily.with_columns(
+                time=pl.col("time").map_elements(_ny_midnight, pl.Int64)
+            )
+            rows = stamped.filter(
+                (pl.col("symbol") == symbol)
+                & (pl.col("time") * 1000 >= start_ms)
+                & (pl.col("time") * 1000 <= end_ms)
+            ).sort("time")
+        else:
+            played = self.played_until if self.played_until is not None else -1
+            rows = self._frame.filter(
+                (pl.col("symbol") == symbol)
+                & (pl.col("time") * 1000 >= start_ms)
+                & (pl.col("time") * 1000 <= end_ms)
+                & (pl.col("time") <= played)
+            )
         offset = int(query.get("cursor", "0"))
         size = min(int(query.get("limit", "5000")), self._page_size)
         page = rows.slice(offset, size)
@@ -350,3 +364,9 @@ class MassiveServer:
             rest = {**query, "cursor": str(offset + page.height)}
             body["next_url"] = f"{self.rest_url}{target.path}?{urlencode(rest)}"
         return 200, msgspec.json.encode(body), []
+
+
+def _ny_midnight(label: int) -> int:
+    """The epoch second of midnight New York on the UTC date `label` (04:00 or 05:00 UTC)."""
+    day = datetime.fromtimestamp(label, UTC).date()
+    return int(datetime.combine(day, time(0), tzinfo=ZoneInfo("America/New_York")).timestamp())

@@ -400,3 +400,66 @@ def test_fuzzed_rest_pages_never_raise(bars: dict[str, list[dict[str, object]]])
     for bar in page.bars:
         assert Bar(bar.symbol, bar.time, bar.open, bar.high, bar.low, bar.close, bar.volume) == bar
         assert bar.symbol in SYMBOLS and bar.time % 60 == 0
+
+
+_stamps = st.sampled_from(
+    [
+        "2024-01-02T14:31:00Z",
+        "2024-01-02T14:32:00Z",
+        "2024-01-02T14:31:00.000Z",
+        "2024-01-02T14:31:00.5Z",
+        "2024-01-02T14:31:30Z",
+        "2024-01-02T09:31:00-05:00",
+        "2024-01-02T14:31:00",
+        "1969-12-31T23:59:00Z",
+        "2999-01-01T00:00:00Z",
+        "2024-13-02T14:31:00Z",
+        "2024-01-02",
+        "",
+    ]
+)
+
+
+def _mostly(good: object, *bad: object) -> st.SearchStrategy[object]:
+    """`good` nine times in ten: enough whole frames of good bars to exercise the fast path."""
+    return st.sampled_from([good] * (9 * len(bad)) + list(bad))
+
+
+_fast_or_not = st.fixed_dictionaries(
+    {
+        "T": _mostly("b", "u", "d", "x"),
+        "S": st.one_of(st.sampled_from(["IWM", "SPY", "QQQ"]), _mostly("IWM", "TSLA", "iwm", "")),
+        "o": _mostly(200.0, 200, 0.0, -1.0, 1e308, 250.0),
+        "h": _mostly(201.0, 199.5, 1e308),
+        "l": _mostly(199.0, 199, 200.5),
+        "c": _mostly(200.5, 198.0),
+        "v": _mostly(12345, 0, -5, 1.5, "7"),
+        "t": st.one_of(_mostly("2024-01-02T14:31:00Z", "2024-01-02T14:32:00Z"), _stamps),
+    }
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(_fast_or_not, min_size=1, max_size=8), st.booleans())
+def test_fast_path_emits_exactly_what_the_full_path_does(
+    messages: list[dict[str, object]], as_bytes: bool
+) -> None:
+    """Frames of good bars take a one-pass decoder; the events must equal the full path's."""
+    frame = json.dumps(messages)
+    data: str | bytes = frame.encode() if as_bytes else frame
+    fast, full = _streaming(), _streaming()
+    full._fast_bars = lambda data, now_s: False  # type: ignore[method-assign]
+    for _ in range(2):  # the second time, the time texts are already learned
+        fast.receive_frame(data, NOW)
+        full.receive_frame(data, NOW)
+        assert fast.events_received() == full.events_received()
+
+
+def test_fast_path_takes_the_frames_it_is_for() -> None:
+    """A frame of good bars is decoded in one pass (a regression guard for the hot path)."""
+    proto = _streaming()
+    frame = json.dumps([_bar_msg(S=s) for s in SYMBOLS])
+    assert proto._fast_bars(frame, NOW)
+    assert [b.symbol for _, b in _bars(proto)] == list(SYMBOLS)
+    assert not proto._fast_bars(json.dumps([_bar_msg(S="TSLA")]), NOW)
+    assert proto.events_received() == []  # a refused fast path emits nothing

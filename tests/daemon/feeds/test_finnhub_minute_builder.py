@@ -71,11 +71,14 @@ def test_any_order_yields_the_group_by_of_the_trades_it_took(trades: list[Trade]
     bars, late = _run(builder, trades)
     accepted: list[Trade] = []
     pending = list(late)
-    for tr in trades:  # the accepted ones, in arrival order
+    # The accepted ones, in arrival order. Matched from the end: of two identical trades
+    # the later arrival is the late one (the earlier one came while its minute was open).
+    for tr in reversed(trades):
         if tr in pending:
             pending.remove(tr)
         else:
             accepted.append(tr)
+    accepted.reverse()
     assert _by_key(bars) == _oracle(accepted)
     assert len(accepted) + len(late) == len(trades)
     for symbol in ("IWM", "SPY", "QQQ"):  # per symbol, bars only move forward

@@ -489,3 +489,52 @@ async def test_exit_stack_use_like_the_supervisor(broker: Mosquitto) -> None:
         await _connected(sink)
         await sink.send(_alert())
     assert not sink.connected
+
+
+async def test_a_client_id_clash_backs_off_instead_of_storming(broker: Mosquitto) -> None:
+    """Two sinks with one client id: the broker drops each when the other connects. Short
+    sessions must not reset the backoff (that would reconnect every few ms)."""
+    first, second = (
+        _sink(broker, client_id="clash", reconnect_initial_s=0.05, reconnect_max_s=1.0)
+        for _ in range(2)
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with first, second:
+            await asyncio.sleep(4.0)
+    connects = sum(1 for e in logs if e["event"] == "mqtt.connected")
+    drops = sum(1 for e in logs if e["event"] == "mqtt.disconnected")
+    assert drops >= 2  # the clash really happened
+    assert connects <= 30, f"{connects} connects in 4 s: the backoff was reset by short sessions"
+
+
+class _FlakyClient:
+    """Stands in for the connected client: acknowledges publishes, except that the first
+    publish to `fail_on` loses the connection (the broker died between two topics)."""
+
+    def __init__(self, fail_on: str) -> None:
+        self.fail_on: str | None = fail_on
+        self.published: list[str] = []
+
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if topic == self.fail_on:
+            self.fail_on = None
+            raise aiomqtt.MqttError("connection lost")
+        self.published.append(topic)
+
+
+async def test_a_retry_sends_only_the_topics_the_broker_did_not_acknowledge(
+    broker: Mosquitto,
+) -> None:
+    """Acknowledged on `<base>/alerts`, lost on `<base>/IWM/alerts`: the retry must not put
+    the alert on `<base>/alerts` a second time."""
+    sink = _sink(broker)
+    alert = _alert()
+    main, per_symbol = "iwm-alerts/alerts", f"iwm-alerts/{alert.symbol}/alerts"
+    flaky = _FlakyClient(fail_on=per_symbol)
+    sink._client = flaky  # type: ignore[assignment]
+    with pytest.raises(SinkUnavailable):
+        await sink.send(alert)
+    await sink.send(alert)
+    assert flaky.published == [main, per_symbol]
+    await sink.send(alert)  # a new send of a delivered alert (a replay) publishes both again
+    assert flaky.published == [main, per_symbol, main, per_symbol]

@@ -12,6 +12,13 @@ with `migrate_to_chat_id`), `reject_entities` (400 can't parse entities),
 `reject` (any other 400) and `slow` (answer late, after delivering: a read
 timeout on a message that did arrive). Every request is kept in `calls`. Nothing is ever logged: the path
 carries the token.
+
+Like Telegram, it refuses what Telegram would refuse, whatever the script:
+text in parse mode HTML that `parse_html` cannot parse (400 "can't parse
+entities: ..."), a text longer than 4096 UTF-16 code units after entity
+parsing or a caption longer than 1024 ("message is too long", "message
+caption is too long"), an empty text ("message text is empty") and a body
+that is not UTF-8. `Call.visible` is what the recipient would read.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ class Call:
     files: dict[str, bytes]
     at: float  # time.monotonic()
     status: int = 200
+    description: str = ""  # the error's description, if refused
+    visible: str | None = None  # the text or caption after entity parsing, if accepted
 
     @property
     def chat_id(self) -> int | None:
@@ -227,8 +236,13 @@ class BotApiServer:
         chat_type: str | None = None,
         forwarded: bool = False,
         edited: bool = False,
+        extra: JSON | None = None,
     ) -> int:
-        """A user's message (a command if it starts with /) as the next update; its id."""
+        """A user's message (a command if it starts with /) as the next update; its id.
+
+        `extra` fields are merged into the message last (e.g. `sender_chat`,
+        `is_automatic_forward`, another `forward_origin`).
+        """
         now = int(time.time())
         message: JSON = {
             "message_id": next(self._message_ids),
@@ -248,6 +262,8 @@ class BotApiServer:
             }
         if edited:
             message["edit_date"] = now
+        if extra:
+            message |= extra
         return self._push("edited_message" if edited else "message", message)
 
     def push_migration(self, chat_id: int, new_chat_id: int) -> int:
@@ -304,16 +320,29 @@ class BotApiServer:
         params = dict(parse_qsl(url.query))
         files: dict[str, bytes] = {}
         content_type = headers.get("content-type", "")
-        if content_type.startswith("application/x-www-form-urlencoded"):
-            params.update(parse_qsl(body.decode()))
-        elif content_type.startswith("application/json"):
-            params.update(
-                {k: v if isinstance(v, str) else json.dumps(v) for k, v in json.loads(body).items()}
-            )
-        elif content_type.startswith("multipart/form-data"):
-            _multipart(content_type, body, params, files)
+        try:
+            if content_type.startswith("application/x-www-form-urlencoded"):
+                params.update(parse_qsl(body.decode(), errors="strict"))
+            elif content_type.startswith("application/json"):
+                params.update(
+                    {
+                        k: v if isinstance(v, str) else json.dumps(v)
+                        for k, v in json.loads(body).items()
+                    }
+                )
+            elif content_type.startswith("multipart/form-data"):
+                _multipart(content_type, body, params, files)
+            for value in params.values():
+                value.encode()  # a lone surrogate (from a JSON escape) is not UTF-8 either
+        except UnicodeError:
+            utf8 = False
+        else:
+            utf8 = True
         call = Call(match[2], params, files, time.monotonic())
         self.calls.append(call)
+        if not utf8:
+            call.status, call.description = 400, "Bad Request: strings must be encoded in UTF-8"
+            return _error(400, call.description)
         if match[1] != self._token:
             call.status = 401
             return _error(401, "Unauthorized")
@@ -386,21 +415,21 @@ class BotApiServer:
                 400,
                 'Bad Request: can\'t parse entities: Unsupported start tag "x" at byte offset 0',
             )
-        return None
+        return _validate(call)
 
-    async def _send(self, call: Call, content: JSON) -> tuple[int, JSON]:
+    async def _send(self, call: Call, content: Callable[[], JSON]) -> tuple[int, JSON]:
         chat_id = call.chat_id
         assert chat_id is not None, call
         refused = self._refuse(call, chat_id)
         if refused is not None:
-            call.status = refused[1]["error_code"]
+            call.status, call.description = refused[1]["error_code"], refused[1]["description"]
             return refused
         message = {
             "message_id": next(self._message_ids),
             "date": int(time.time()),
             "chat": self._chat(chat_id),
             "from": self._me(),
-        } | content
+        } | content()
         for slow in self.script.slow:
             if slow.times > 0 and slow.chat_id in (None, chat_id):
                 slow.times -= 1
@@ -411,14 +440,35 @@ class BotApiServer:
         return 200, {"ok": True, "result": message}
 
     async def _api_sendmessage(self, call: Call) -> tuple[int, JSON]:
-        return await self._send(call, {"text": call.params.get("text", "")})
+        return await self._send(call, lambda: {"text": call.visible})
 
     async def _api_sendphoto(self, call: Call) -> tuple[int, JSON]:
         photo = {"file_id": "photo1", "file_unique_id": "u1", "width": 800, "height": 480}
-        content: JSON = {"photo": [photo]}
-        if "caption" in call.params:
-            content["caption"] = call.params["caption"]
+
+        def content() -> JSON:
+            return {"photo": [photo]} | ({"caption": call.visible} if call.visible else {})
+
         return await self._send(call, content)
+
+
+def _validate(call: Call) -> tuple[int, JSON] | None:
+    """Telegram's own checks of a send's text or caption; sets `call.visible` when it passes."""
+    caption = call.method.lower() == "sendphoto"
+    raw = call.params.get("caption", "") if caption else call.params.get("text", "")
+    if call.parse_mode == "HTML":
+        try:
+            visible = parse_html(raw)
+        except EntityError as exc:
+            return _error(400, f"Bad Request: can't parse entities: {exc}")
+    else:
+        visible = raw
+    if not caption and not visible.strip():
+        return _error(400, "Bad Request: message text is empty")
+    if utf16_units(visible) > (CAPTION_LIMIT if caption else MESSAGE_LIMIT):
+        what = "message caption" if caption else "message"
+        return _error(400, f"Bad Request: {what} is too long")
+    call.visible = visible
+    return None
 
 
 def _error(code: int, description: str, **parameters: int) -> tuple[int, JSON]:
@@ -446,3 +496,143 @@ def _multipart(
             files[names["name"]] = content.removesuffix(b"\r\n")
         else:
             params[names["name"]] = content.removesuffix(b"\r\n").decode()
+
+
+# -- Telegram's HTML parse mode, strictly -------------------------------------------------
+
+MESSAGE_LIMIT = 4096  # UTF-16 code units of a message's text after entity parsing
+CAPTION_LIMIT = 1024  # the same for a photo's caption
+TAGS = frozenset(
+    {
+        "b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler",
+        "a", "code", "pre", "blockquote", "tg-emoji",
+    }
+)  # fmt: skip
+_NAMED = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
+_ENTITY = re.compile(r"&(?:#([0-9]{1,8})|#[xX]([0-9a-fA-F]{1,8})|([A-Za-z][A-Za-z0-9]*));")
+_ATTRIBUTE = re.compile(r"[A-Za-z0-9_-]+")
+_SPACE = " \t\n\r\f\v"
+
+
+class EntityError(ValueError):
+    """Text that Telegram refuses in parse mode HTML; the message is its description's tail."""
+
+
+def utf16_units(text: str) -> int:
+    """Length as Telegram counts it: UTF-16 code units (a character beyond the BMP is 2)."""
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+def parse_html(text: str) -> str:
+    """The visible text of `text` in Telegram's HTML parse mode; `EntityError` if refused.
+
+    Stricter than Telegram in one place, as its documentation asks: a `&` that
+    starts no entity is refused (Telegram itself shows it as it is). Only the
+    supported tags, properly nested: `pre` and `code` contain no other tag
+    (but a `code` directly inside a `pre`), an `a` no `a`, a `blockquote` no
+    `blockquote`; `span` needs class="tg-spoiler", `tg-emoji` an emoji-id.
+    Offsets in the messages are UTF-8 bytes, like Telegram's.
+    """
+    out: list[str] = []
+    open_tags: list[str] = []
+    i, n = 0, len(text)
+
+    def at(pos: int) -> str:
+        return f"at byte offset {len(text[:pos].encode('utf-8', 'surrogatepass'))}"
+
+    while i < n:
+        ch = text[i]
+        if ch == "&":
+            match = _ENTITY.match(text, i)
+            char = _entity(match)
+            if match is None or char is None:
+                raise EntityError(f"Unsupported HTML entity {text[i : i + 10]!r} {at(i)}")
+            out.append(char)
+            i = match.end()
+        elif ch != "<":
+            out.append(ch)
+            i += 1
+        elif text.startswith("</", i):
+            end = text.find(">", i)
+            if end < 0:
+                raise EntityError(f"Unclosed end tag {at(i)}")
+            name = text[i + 2 : end].strip(_SPACE).lower()
+            if not open_tags:
+                raise EntityError(f'Unexpected end tag "{name}" {at(i)}')
+            if name != open_tags[-1]:
+                raise EntityError(
+                    f'Unmatched end tag {at(i)}, expected "</{open_tags[-1]}>", found "</{name}>"'
+                )
+            open_tags.pop()
+            i = end + 1
+        else:
+            i = _start_tag(text, i, open_tags, at)
+    if open_tags:
+        raise EntityError(f'Can\'t find end tag corresponding to start tag "{open_tags[-1]}"')
+    return "".join(out)
+
+
+def _entity(match: re.Match[str] | None) -> str | None:
+    if match is None:
+        return None
+    decimal, hexadecimal, name = match.groups()
+    if name is not None:
+        return _NAMED.get(name)
+    code = int(decimal) if decimal is not None else int(hexadecimal, 16)
+    if code == 0 or code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+        return None
+    return chr(code)
+
+
+def _start_tag(text: str, i: int, open_tags: list[str], at: Callable[[int], str]) -> int:
+    """Check the start tag at `i` and push it on `open_tags`; where the text goes on."""
+    n = len(text)
+    j = i + 1
+    while j < n and text[j] not in _SPACE and text[j] != ">":
+        j += 1
+    name = text[i + 1 : j].lower()
+    if name not in TAGS:
+        raise EntityError(f'Unsupported start tag "{name}" {at(i)}')
+    attributes: dict[str, str] = {}
+    while True:
+        while j < n and text[j] in _SPACE:
+            j += 1
+        if j >= n:
+            raise EntityError(f"Unclosed start tag {at(i)}")
+        if text[j] == ">":
+            break
+        key = _ATTRIBUTE.match(text, j)
+        if key is None:
+            raise EntityError(f'Empty attribute name in the tag "{name}" {at(i)}')
+        j = key.end()
+        while j < n and text[j] in _SPACE:
+            j += 1
+        if j >= n or text[j] != "=":  # a bare attribute, like <blockquote expandable>
+            attributes[key[0].lower()] = ""
+            continue
+        j += 1
+        while j < n and text[j] in _SPACE:
+            j += 1
+        if j < n and text[j] in "\"'":
+            close = text.find(text[j], j + 1)
+            if close < 0:
+                raise EntityError(f"Unclosed start tag {at(i)}")
+            value, j = text[j + 1 : close], close + 1
+        else:
+            start = j
+            while j < n and text[j] not in _SPACE and text[j] != ">":
+                j += 1
+            value = text[start:j]
+        attributes[key[0].lower()] = value
+    if name == "span" and attributes.get("class") != "tg-spoiler":
+        raise EntityError(f'Tag "span" must have class "tg-spoiler" {at(i)}')
+    if name == "tg-emoji" and not attributes.get("emoji-id", "").isdigit():
+        raise EntityError(f'Tag "tg-emoji" must have attribute "emoji-id" {at(i)}')
+    outer = open_tags[-1] if open_tags else None
+    nested_ok = (outer not in ("code", "pre") or (outer == "pre" and name == "code")) and not (
+        name in ("a", "blockquote") and name in open_tags
+    )
+    if not nested_ok:
+        raise EntityError(f'Tag "{name}" can\'t be nested in "{outer}" {at(i)}')
+    open_tags.append(name)
+    return j + 1

@@ -11,6 +11,7 @@ import polars as pl
 
 from daemon.config import TelegramSinkSettings
 from daemon.secrets import Secret
+from daemon.telegram.backend import BotBackend
 from daemon.telegram.bot import TelegramBot
 from daemon.telegram.subscribers import SubscriberStore
 from signals.alerts import Alert, alert_id
@@ -31,6 +32,7 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.health_calls = 0
+        self.reload_calls = 0
         self.alerts: list[Alert] = []
 
     def symbols(self) -> Sequence[str]:
@@ -71,6 +73,10 @@ class FakeBackend:
     def recent_alerts(self, n: int) -> Sequence[Alert]:
         return self.alerts[:n]
 
+    def reload_rules(self) -> str:
+        self.reload_calls += 1
+        return "3 rules from rules.toml; no change"
+
 
 def make_alert(
     n: int = 0,
@@ -109,7 +115,7 @@ def settings(api: BotApiServer, **overrides: Any) -> TelegramSinkSettings:
 
 @asynccontextmanager
 async def running_bot(
-    api: BotApiServer, store: SubscriberStore, backend: FakeBackend, **overrides: Any
+    api: BotApiServer, store: SubscriberStore, backend: BotBackend, **overrides: Any
 ) -> AsyncIterator[TelegramBot]:
     """A started `TelegramBot` on `api`, stopped on the way out."""
     async with TelegramBot(

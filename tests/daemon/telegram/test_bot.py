@@ -13,12 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from daemon.backend import DaemonBackend
+from daemon.rules_file import load_rules
 from daemon.secrets import Secret
 from daemon.sinks.base import SinkUnavailable
 from daemon.telegram.bot import TelegramBot, TelegramStartError, file_url_for
 from daemon.telegram.commands import PUBLIC_COMMANDS
 from daemon.telegram.sink import TelegramSink
 from daemon.telegram.subscribers import SubscriberStore
+from signals.engine import EngineConfig
+from signals.pipeline import Pipeline
 from tests.daemon.telegram.botapi import SEND_METHODS, BotApiServer, Call
 from tests.daemon.telegram.conftest import RawRecords
 from tests.daemon.telegram.kit import (
@@ -296,3 +300,35 @@ async def test_the_token_never_reaches_a_log_line_or_an_error(
             assert secret not in "".join(traceback.format_exception(error))
     # The redaction is doing real work: PTB's raw debug records do carry the token.
     assert any(TOKEN in line for line in raw.lines if line.startswith("DEBUG"))
+
+
+async def test_reload_swaps_the_rules_of_the_running_pipeline(
+    api: BotApiServer, store: SubscriberStore, tmp_path: Path
+) -> None:
+    """/reload from an admin re-reads the rules file into the daemon's real pipeline; a broken
+    file or one that needs a restart is refused with the reason, and the old rules stay."""
+    rules = tmp_path / "rules.toml"
+    rule = '[[rule]]\nname = "{}"\noperator = "greater_than"\ntimeframe = "1d"\nvalue = "close"\nthreshold = 1.0\n'
+    rules.write_text(rule.format("first"))
+    pipeline = Pipeline(EngineConfig(), load_rules(rules))
+    backend = DaemonBackend(pipeline, ["IWM"], rules)
+    async with running_bot(api, store, backend):
+        rules.write_text(rule.format("first") + rule.format("second"))
+        reply = (await ask(api, "/reload", chat_id=ADMIN)).text or ""
+        assert reply.startswith("<b>Rules reloaded</b>") and "added: second" in reply
+        assert [s.name for s in pipeline.book.specs] == ["first", "second"]
+
+        rules.write_text(rule.format("third").replace("greater_than", "grater_than"))
+        reply = (await ask(api, "/reload", chat_id=ADMIN)).text or ""
+        assert reply.startswith("<b>Reload failed</b>") and "rules.toml" in reply
+        assert "operator" in reply
+        rules.write_text(rule.format("third").replace('"1d"', '"5m"'))
+        reply = (await ask(api, "/reload", chat_id=ADMIN)).text or ""
+        assert reply.startswith("<b>Reload failed</b>") and "restart" in reply
+        assert [s.name for s in pipeline.book.specs] == ["first", "second"]
+
+        before = len(api.sent(USER))
+        api.push_message("/reload", chat_id=USER, user_id=USER)  # not an admin: nothing runs
+        await ask(api, "/help", chat_id=USER)
+        assert all("reload" not in (c.text or "").lower() for c in api.sent(USER)[before:])
+    assert [s.name for s in pipeline.book.specs] == ["first", "second"]

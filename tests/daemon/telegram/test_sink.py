@@ -257,7 +257,9 @@ async def test_sends_are_paced_per_chat_and_overall(
         for n in range(4):
             await sink.send(make_alert(n))
     times = [c.at for c in api.sent(USER)]
-    assert all(b - a >= 0.18 for a, b in itertools.pairwise(times)), times
+    # Stamped where the server reads each request: network jitter moves stamps a little,
+    # an unpaced sink would put them milliseconds apart.
+    assert all(b - a >= 0.15 for a, b in itertools.pairwise(times)), times
 
     for chat in range(7001, 7011):
         store.subscribe(chat, chat)
@@ -266,4 +268,4 @@ async def test_sends_are_paced_per_chat_and_overall(
         await sink.send(make_alert(9))
     times = sorted(c.at for c in api.sent() if c.chat_id and c.chat_id > 7000)
     assert len(times) == 10
-    assert times[-1] - times[0] >= 9 / 20 - 0.02
+    assert times[-1] - times[0] >= 9 / 20 - 0.06  # 0.45 s paced; ~0.05 s unpaced
