@@ -9,7 +9,6 @@ Each prints one JSON object on stdout.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import resource
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import psutil
 
 from bench.common import minute_times, random_walk, sessions
+from daemon import heap
 from daemon.app import Warmup, warm_up
 from daemon.backtest import run_backtest
 from daemon.bars import LoadedBars, frame_to_batch
@@ -73,7 +73,7 @@ def memory(n_symbols: int, daily_bars: int, minutes: int) -> dict[str, object]:
     # Past sessions' minutes fill the 1-minute rings, as the daemon's warm-up does.
     pipe.minute.on_bars(replace(batch, session=loc.label // DAY_S, minute=loc.minute))
     del daily, mins, batch, loc
-    gc.collect()
+    heap.release()  # what the daemon's warm_up does after the same burst
     full = pipe.minute.rings.count(0) == pipe.config.ring_capacity
     daily_full = pipe.daily.rings.count(0) == min(daily_bars, pipe.config.ring_capacity)
     if not (full and daily_full):

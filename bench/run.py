@@ -1,6 +1,6 @@
 """The benchmark suite: `python -m bench.run [--quick] [--only NAME...]`.
 
-Names: hotpath, backtest, memory. (Benchmark 3, end-to-end latency, is not written yet.) Prints one markdown table per benchmark
+Names: hotpath, backtest, latency, memory. Prints one markdown table per benchmark
 (medians over repeated runs; ratios measured in the same process) plus the
 machine. `--quick` uses scaled-down sizes (said so in each title) and takes
 about a minute; the full run takes several minutes.
@@ -17,10 +17,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import hotpath
+from bench import hotpath, latency
 from bench.common import fmt_time, median, table, yes_no
 
-NAMES = ("hotpath", "backtest", "memory")  # e2e (loopback latency) is not written yet
+NAMES = ("hotpath", "backtest", "latency", "memory")
 
 
 def _log(msg: str) -> None:
@@ -100,6 +100,10 @@ def bench_backtest(quick: bool) -> str:
     return table(title, ["case", "median", "worst", "target", "met"], rows) + note
 
 
+def bench_latency(quick: bool) -> str:
+    return latency.main(quick, _log)
+
+
 def bench_memory(quick: bool) -> str:
     repeats = 2 if quick else 3
     runs = []
@@ -145,6 +149,7 @@ def bench_memory(quick: bool) -> str:
 BENCHES: dict[str, Callable[[bool], str]] = {
     "hotpath": bench_hotpath,
     "backtest": bench_backtest,
+    "latency": bench_latency,
     "memory": bench_memory,
 }
 
