@@ -1,0 +1,694 @@
+"""Feed faults at daemon level (issue 8): the real feed code against the real local ReplayServer.
+
+1. The websocket server killed many times at seeded random minutes, some kills
+   while a backfill is in flight: the daemon ends up holding exactly the
+   source's bars and the alerts of a clean run, nothing twice.
+2. "Connection limit exceeded" (Alpaca 406) for five fake minutes: a handful of
+   attempts, then bars flow as soon as the server lets us in.
+3. An open socket gone silent during market hours is closed after the silence
+   timeout, then reconnected and repaired; silence while the market is closed
+   is not a fault.
+4. A 30-minute outage in realtime semantics: the outage minutes' alerts come
+   flagged delayed, those past the stale limit are dropped and counted, none
+   is sent twice.
+
+Fake time: `FakeClock` (tests/daemon/feeds/feedkit) in 2, where only the
+reconnect loop sleeps; `SteppedClock` here in 3 and 4, where the test moves
+the clock and a manual-mode replay server in step, minute by minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+import structlog
+
+from daemon.app import (
+    DELAYED_AFTER_S,
+    STALE_AFTER_S,
+    Ingest,
+    IngestStats,
+    build_feed,
+    build_pipeline,
+    run_daemon,
+)
+from daemon.config import FeedSettings, load_config
+from daemon.delivery import DeliveryLoop
+from daemon.feeds.alpaca import AlpacaFeed
+from daemon.feeds.base import Feed, FeedBatch
+from daemon.feeds.market_hours import xnys_is_open
+from daemon.feeds.reconnect import ReconnectPolicy
+from daemon.feeds.replay import ReplayServer
+from daemon.outbox import Outbox
+from daemon.secrets import Secrets
+from daemon.sinks.jsonl import JsonlSink
+from signals.alerts import decode_alert
+from signals.bar import Bar
+from tests.daemon.feeds.feedkit import (
+    KEY,
+    SECRET,
+    SYMBOLS,
+    T0,
+    Collector,
+    FakeClock,
+    keys_of,
+    make_frame,
+    never_open,
+    running,
+    wait_until,
+)
+from tests.daemon.minute_market import minute_market
+from tests.daemon.test_daemon import _alert_ids, _config
+from tests.reliability.scale import scale
+
+pytestmark = pytest.mark.reliability
+
+SEED = 8
+OHLCV = ("time", "open", "high", "low", "close", "volume")
+DEFAULTS = FeedSettings(provider="alpaca")
+"""The `[feed]` defaults a production config gets (silence timeout, backoff)."""
+WATCHDOG_TICK_S = DEFAULTS.silence_timeout_s / 4  # while closed, the watchdog looks this often
+
+
+def _report(line: str) -> None:
+    """One line of figures per test (shown with `pytest -s` or `-rP`)."""
+    print(f"reliability: {line}")
+
+
+def _daemon_feed(
+    server: ReplayServer,
+    *,
+    now: Callable[[], float],
+    sleep: Callable[[float], Awaitable[None]],
+    rand: Callable[[], float],
+    is_market_open: Callable[[float], bool] = xnys_is_open,
+) -> AlpacaFeed:
+    """The feed `daemon.app.build_feed` makes for a realtime Alpaca config with the default
+    `[feed]` settings, pointed at `server`, on an injected clock."""
+    return AlpacaFeed(
+        KEY,
+        SECRET,
+        SYMBOLS,
+        url=server.url,
+        rest_url=server.rest_url,
+        max_frame_bytes=DEFAULTS.max_frame_bytes,
+        silence_timeout_s=DEFAULTS.silence_timeout_s,
+        policy=ReconnectPolicy(
+            backoff_initial_s=DEFAULTS.backoff_initial_s, backoff_max_s=DEFAULTS.backoff_max_s
+        ),
+        warmup_s=300.0,
+        now=now,
+        sleep=sleep,
+        is_market_open=is_market_open,
+        rand=rand,
+    )
+
+
+# 1. Killed again and again, sometimes mid-backfill.
+
+KILL_EVENTS = scale(6, 20)
+SESSIONS = scale(3, 6)
+SPEED = 250.0  # bar-minutes per real second
+
+
+class Tap:
+    """The daemon's own feed with a recorder on `emit`: every batch ingest was handed."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+        self.name = feed.name
+        self.stats = feed.stats
+        self.batches: list[FeedBatch] = []
+
+    async def run(self, emit: Callable[[FeedBatch], None]) -> None:
+        def record(batch: FeedBatch) -> None:
+            self.batches.append(batch)
+            emit(batch)
+
+        await self.feed.run(record)
+
+    def minute_bars(self) -> list[Bar]:
+        """Every minute bar handed to ingest, in order."""
+        return [
+            b for batch in self.batches if batch.kind in ("live", "backfill") for b in batch.bars
+        ]
+
+
+@dataclass
+class DaemonRun:
+    stats: IngestStats
+    ingest: Ingest
+    tap: Tap
+    alert_ids: list[str]
+
+
+@dataclass
+class Kills:
+    total: int = 0
+    during_backfill: int = 0
+    at_minute: list[int] = field(default_factory=list)
+
+
+async def _run_daemon(
+    tmp: Path,
+    bars: pl.DataFrame,
+    level: float,
+    faults: Callable[[ReplayServer, Tap], Awaitable[None]] | None = None,
+) -> DaemonRun:
+    """The whole daemon in-process (replay semantics) until the last minute is ingested."""
+    last = int(bars["time"].max())  # type: ignore[arg-type]
+    async with ReplayServer(bars, speed=SPEED) as server:
+        config = load_config(_config(tmp, server.url, server.rest_url, level))
+        secrets = Secrets.load(config)
+        tap = Tap(build_feed(config, secrets, realtime=False))
+        stop = asyncio.Event()
+        ingests: list[Ingest] = []
+
+        async def finish() -> None:
+            if faults is not None:
+                await faults(server, tap)
+            await server.wait_played(server.minutes_total)
+            while not ingests or ingests[0].stats.last_bar_time != last:
+                await asyncio.sleep(0.02)
+            stop.set()
+
+        async with asyncio.timeout(scale(90, 240)), asyncio.TaskGroup() as tg:
+            tg.create_task(finish(), name="finish")
+            stats = await run_daemon(
+                config,
+                secrets,
+                stop,
+                feed=tap,
+                realtime=False,
+                on_ingest=ingests.append,
+                snapshots=False,
+            )
+    return DaemonRun(stats, ingests[0], tap, _alert_ids(tmp))
+
+
+async def _kill(server: ReplayServer, kills: Kills) -> None:
+    assert not server.finished, "a kill after the replay ended would prove nothing"
+    assert server.kill_connections() == 1
+    kills.total += 1
+    kills.at_minute.append(server.minutes_played)
+
+
+async def _kill_at_random_minutes(server: ReplayServer, tap: Tap, kills: Kills) -> None:
+    """`KILL_EVENTS` kills at seeded random minutes; every third event lets the feed
+    reconnect, holds its backfill on the REST side and kills it right then."""
+    rng = random.Random(SEED)
+    total = server.minutes_total
+    events = sorted(rng.sample(range(30, total * 4 // 5), KILL_EVENTS))
+    slow = set(rng.sample(range(KILL_EVENTS), KILL_EVENTS // 3))
+
+    def back_up() -> bool:  # the last kill's reconnect is through: one fresh subscribed session
+        return (
+            tap.stats.connects == kills.total + 1
+            and server.connected_clients == 1
+            and server.streaming_clients == 1
+        )
+
+    for k, minute in enumerate(events):
+        await server.wait_played(minute)
+        await wait_until(back_up, 15)
+        if k not in slow:
+            await _kill(server, kills)
+            continue
+        server.hold_rest()
+        await _kill(server, kills)
+        await wait_until(lambda: back_up() and server.rest_waiting >= 1, 15)
+        assert tap.stats.connected  # the session is up, its gap repair in flight
+        await _kill(server, kills)
+        kills.during_backfill += 1
+        server.hold_rest(False)
+
+
+def _by_key(bars: list[Bar]) -> dict[tuple[str, int], tuple[float, ...]]:
+    return {(b.symbol, b.time): (b.open, b.high, b.low, b.close, b.volume) for b in bars}
+
+
+def _source_by_key(df: pl.DataFrame) -> dict[tuple[str, int], tuple[float, ...]]:
+    return {
+        (r["symbol"], r["time"]): (r["open"], r["high"], r["low"], r["close"], r["volume"])
+        for r in df.iter_rows(named=True)
+    }
+
+
+def _as_float(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select(pl.col(c).cast(pl.Float64) for c in OHLCV)
+
+
+def _assert_rings_hold_the_source(ingest: Ingest, df: pl.DataFrame) -> None:
+    """The 1-minute engine's rings hold the source's newest minutes, value for value."""
+    engine = ingest.pipeline.minute
+    assert engine is not None
+    for symbol in SYMBOLS:
+        held = engine.rings.frame(engine.row(symbol))
+        want = df.filter(pl.col("symbol") == symbol).sort("time").tail(engine.rings.capacity)
+        assert held.height == want.height > 0
+        assert _as_float(held).equals(_as_float(want)), symbol
+
+
+def _daily_bars(ingest: Ingest) -> dict[tuple[str, int], tuple[float, ...]]:
+    daily = ingest.pipeline.engine("1d")
+    out: dict[tuple[str, int], tuple[float, ...]] = {}
+    for symbol in SYMBOLS:
+        for r in daily.rings.frame(daily.row(symbol)).iter_rows(named=True):
+            day = int(r["time"]) // 86_400 * 86_400
+            out[(symbol, day)] = (r["open"], r["high"], r["low"], r["close"], r["volume"])
+    return out
+
+
+def _source_daily(df: pl.DataFrame) -> dict[tuple[str, int], tuple[float, ...]]:
+    days = (
+        df.sort("time")
+        .with_columns((pl.col("time") // 86_400 * 86_400).alias("day"))
+        .group_by("symbol", "day", maintain_order=True)
+        .agg(
+            pl.col("open").first(),
+            pl.col("high").max(),
+            pl.col("low").min(),
+            pl.col("close").last(),
+            pl.col("volume").sum(),
+        )
+    )
+    return {
+        (r["symbol"], r["day"]): (r["open"], r["high"], r["low"], r["close"], r["volume"])
+        for r in days.iter_rows(named=True)
+    }
+
+
+async def test_server_killed_at_random_minutes_and_mid_backfill_loses_and_repeats_nothing(
+    tmp_path: Path,
+) -> None:
+    started = time.monotonic()
+    df, _ = minute_market(n_sessions=SESSIONS)
+    level = float(df.filter(pl.col("symbol") == "IWM")["close"].median())  # type: ignore[arg-type]
+    clean_dir, faulty_dir = tmp_path / "clean", tmp_path / "faulty"
+    clean_dir.mkdir()
+    faulty_dir.mkdir()
+    clean = await _run_daemon(clean_dir, df, level)
+    kills = Kills()
+
+    async def faults(server: ReplayServer, tap: Tap) -> None:
+        await _kill_at_random_minutes(server, tap, kills)
+
+    faulty = await _run_daemon(faulty_dir, df, level, faults)
+
+    # The faults happened: every kill dropped the one live session mid-replay.
+    assert kills.total == KILL_EVENTS + KILL_EVENTS // 3
+    assert kills.during_backfill == KILL_EVENTS // 3 >= 2
+    assert faulty.tap.stats.connects == kills.total + 1
+    assert faulty.tap.stats.backfilled > 0
+    assert clean.tap.stats.connects == 1 and clean.tap.stats.reconnects == 0
+    # Every minute bar reached ingest exactly once, with the source's values.
+    source = _source_by_key(df)
+    handed = faulty.tap.minute_bars()
+    keys = [(b.symbol, b.time) for b in handed]
+    assert len(keys) == len(set(keys)) == df.height
+    assert _by_key(handed) == source
+    for symbol in SYMBOLS:
+        times = [t for s, t in keys if s == symbol]
+        assert times == sorted(times)
+    # What the engines store equals the source: the newest minutes, and every session.
+    _assert_rings_hold_the_source(faulty.ingest, df)
+    assert _daily_bars(faulty.ingest) == _source_daily(df) == _daily_bars(clean.ingest)
+    minute = faulty.ingest.pipeline.minute
+    assert minute is not None and minute.rejected_total.get("duplicate", 0) == 0
+    assert clean.ingest.pipeline.minute is not None
+    assert minute.rejected_total == clean.ingest.pipeline.minute.rejected_total
+    # The same alerts as the clean run, none twice.
+    ids = faulty.alert_ids
+    assert ids and len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(clean.alert_ids)
+    assert faulty.stats.alerts_duplicate == 0
+    assert faulty.stats.alerts_emitted == clean.stats.alerts_emitted == len(ids)
+    _report(
+        f"kills={kills.total} (mid-backfill {kills.during_backfill}) over {df.height // 3}"
+        f" minutes x3, lost=0 duplicates=0 alerts={len(ids)}"
+        f" feed_dups_dropped={faulty.tap.stats.duplicates}"
+        f" backfilled={faulty.tap.stats.backfilled} wall={time.monotonic() - started:.1f}s"
+    )
+
+
+# 2. "Connection limit exceeded" for five fake minutes.
+
+REFUSED_S = 300.0
+MAX_ATTEMPTS = 10
+
+
+@pytest.mark.parametrize("seed", range(scale(1, 5)))
+async def test_connection_limit_for_five_minutes_costs_at_most_ten_attempts(seed: int) -> None:
+    frame = make_frame(10)
+    async with ReplayServer(frame) as server:
+        server.refuse_with(406)
+        clock = FakeClock(T0)
+        window = clock.passed(T0 + REFUSED_S)
+        # Market closed for the watchdog: silence is test 3's subject, not this one's.
+        feed = _daemon_feed(
+            server,
+            now=clock.now,
+            sleep=clock.sleep,
+            rand=random.Random(seed).random,
+            is_market_open=never_open,
+        )
+        async with running(feed) as out:
+            await asyncio.wait_for(window.wait(), 10)
+            # The reconnect loop is inside the sleep that crossed the five minutes.
+            attempts, refused = server.connections_seen, dict(server.refused)
+            delays = list(clock.slept)
+            connects_while_refused = feed.stats.connects
+            server.refuse_with(None)
+            await wait_until(lambda: set(out.pairs()) == keys_of(frame), 10)
+    assert 2 <= attempts <= MAX_ATTEMPTS
+    assert refused == {406: attempts}  # each attempt really was told 406
+    assert connects_while_refused == 0
+    assert len(delays) == attempts and all(d >= 60.0 for d in delays)
+    # Once let in: the very next attempt connects and every bar arrives once.
+    assert server.connections_seen == attempts + 1 == feed.stats.attempts
+    assert feed.stats.connects == 1
+    assert sorted(out.pairs()) == sorted(keys_of(frame))
+    _report(
+        f"406 for {REFUSED_S:.0f} fake s (seed {seed}): {attempts} attempts,"
+        f" delays {[round(d) for d in delays]} s"
+    )
+
+
+# Fake time in step with a manual-mode replay server (3 and 4).
+
+
+class SteppedClock:
+    """Wall-clock time that moves only when the test moves it, one step at a time.
+
+    `sleep(d)` waits until the test has advanced the clock by `d`. After every
+    step the test waits a millisecond for real, so whatever woke up (and the
+    loopback I/O it starts) runs at that instant of fake time.
+    """
+
+    def __init__(self, start: float) -> None:
+        self.t = start
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, delay: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.t + max(0.0, delay), future))
+        self._wake()
+        await future
+
+    async def step(self, step_s: float = 1.0) -> None:
+        """Move one step and let what woke up run."""
+        self.t += step_s
+        self._wake()
+        await asyncio.sleep(0.001)
+
+    def _wake(self) -> None:
+        due = [s for s in self._sleepers if s[0] <= self.t]
+        self._sleepers = [s for s in self._sleepers if s[0] > self.t]
+        for _, future in due:
+            if not future.done():
+                future.set_result(None)
+
+
+class Market:
+    """A manual-mode replay server and a `SteppedClock` in step: minute `t` is published
+    at `t + 61` (one second after it ends), and while the feed is up and the server is not
+    silent the test waits until the minute has reached it (fake time stands still
+    meanwhile). Silence detections are timed as they happen, and end the silence."""
+
+    def __init__(
+        self, server: ReplayServer, clock: SteppedClock, feed: AlpacaFeed, out: Collector
+    ) -> None:
+        self.server, self.clock, self.feed, self.out = server, clock, feed, out
+        self.silent = False
+        self.detections: list[tuple[float, int]] = []
+        """(fake time, websocket connections the server had seen) at each detection."""
+
+    def go_silent(self, silent: bool = True) -> None:
+        self.silent = silent
+        self.server.go_silent(silent)
+
+    async def tick_to(self, target: float) -> None:
+        while self.clock.t < target:
+            await self.clock.step(min(1.0, target - self.clock.t))
+            if self.feed.stats.silences > len(self.detections):
+                self.detections.append((self.clock.t, self.server.connections_seen))
+                self.go_silent(False)  # before the reconnect, so the next session streams
+
+    async def play(self, t: int) -> None:
+        await self.tick_to(t + 61)
+        await self.server.advance(1)
+        if self.feed.stats.connected and not self.silent:
+            await wait_until(lambda: self.arrived(t), 15)
+
+    def arrived(self, t: int) -> bool:
+        return all((s, t) in set(self.out.pairs()) for s in SYMBOLS)
+
+
+def _minutes(frame: pl.DataFrame) -> list[int]:
+    return sorted(set(frame["time"].to_list()))
+
+
+def _assert_every_bar_once(out: Collector, frame: pl.DataFrame) -> None:
+    keys = out.pairs()
+    assert len(keys) == len(set(keys)) == frame.height
+    assert set(keys) == keys_of(frame)
+
+
+# 3. Silence.
+
+
+SILENT_MINUTES_TOTAL = scale(30, 90)
+
+
+async def test_socket_silent_in_market_hours_is_detected_reconnected_and_repaired() -> None:
+    started = time.monotonic()
+    frame = make_frame(SILENT_MINUTES_TOTAL)  # from T0, the 09:30 New York open
+    minutes = _minutes(frame)
+    rng = random.Random(SEED)
+    silent_at = rng.randrange(5, SILENT_MINUTES_TOTAL - 15)
+    async with ReplayServer(frame, manual=True) as server:
+        clock = SteppedClock(T0)
+        feed = _daemon_feed(server, now=clock.now, sleep=clock.sleep, rand=rng.random)
+        with structlog.testing.capture_logs() as logs:
+            async with running(feed) as out:
+                market = Market(server, clock, feed, out)
+                await wait_until(lambda: feed.stats.connected, 15)
+                for t in minutes[:silent_at]:
+                    await market.play(t)
+                last_heard = clock.t  # the last minute reached the feed at this fake instant
+                market.go_silent()
+                rest = iter(minutes[silent_at:])
+                while not market.detections:
+                    await market.play(next(rest))
+                for t in rest:
+                    await market.play(t)
+                await wait_until(lambda: len(out.pairs()) >= frame.height, 15)
+    (detected_at, connections), *more = market.detections
+    quiet_s = detected_at - last_heard
+    assert not more and feed.stats.silences == 1
+    # Within the silence timeout (the watchdog wakes at the deadline, not a poll later).
+    assert DEFAULTS.silence_timeout_s <= quiet_s <= DEFAULTS.silence_timeout_s + 1  # within 90 s
+    silences = [e for e in logs if e["event"] == "feed.silence"]
+    assert len(silences) == 1 and silences[0]["quiet_s"] >= DEFAULTS.silence_timeout_s
+    # The socket was open and silent all along: the watchdog, not the server, ended it.
+    assert connections == 1 and server.connections_seen == 2 == feed.stats.connects
+    assert feed.stats.attempts == 2
+    # Reconnected and repaired: every bar once, the silent minutes by backfill.
+    _assert_every_bar_once(out, frame)
+    silent_minutes = {t for t in minutes[silent_at:] if t + 61 <= detected_at}
+    assert silent_minutes and all(
+        (s, t) in set(out.pairs("backfill")) for s in SYMBOLS for t in silent_minutes
+    )
+    _report(
+        f"silence in market hours: detected after {quiet_s:.1f} fake s"
+        f" (timeout {DEFAULTS.silence_timeout_s:g} s), {len(silent_minutes)} silent minutes"
+        f" backfilled, wall={time.monotonic() - started:.1f}s"
+    )
+
+
+async def test_silence_while_the_market_is_closed_is_not_a_fault() -> None:
+    """Quiet from 09:00 New York (pre-market) on: no fault while closed, a fault from the open."""
+    started = time.monotonic()
+    early = T0 - 40 * 60  # 08:50 New York
+    frame = make_frame(40 + scale(15, 45), start=early)
+    minutes = _minutes(frame)
+    silent_at = 10  # 09:00 New York
+    async with ReplayServer(frame, manual=True) as server:
+        clock = SteppedClock(early)
+        feed = _daemon_feed(
+            server, now=clock.now, sleep=clock.sleep, rand=random.Random(SEED).random
+        )
+        async with running(feed) as out:
+            market = Market(server, clock, feed, out)
+            await wait_until(lambda: feed.stats.connected, 15)
+            for t in minutes[:silent_at]:
+                await market.play(t)
+            market.go_silent()
+            silent_from = clock.t
+            rest = iter(minutes[silent_at:])
+            while clock.t < T0:
+                await market.play(next(rest))
+            # Half an hour of silence while closed: the same socket, no silence counted.
+            quiet_closed_s = T0 - silent_from
+            silences_while_closed = feed.stats.silences
+            connections_while_closed = server.connections_seen
+            while not market.detections:
+                await market.play(next(rest))
+            for t in rest:
+                await market.play(t)
+            await wait_until(lambda: len(out.pairs()) >= frame.height, 15)
+    assert not xnys_is_open(silent_from) and xnys_is_open(T0)
+    assert quiet_closed_s >= 25 * 60 > DEFAULTS.silence_timeout_s
+    assert silences_while_closed == 0 and connections_while_closed == 1
+    # From the open the same silence is a fault: counted from the open, not from 09:00.
+    (detected_at, connections), *more = market.detections
+    after_open_s = detected_at - T0
+    low = DEFAULTS.silence_timeout_s - WATCHDOG_TICK_S
+    assert low <= after_open_s <= DEFAULTS.silence_timeout_s + WATCHDOG_TICK_S + 1
+    assert not more and connections == 1 and feed.stats.connects == 2
+    _assert_every_bar_once(out, frame)
+    _report(
+        f"silence while closed: {quiet_closed_s:.0f} fake s tolerated, then detected"
+        f" {after_open_s:.1f} fake s after the open, wall={time.monotonic() - started:.1f}s"
+    )
+
+
+# 4. A 30-minute outage in realtime semantics.
+
+LIVE_MINUTES = scale(10, 30)
+"""Minutes streamed live before, between and after the outages."""
+OUTAGES = (30, scale(40, 60))
+"""The 30-minute outage of the brief, then one that must outlast the stale limit (30 min)."""
+EVERY_MINUTE_RULE = """
+[[rule]]
+name = "every_minute"
+operator = "greater_than"
+timeframe = "1m"
+value = "close"
+threshold = 0.0
+"""
+
+
+def _realtime_config(tmp: Path) -> Path:
+    (tmp / "rules.toml").write_text(EVERY_MINUTE_RULE)
+    path = tmp / "config.toml"
+    path.write_text(
+        f'[feed]\nprovider = "replay"\n\n[rules]\nfile = "{tmp / "rules.toml"}"\n\n'
+        f'[sinks.console]\nenabled = false\n\n[state]\ndir = "{tmp / "state"}"\n\n'
+        "[health]\nenabled = false\n"
+    )
+    return path
+
+
+@dataclass
+class Outage:
+    minutes: list[int]
+    refused_s: float = 0.0
+
+
+async def test_thirty_minute_outage_alerts_delayed_stale_dropped_none_twice(
+    tmp_path: Path,
+) -> None:
+    """The daemon's `Ingest`, pipeline, outbox and a JSONL delivery loop, the wall clock on
+    fake time, fed by the real Alpaca feed while the replay server refuses it (error 500)
+    for 30 minutes of bar time, and later for longer than the stale limit."""
+    started = time.monotonic()
+    df, _ = minute_market(n_sessions=1)
+    minutes = _minutes(df)[: LIVE_MINUTES * 3 + sum(OUTAGES)]
+    df = df.filter(pl.col("time") <= minutes[-1])
+    phases: list[list[int] | Outage] = []
+    rest = iter(minutes)
+    for length in OUTAGES:
+        phases.append([next(rest) for _ in range(LIVE_MINUTES)])
+        phases.append(Outage([next(rest) for _ in range(length)]))
+    phases.append(list(rest))
+    config = load_config(_realtime_config(tmp_path))
+    pipeline = build_pipeline(config, datetime.fromtimestamp(minutes[0], UTC))
+    handed: list[FeedBatch] = []
+    sent_path = tmp_path / "alerts.jsonl"
+    async with ReplayServer(df, manual=True) as server, JsonlSink(sent_path) as sink:
+        clock = SteppedClock(minutes[0])
+        feed = _daemon_feed(
+            server, now=clock.now, sleep=clock.sleep, rand=random.Random(SEED).random
+        )
+        with Outbox.open(tmp_path / "outbox.sqlite", [sink.name]) as outbox:
+            delivery = DeliveryLoop(outbox, sink)
+            ingest = Ingest(
+                pipeline, outbox, wall_clock=clock.now, on_alerts=lambda _: delivery.wake()
+            )
+            out = Collector()
+
+            def emit(batch: FeedBatch) -> None:
+                out(batch)
+                handed.append(batch)
+                ingest(batch)
+
+            async with asyncio.TaskGroup() as tg:
+                feed_task = tg.create_task(feed.run(emit), name="feed")
+                deliver_task = tg.create_task(delivery.run(), name="deliver")
+                market = Market(server, clock, feed, out)
+                await wait_until(lambda: feed.stats.connected, 15)
+                for phase in phases:
+                    if not isinstance(phase, Outage):
+                        for t in phase:
+                            await market.play(t)
+                        continue
+                    server.refuse_with(500)
+                    assert server.kill_connections() == 1
+                    await wait_until(lambda: not feed.stats.connected, 15)
+                    down_from = clock.t
+                    for t in phase.minutes:
+                        await market.play(t)
+                    phase.refused_s = clock.t - down_from
+                    server.refuse_with(None)
+                await wait_until(lambda: len(out.pairs()) >= df.height, 15)
+                assert await delivery.drain(10)
+                feed_task.cancel()
+                deliver_task.cancel()
+    # What each (symbol, minute) should have become, from when ingest got it.
+    age: dict[tuple[str, int], int] = {}
+    for batch in handed:
+        for bar in batch.bars:
+            age[(bar.symbol, bar.time)] = int(batch.received_at) - (bar.time + 60)
+    assert sorted(age) == sorted(keys_of(df))  # every minute reached ingest, once
+    stale = {k for k, a in age.items() if a > STALE_AFTER_S}
+    delayed = {k for k, a in age.items() if DELAYED_AFTER_S < a <= STALE_AFTER_S}
+    # The faults happened: each outage lasted its minutes, and was repaired by backfill.
+    outages = [p for p in phases if isinstance(p, Outage)]
+    backfilled = {t for _, t in out.pairs("backfill")}
+    for outage in outages:
+        assert outage.refused_s >= 60 * len(outage.minutes)
+        assert set(outage.minutes) <= backfilled
+    assert server.refused.get(500, 0) >= 2 * len(outages)
+    first, second = ({(s, t) for s in SYMBOLS for t in o.minutes} for o in outages)
+    assert len(first & delayed) >= 3 * (OUTAGES[0] - 3)  # the 30-minute outage: late news
+    # The long outage's oldest minutes outlived the stale limit. (The 30-minute one sits
+    # at the limit: its first minute goes stale only if the repair comes 60 s past it.)
+    assert stale & second and stale <= first | second
+    # Sent: everything but the stale, each once, flagged delayed exactly when late.
+    alerts = [decode_alert(line) for line in sent_path.read_text().splitlines()]
+    ids = [a.id for a in alerts]
+    assert len(ids) == len(set(ids))
+    assert {(a.symbol, a.bar_time) for a in alerts} == set(age) - stale
+    assert {(a.symbol, a.bar_time) for a in alerts if a.delayed} == delayed
+    assert ingest.stats.alerts_stale == len(stale)
+    assert ingest.stats.alerts_duplicate == 0
+    assert ingest.stats.alerts_emitted == len(alerts) == len(age) - len(stale)
+    _report(
+        f"outages of {[round(o.refused_s) for o in outages]} fake s:"
+        f" 30-min outage {len(first & delayed)} delayed / {len(first & stale)} stale,"
+        f" long outage {len(second & delayed)} delayed / {len(second & stale)} stale dropped;"
+        f" {len(alerts)} alerts sent once each, feed attempts={feed.stats.attempts},"
+        f" wall={time.monotonic() - started:.1f}s"
+    )
