@@ -28,6 +28,7 @@ import aiomqtt
 import msgspec
 import structlog
 
+from daemon.aio import keep_cancel
 from daemon.secrets import Secret
 from daemon.sinks import ha_discovery as ha
 from daemon.sinks.base import SinkRejected, SinkUnavailable
@@ -194,8 +195,10 @@ class MqttSink:
         if client is not None:
             try:
                 async with asyncio.timeout(self._publish_timeout_s), self._publish_lock:
-                    await client.publish(
-                        ha.status_topic(self._base), ha.PAYLOAD_OFFLINE, qos=1, retain=True
+                    await keep_cancel(
+                        client.publish(
+                            ha.status_topic(self._base), ha.PAYLOAD_OFFLINE, qos=1, retain=True
+                        )
                     )
             except (aiomqtt.MqttError, TimeoutError) as err:
                 _log.warning("mqtt.offline_failed", error=self._redact(str(err)))
@@ -232,7 +235,9 @@ class MqttSink:
             async with asyncio.timeout(self._publish_timeout_s):
                 for topic in topics:
                     if topic not in acked:
-                        await client.publish(topic, payload, qos=self._qos, retain=False)
+                        await keep_cancel(
+                            client.publish(topic, payload, qos=self._qos, retain=False)
+                        )
                         acked.add(topic)
         except TimeoutError as exc:
             self._remember_acked(alert.id, acked)
@@ -267,7 +272,9 @@ class MqttSink:
                 if client is None:  # the next connect publishes it
                     return
                 # The latest, not necessarily ours: a newer one may have come in meanwhile.
-                await client.publish(topic, self._states[symbol], qos=self._qos, retain=True)
+                await keep_cancel(
+                    client.publish(topic, self._states[symbol], qos=self._qos, retain=True)
+                )
         except (aiomqtt.MqttError, TimeoutError) as err:
             _log.info("mqtt.state_deferred", symbol=symbol, error=self._redact(str(err)))
 
@@ -344,11 +351,13 @@ class MqttSink:
     async def _session(self, client: aiomqtt.Client) -> None:
         """Announce, publish the retained topics, then follow Home Assistant's status."""
         async with self._publish_lock:
-            await client.publish(ha.status_topic(self._base), ha.PAYLOAD_ONLINE, qos=1, retain=True)
+            await keep_cancel(
+                client.publish(ha.status_topic(self._base), ha.PAYLOAD_ONLINE, qos=1, retain=True)
+            )
             await self._publish_retained(client, reason="connect")
             # Only now may publish_state go direct: anything older is already out.
             self._client = client
-        await client.subscribe(ha.ha_status_topic(self._prefix), qos=1)
+        await keep_cancel(client.subscribe(ha.ha_status_topic(self._prefix), qos=1))
         self._ready.set()
         async for message in client.messages:
             # A retained birth is an old one (delivered on subscribe): we have
@@ -360,13 +369,15 @@ class MqttSink:
 
     async def _publish_retained(self, client: aiomqtt.Client, *, reason: str) -> None:
         for topic, payload in self._discovery:
-            await client.publish(topic, payload, qos=self._qos, retain=True)
+            await keep_cancel(client.publish(topic, payload, qos=self._qos, retain=True))
         for symbol in list(self._states):  # publish_state may add symbols meanwhile
-            await client.publish(
-                ha.state_topic(self._base, symbol),
-                self._states[symbol],
-                qos=self._qos,
-                retain=True,
+            await keep_cancel(
+                client.publish(
+                    ha.state_topic(self._base, symbol),
+                    self._states[symbol],
+                    qos=self._qos,
+                    retain=True,
+                )
             )
         _log.info(
             "mqtt.discovery_published",
