@@ -220,7 +220,7 @@ class MqttSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
-    qos: Literal[0, 1, 2] = 1
+    qos: Literal[0, 1, 2] = 2
 
     def __post_init__(self) -> None:
         _check_url(self.url, ("mqtt", "mqtts"), "url")

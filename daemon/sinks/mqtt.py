@@ -1,11 +1,22 @@
 """The MQTT sink (aiomqtt): alerts, per-symbol state and Home Assistant discovery.
 
-One background task owns the connection. Each attempt uses a fresh
-`aiomqtt.Client` (no half-dead paho state carried across reconnects); after a
-loss it waits an exponential, jittered, capped delay and tries again. On every
-connect it publishes `online`, the discovery configs and the remembered states
-(all retained), then listens to `<discovery_prefix>/status` and publishes them
+One background task owns the connection. After a loss it waits an
+exponential, jittered, capped delay and connects again. On every connect it
+publishes `online`, the discovery configs and the remembered states (all
+retained), then listens to `<discovery_prefix>/status` and publishes them
 again whenever Home Assistant says `online`.
+
+Exactly once, with `qos = 2`: one `aiomqtt.Client` (one paho session) serves
+every reconnect of the process, with `clean_session=False`. A publish whose
+acknowledgement was lost when the broker went away stays in paho's session,
+and paho completes it after the reconnect with the same packet id (resending
+PUBLISH with DUP, or PUBREL), so the broker delivers it once. The sink keeps
+the task waiting for that acknowledgement: the outbox's retry of the alert
+joins it instead of publishing a second copy. At start-up a clean connect
+clears what a previous process left in the broker's session, whose packet ids
+the new paho session would otherwise collide with. With `qos = 1` the same
+machinery still cannot avoid a repeat (MQTT's QoS 1 is at least once: the
+broker forwards a DUP again), and at most the alert in flight repeats.
 
 `send` never waits for a connection: while there is none it raises
 `SinkUnavailable` at once and the outbox retries later.
@@ -15,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import math
 import os
 import random
 import ssl
@@ -39,7 +51,7 @@ _log = structlog.get_logger(__name__)
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
-_ACKED_KEPT = 1024  # alerts with some topics acknowledged, awaiting a retry of the rest
+_INFLIGHT_KEPT = 4096  # (alert, topic) publishes remembered for the outbox's retries
 STABLE_SESSION_S = 5.0
 """A session that lasted this long resets the reconnect backoff."""
 
@@ -57,6 +69,31 @@ def backoff_delays(initial_s: float, max_s: float) -> Iterator[float]:
             ceiling = min(ceiling * 2, max_s)
 
     return delays()
+
+
+class _SessionClient(aiomqtt.Client):
+    """An `aiomqtt.Client` that can be entered again after the broker dropped it.
+
+    aiomqtt (2.5) leaves its `_connected` future resolved after an unexpected
+    disconnect, so a second `async with` would return before the CONNACK and
+    ignore it. Re-arming it here keeps one paho client, and with it the
+    in-flight QoS 1/2 messages that paho retransmits on reconnect.
+    """
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await super().__aexit__(exc_type, exc, tb)
+        if self._connected.done():
+            self._connected = asyncio.get_running_loop().create_future()
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether paho's session is up now (not merely not yet noticed as lost)."""
+        return self._client.is_connected()
 
 
 def _parse_url(url: str) -> tuple[str, int, bool]:
@@ -115,7 +152,7 @@ class MqttSink:
         ca_file: str | os.PathLike[str] | None = None,
         cert_file: str | os.PathLike[str] | None = None,
         key_file: str | os.PathLike[str] | None = None,
-        qos: int = 1,
+        qos: int = 2,
         symbols: Sequence[str] = (),
         rule_names: Sequence[str] = (),
         keepalive_s: int = 30,
@@ -143,7 +180,9 @@ class MqttSink:
         self._username = username
         # Kept wrapped so that it prints as *** wherever the sink's state ends up.
         self._password = Secret(password) if isinstance(password, str) else password
-        self._acked: dict[str, set[str]] = {}  # alert id -> topics the broker acknowledged
+        # (alert id, topic) -> the publish waiting for the broker's acknowledgement,
+        # which may come after a reconnect: a retry joins it instead of sending again.
+        self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._client_id = client_id
         self._ca_file, self._cert_file, self._key_file = (
             None if f is None else os.fspath(f) for f in (ca_file, cert_file, key_file)
@@ -156,7 +195,7 @@ class MqttSink:
         # Fails here, not at the first connect, on a bad symbol or base topic.
         self._discovery: list[tuple[str, bytes]] = self._encode_discovery(None)
         self._states: dict[str, bytes] = {}
-        self._client: aiomqtt.Client | None = None
+        self._client: _SessionClient | None = None  # set while connected and announced
         self._ready = asyncio.Event()
         # Serialises retained publishes so a republish never overwrites a newer state.
         self._publish_lock = asyncio.Lock()
@@ -202,6 +241,9 @@ class MqttSink:
                     )
             except (aiomqtt.MqttError, TimeoutError) as err:
                 _log.warning("mqtt.offline_failed", error=self._redact(str(err)))
+        for waiting in self._inflight.values():
+            waiting.cancel()  # not acknowledged: the outbox still has these alerts
+        self._inflight.clear()
         if self._task is not None:
             self._task.cancel()
         if self._stack is not None:
@@ -227,32 +269,46 @@ class MqttSink:
         client = self._client
         if client is None:
             raise SinkUnavailable(self.name, "not connected to the broker")
-        # A retry after a connection loss sends only the topics the broker has not
-        # acknowledged yet: the alert must not show up twice on the first topic
-        # because the second one failed.
-        acked = self._acked.pop(alert.id, set())
+        # Topic by topic, in order. A retry after a connection loss neither repeats
+        # a topic the broker acknowledged nor re-publishes one still in flight in
+        # paho's session: it waits for that one's acknowledgement instead.
         try:
             async with asyncio.timeout(self._publish_timeout_s):
                 for topic in topics:
-                    if topic not in acked:
-                        await keep_cancel(
-                            client.publish(topic, payload, qos=self._qos, retain=False)
-                        )
-                        acked.add(topic)
+                    await keep_cancel(
+                        asyncio.shield(self._publishing(client, alert.id, topic, payload))
+                    )
         except TimeoutError as exc:
-            self._remember_acked(alert.id, acked)
-            raise SinkUnavailable(self.name, "publish timed out") from exc
+            raise SinkUnavailable(self.name, "publish not acknowledged yet") from exc
         except aiomqtt.MqttError as exc:
-            self._remember_acked(alert.id, acked)
             raise SinkUnavailable(self.name, self._redact(str(exc))) from exc
         except ValueError as exc:  # paho refuses the payload itself (beyond the MQTT limit)
             raise SinkRejected(self.name, f"alert {alert.id}: {exc}") from exc
+        for topic in topics:
+            self._inflight.pop((alert.id, topic), None)
 
-    def _remember_acked(self, alert_id: str, topics: set[str]) -> None:
-        if topics:
-            self._acked[alert_id] = topics
-            while len(self._acked) > _ACKED_KEPT:
-                self._acked.pop(next(iter(self._acked)))
+    def _publishing(
+        self, client: _SessionClient, alert_id: str, topic: str, payload: bytes
+    ) -> asyncio.Task[None]:
+        """The publish of `payload` to `topic` for this alert: the one under way, or a new one."""
+        key = (alert_id, topic)
+        task = self._inflight.get(key)
+        if task is not None and not (task.done() and (task.cancelled() or task.exception())):
+            return task  # acknowledged already, or still in paho's session
+        task = asyncio.create_task(self._publish_once(client, topic, payload))
+        self._inflight[key] = task
+        while len(self._inflight) > _INFLIGHT_KEPT:
+            self._inflight.pop(next(iter(self._inflight)))
+        return task
+
+    async def _publish_once(self, client: _SessionClient, topic: str, payload: bytes) -> None:
+        # Checked in the same step as the publish: paho queues a QoS > 0 message it
+        # cannot send (and aiomqtt reports an error), and a copy it would send on
+        # the next connect must not get a twin from the outbox's retry.
+        if not client.is_connected:
+            raise aiomqtt.MqttError("not connected to the broker")
+        # No timeout: the acknowledgement may come after a reconnect, and `send` bounds its wait.
+        await client.publish(topic, payload, qos=self._qos, retain=False, timeout=math.inf)
 
     async def publish_state(
         self, symbol: str, state: Mapping[str, float | str | bool | None]
@@ -304,16 +360,16 @@ class MqttSink:
             context.load_cert_chain(self._cert_file, self._key_file)
         return context
 
-    async def _new_client(self) -> aiomqtt.Client:
+    async def _new_client(self, *, persistent: bool) -> _SessionClient:
         tls_context = await asyncio.to_thread(self._tls_context) if self._tls else None
-        return aiomqtt.Client(
+        return _SessionClient(
             self._host,
             self._port,
             username=self._username,
             password=None if self._password is None else self._password.reveal(),
             identifier=self._client_id,
             will=aiomqtt.Will(ha.status_topic(self._base), ha.PAYLOAD_OFFLINE, qos=1, retain=True),
-            clean_session=True,
+            clean_session=not persistent,
             keepalive=self._keepalive_s,
             timeout=self._publish_timeout_s,
             tls_context=tls_context,
@@ -322,10 +378,16 @@ class MqttSink:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         delays = backoff_delays(*self._reconnect)
+        client: _SessionClient | None = None
         while True:
             since: float | None = None
             try:
-                client = await self._new_client()
+                if client is None:
+                    # A clean connect first: it clears the session a previous process
+                    # left on the broker. The session client keeps its own after that.
+                    async with await self._new_client(persistent=False):
+                        pass
+                    client = await self._new_client(persistent=True)
                 async with client:
                     since = loop.time()
                     _log.info("mqtt.connected", host=self._host, port=self._port, tls=self._tls)
@@ -348,7 +410,7 @@ class MqttSink:
             _log.info("mqtt.reconnect", delay_s=round(delay, 3))
             await asyncio.sleep(delay)
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    async def _session(self, client: _SessionClient) -> None:
         """Announce, publish the retained topics, then follow Home Assistant's status."""
         async with self._publish_lock:
             await keep_cancel(

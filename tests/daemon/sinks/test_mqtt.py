@@ -4,6 +4,7 @@ discovery and its republishing, broker restarts, stalls, auth, TLS, and no leake
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import sys
@@ -357,6 +358,34 @@ async def test_send_is_unavailable_when_the_broker_stalls(broker: Mosquitto) -> 
         await sink.send(_alert())
 
 
+@pytest.mark.parametrize("qos", [1, 2])
+async def test_a_retry_joins_the_unacknowledged_publish_instead_of_sending_twice(
+    broker: Mosquitto, qos: int
+) -> None:
+    """The broker stalls with the alert sent but not acknowledged; the outbox's retry must
+    wait for that publish, not put a second copy on the wire (the subscriber sees one)."""
+    alert = _alert()
+    topics = ["iwm-alerts/alerts", f"iwm-alerts/{alert.symbol}/alerts"]
+    async with (
+        _sink(broker, publish_timeout_s=0.3, qos=qos) as sink,
+        recording(broker.port, "iwm-alerts/+/alerts", "iwm-alerts/alerts") as rec,
+    ):
+        await _connected(sink)
+        broker.pause()
+        try:
+            with pytest.raises(SinkUnavailable, match="not acknowledged"):
+                await sink.send(alert)
+        finally:
+            broker.resume()
+        await sink.send(alert)  # the retry: returns once the first publish is acknowledged
+        await rec.wait_count(lambda m: m.topic.value in topics, 2)
+        with contextlib.suppress(TimeoutError):  # collect for a while: a second copy would show
+            await rec.wait_for(lambda m: False, timeout_s=0.5)
+    got = sorted(m.topic.value for m in rec.messages if m.topic.value in topics)
+    assert got == sorted(topics), got  # once per topic
+    assert all(msgspec.json.decode(_payload(m))["id"] == alert.id for m in rec.messages)
+
+
 async def test_send_is_unavailable_without_a_broker(tmp_path: Path) -> None:
     sink = MqttSink(
         f"mqtt://127.0.0.1:{free_port()}", reconnect_initial_s=0.05, reconnect_max_s=0.1
@@ -511,11 +540,15 @@ class _FlakyClient:
     """Stands in for the connected client: acknowledges publishes, except that the first
     publish to `fail_on` loses the connection (the broker died between two topics)."""
 
+    is_connected = True
+
     def __init__(self, fail_on: str) -> None:
         self.fail_on: str | None = fail_on
         self.published: list[str] = []
 
-    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    async def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, timeout: float | None = None
+    ) -> None:
         if topic == self.fail_on:
             self.fail_on = None
             raise aiomqtt.MqttError("connection lost")
