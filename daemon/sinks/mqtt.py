@@ -183,6 +183,8 @@ class MqttSink:
         # (alert id, topic) -> the publish waiting for the broker's acknowledgement,
         # which may come after a reconnect: a retry joins it instead of sending again.
         self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self.resumed = 0
+        """Alert publishes found unacknowledged at a reconnect (completed by the session)."""
         self._client_id = client_id
         self._ca_file, self._cert_file, self._key_file = (
             None if f is None else os.fspath(f) for f in (ca_file, cert_file, key_file)
@@ -390,7 +392,16 @@ class MqttSink:
                     client = await self._new_client(persistent=True)
                 async with client:
                     since = loop.time()
-                    _log.info("mqtt.connected", host=self._host, port=self._port, tls=self._tls)
+                    # Alert publishes cut off by the last loss: paho completes them now.
+                    resumed = sum(not t.done() for t in self._inflight.values())
+                    self.resumed += resumed
+                    _log.info(
+                        "mqtt.connected",
+                        host=self._host,
+                        port=self._port,
+                        tls=self._tls,
+                        resumed=resumed,
+                    )
                     await self._session(client)
             except (aiomqtt.MqttError, OSError) as err:
                 # MqttError: refused, TLS handshake, connection lost; OSError: CA/cert files.
