@@ -303,7 +303,10 @@ async def test_broker_restarted_under_a_stream_of_alerts_loses_none_repeats_none
         assert sum(resumed) >= 1, resumed
     onlines = [m for m in seen if m.topic == status and m.payload == b"online"]
     assert len(onlines) >= RESTARTS + 1
-    assert seen[-1].topic == status and seen[-1].payload == b"offline"
+    # The last word on availability is `offline`. (Not necessarily the last message: at
+    # QoS 2 an alert reaches the subscriber at the broker's PUBREL, which can come after
+    # the QoS 1 `offline` was forwarded.)
+    assert [m.payload for m in seen if m.topic == status][-1] == b"offline"
     print(
         f"\nmqtt qos {qos} ({'full' if FULL else 'short'}): {RESTARTS} broker restarts, "
         f"{ALERTS} alerts, {len(set(reference)) - len(set(got))} lost, {duplicates} duplicates, "
