@@ -1,7 +1,7 @@
-"""Massive (formerly Polygon.io) stocks: the websocket protocol (sans-I/O), the REST backfill, the feed.
+"""Massive (formerly Polygon.io) stocks: the websocket protocol (sans-I/O) and the feed.
 
 The protocol, as documented by Massive ("WebSocket / Stocks / Aggregates (Per
-Minute)", "REST / Stocks / Custom Bars") and spoken by Polygon's clients:
+Minute)") and spoken by Polygon's clients:
 
 - stream `wss://socket.massive.com/stocks` (real time) or
   `wss://delayed.massive.com/stocks` (15 min delayed); every server message is
@@ -15,12 +15,10 @@ Minute)", "REST / Stocks / Custom Bars") and spoken by Polygon's clients:
 - `{"action":"subscribe","params":"AM.IWM,AM.SPY"}` is confirmed per channel
   with `status` `success`, "subscribed to: AM.IWM";
 - minute aggregates `{"ev":"AM","sym","v","av","op","vw","o","c","h","l","a",
-  "z","s","e"}` with `s`/`e` the window start/end in epoch milliseconds;
-- REST `GET {rest}/v2/aggs/ticker/{sym}/range/1/minute/{from_ms}/{to_ms}
-  ?adjusted=true&sort=asc&limit=50000` returns `{"results":[{t,o,h,l,c,v,..}],
-  "next_url":..}` with `t` the bar start in ms. The key travels as
-  `Authorization: Bearer` (as Massive's own client sends it), so no URL we
-  request or log carries it.
+  "z","s","e"}` with `s`/`e` the window start/end in epoch milliseconds.
+
+The REST backfill (`MassiveRest`, "REST / Stocks / Custom Bars") lives in
+`massive_rest.py`; its names are importable from here too.
 
 `MassiveProtocol` never raises on input: what is not a valid bar becomes a
 `Rejection` with the same reasons as the Alpaca adapter.
@@ -34,7 +32,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -45,12 +42,13 @@ from websockets.uri import parse_uri
 from daemon.feeds.base import (
     FeedAuthFailed,
     FeedError,
-    FeedFatal,
     FeedStats,
     FeedThrottled,
     FeedUnavailable,
 )
 from daemon.feeds.market_hours import xnys_is_open
+from daemon.feeds.massive_rest import DEFAULT_REST_URL, AggsPage, MassiveRest, parse_aggs_page
+from daemon.feeds.massive_wire import DETAIL_CHARS, excerpt, field_problem, minute_bar, scrub
 from daemon.feeds.reconnect import (
     LoopSettings,
     Received,
@@ -59,18 +57,33 @@ from daemon.feeds.reconnect import (
     StreamFeed,
     checked_feed_args,
 )
-from daemon.feeds.wserrors import is_utf8, retry_after_s
+from daemon.feeds.wserrors import is_utf8
 from daemon.feeds.wssession import WebsocketSession
-from signals.bar import Bar, BarRejected
+from signals.bar import Bar
+
+__all__ = [
+    "DEFAULT_REST_URL",
+    "DEFAULT_STREAM_URL",
+    "DELAYED_STREAM_URL",
+    "AggsPage",
+    "Authenticated",
+    "BarsReceived",
+    "Connected",
+    "Event",
+    "MassiveFeed",
+    "MassiveProtocol",
+    "MassiveRest",
+    "ServerStatus",
+    "State",
+    "Subscribed",
+    "error_for_status",
+    "parse_aggs_page",
+]
 
 _log = structlog.get_logger(__name__)
 
 DEFAULT_STREAM_URL: Final = "wss://socket.massive.com/stocks"
 DELAYED_STREAM_URL: Final = "wss://delayed.massive.com/stocks"
-DEFAULT_REST_URL: Final = "https://api.massive.com"
-
-_DETAIL_CHARS = 160
-_MIN_SCRUB_CHARS = 6  # real keys are 20+ characters; scrubbing "s" would mangle every message
 
 State = Literal["connecting", "authenticating", "subscribing", "streaming", "failed"]
 
@@ -131,66 +144,6 @@ class _Agg(msgspec.Struct):
     s: int
 
 
-class _RestAgg(msgspec.Struct):
-    t: int
-    o: float
-    h: float
-    l: float  # noqa: E741 - the wire name
-    c: float
-    v: float
-
-
-class _RestPage(msgspec.Struct):
-    results: list[msgspec.Raw] | None = None
-    next_url: str | None = None
-
-
-def _excerpt(data: bytes | str) -> str:
-    text = data if isinstance(data, str) else data[:_DETAIL_CHARS].decode("utf-8", "replace")
-    return text[:_DETAIL_CHARS]
-
-
-def _field_problem(exc: msgspec.ValidationError, time_field: str) -> str:
-    """A reason for an aggregate that did not fit its struct."""
-    text = str(exc)
-    if f"`$.{time_field}`" in text:
-        return "bad_time"
-    if "out of range" in text:  # 1e400 and friends: JSON numbers beyond a double
-        return "non_finite"
-    return "bad_field"
-
-
-def _minute_bar(
-    symbol: str,
-    start_ms: int,
-    ohlcv: tuple[float, float, float, float, float],
-    *,
-    symbols: frozenset[str],
-    now_s: float,
-    max_future_s: float,
-) -> Bar | Rejection:
-    """A validated minute `Bar` starting at `start_ms` (epoch ms), or why not."""
-    name = f"{symbol[:12]!r}"
-    if start_ms < 0:
-        return Rejection("bad_time", f"{name}: start {start_ms} ms is before 1970")
-    if start_ms % 60_000:
-        return Rejection("bad_time", f"{name}: start {start_ms} ms is not on a minute")
-    # Compared in ms: `start_ms / 1000` overflows a float for a huge (but whole-minute) int.
-    if start_ms > (now_s + max_future_s) * 1000:
-        return Rejection("future_time", f"{name}: start {start_ms} ms is ahead of the clock")
-    try:
-        bar = Bar(symbol, start_ms // 1000, *ohlcv)
-    except BarRejected as exc:
-        return Rejection(exc.reason, str(exc))
-    if bar.symbol not in symbols:
-        return Rejection("unsubscribed_symbol", f"{name} was not subscribed")
-    return bar
-
-
-def _scrub(secret: str, text: str) -> str:
-    return text.replace(secret, "***") if len(secret) >= _MIN_SCRUB_CHARS else text
-
-
 class MassiveProtocol:
     """The Massive stocks stream protocol, sans I/O.
 
@@ -218,18 +171,18 @@ class MassiveProtocol:
     def receive_frame(self, data: str | bytes, now_s: float) -> None:
         """Process one websocket message received at wall-clock `now_s` (epoch seconds)."""
         if not is_utf8(data):
-            self._reject("bad_json", f"not UTF-8: {_excerpt(data)!r}")
+            self._reject("bad_json", f"not UTF-8: {excerpt(data)!r}")
             return
         try:
             items = msgspec.json.decode(data, type=list[msgspec.Raw])
         except msgspec.ValidationError:
-            self._reject("not_a_list", _excerpt(data))
+            self._reject("not_a_list", excerpt(data))
             return
         except msgspec.DecodeError:
-            self._reject("bad_json", _excerpt(data))
+            self._reject("bad_json", excerpt(data))
             return
         except RecursionError:
-            self._reject("too_deep", _excerpt(data))
+            self._reject("too_deep", excerpt(data))
             return
         pending: list[Bar] = []
         for raw in items:
@@ -250,7 +203,7 @@ class MassiveProtocol:
         try:
             ev = msgspec.json.decode(raw, type=_Head).ev
         except (msgspec.DecodeError, RecursionError):
-            self._reject("bad_message", _excerpt(bytes(raw)))
+            self._reject("bad_message", excerpt(bytes(raw)))
             return
         if ev == "AM":
             result = self._bar(raw, now_s)
@@ -271,10 +224,10 @@ class MassiveProtocol:
         try:
             m = msgspec.json.decode(raw, type=_Agg)
         except msgspec.ValidationError as exc:
-            return Rejection(_field_problem(exc, "s"), f"{exc}: {self._raw(raw)}")
+            return Rejection(field_problem(exc, "s"), f"{exc}: {self._raw(raw)}")
         except (msgspec.DecodeError, RecursionError):
             return Rejection("bad_message", self._raw(raw))
-        return _minute_bar(
+        return minute_bar(
             m.sym,
             m.s,
             (m.o, m.h, m.l, m.c, m.v),
@@ -289,7 +242,7 @@ class MassiveProtocol:
         except (msgspec.DecodeError, RecursionError):
             self._reject("bad_message", self._raw(raw))
             return
-        status, text = msg.status, self._scrub(msg.message)[:_DETAIL_CHARS]
+        status, text = msg.status, self._scrub(msg.message)[:DETAIL_CHARS]
         if status in _FAILURES or status.endswith("_failed"):
             if status == "error" and self.state == "authenticating":
                 status = "auth_failed"  # how older servers refused a key
@@ -319,13 +272,13 @@ class MassiveProtocol:
             pending.clear()
 
     def _raw(self, raw: msgspec.Raw) -> str:
-        return self._scrub(_excerpt(bytes(raw)))
+        return self._scrub(excerpt(bytes(raw)))
 
     def _reject(self, reason: str, detail: str) -> None:
         self._events.append(Rejection(reason, self._scrub(detail)))
 
     def _scrub(self, text: str) -> str:
-        return _scrub(self._key, text)
+        return scrub(self._key, text)
 
 
 def error_for_status(feed: str, status: str, message: str) -> FeedError:
@@ -336,195 +289,6 @@ def error_for_status(feed: str, status: str, message: str) -> FeedError:
     if status == "max_connections":  # another session holds the account's one slot
         return FeedThrottled(feed, detail)
     return FeedUnavailable(feed, detail)  # auth_timeout, error, *_failed: reconnect afresh
-
-
-@dataclass(frozen=True)
-class AggsPage:
-    """One decoded REST page: valid bars, rejections, and the URL of the next page."""
-
-    bars: tuple[Bar, ...]
-    rejected: tuple[Rejection, ...]
-    next_url: str | None
-
-
-def parse_aggs_page(
-    body: bytes, symbol: str, symbols: frozenset[str], now_s: float, max_future_s: float = 300.0
-) -> AggsPage:
-    """Decode a `/v2/aggs` response for `symbol`. Never raises: a bad envelope is one rejection."""
-    try:
-        page = msgspec.json.decode(body, type=_RestPage)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        return AggsPage((), (Rejection("bad_response", f"{exc}: {_excerpt(body)}"),), None)
-    bars: list[Bar] = []
-    rejected: list[Rejection] = []
-    for raw in page.results or ():
-        try:
-            m = msgspec.json.decode(raw, type=_RestAgg)
-        except msgspec.ValidationError as exc:
-            rejected.append(Rejection(_field_problem(exc, "t"), f"{exc}: {_excerpt(bytes(raw))}"))
-            continue
-        except (msgspec.DecodeError, RecursionError):
-            rejected.append(Rejection("bad_message", _excerpt(bytes(raw))))
-            continue
-        result = _minute_bar(
-            symbol,
-            m.t,
-            (m.o, m.h, m.l, m.c, m.v),
-            symbols=symbols,
-            now_s=now_s,
-            max_future_s=max_future_s,
-        )
-        if isinstance(result, Rejection):
-            rejected.append(result)
-        else:
-            bars.append(result)
-    return AggsPage(tuple(bars), tuple(rejected), page.next_url or None)
-
-
-def _origin(url: str) -> tuple[str, str | None, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname, parts.port
-
-
-class MassiveRest:
-    """The `/v2/aggs` minute backfill: one request per symbol, `next_url` pages, bounded retries.
-
-    `http` is owned by the caller. Retries 429, 5xx and network errors a few
-    times; then raises `FeedThrottled` (429), `FeedAuthFailed` (401),
-    `FeedFatal` (400/403/404: the request or the plan is wrong) or
-    `FeedUnavailable`. A `next_url` pointing at another host is not followed:
-    the key is never sent anywhere but `rest_url`.
-    """
-
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        *,
-        api_key: str,
-        symbols: Sequence[str],
-        rest_url: str = DEFAULT_REST_URL,
-        name: str = "massive",
-        now: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        max_future_s: float = 300.0,
-        page_limit: int = 50_000,
-        max_pages: int = 20,
-        max_retries: int = 3,
-        max_retry_wait_s: float = 60.0,
-        max_body_bytes: int = 32 << 20,
-    ) -> None:
-        self._http, self._name, self._key = http, name, api_key
-        self._symbols = tuple(symbols)
-        self._symbol_set = frozenset(self._symbols)
-        self._base = rest_url.rstrip("/")
-        self._now, self._sleep, self._max_future_s = now, sleep, max_future_s
-        self._page_limit, self._max_pages = page_limit, max_pages
-        self._max_retries, self._max_retry_wait_s = max_retries, max_retry_wait_s
-        self._max_body_bytes = max_body_bytes
-
-    def __repr__(self) -> str:
-        return f"MassiveRest(url={self._base!r}, symbols={self._symbols!r})"
-
-    async def bars(
-        self, start_s: int, end_s: int, *, timespan: Literal["minute", "day"] = "minute"
-    ) -> Received:
-        """Bars with start in `[start_s, end_s]` for every symbol, as kind `backfill`.
-
-        `timespan="day"`: daily bars, which Massive stamps at midnight New York.
-        """
-        bars: list[Bar] = []
-        rejected: list[Rejection] = []
-        for symbol in self._symbols:
-            url = (
-                f"{self._base}/v2/aggs/ticker/{symbol}/range/1/{timespan}/"
-                f"{start_s * 1000}/{end_s * 1000}"
-            )
-            params: dict[str, str] | None = {
-                "adjusted": "true",
-                "sort": "asc",
-                "limit": str(self._page_limit),
-            }
-            for _ in range(self._max_pages):
-                body = await self._get(url, params)
-                page = parse_aggs_page(
-                    body, symbol, self._symbol_set, self._now(), self._max_future_s
-                )
-                rejected.extend(Rejection(r.reason, self._scrub(r.detail)) for r in page.rejected)
-                for bar in page.bars:
-                    if start_s <= bar.time <= end_s:
-                        bars.append(bar)
-                    else:  # a forming minute would shadow the complete live bar
-                        rejected.append(Rejection("outside_window", f"{symbol} {bar.time}"))
-                if page.next_url is None:
-                    break
-                if _origin(page.next_url) != _origin(self._base):
-                    rejected.append(Rejection("backfill_truncated", "next_url on another host"))
-                    break
-                url, params = page.next_url, None  # next_url carries the query
-            else:
-                rejected.append(
-                    Rejection(
-                        "backfill_truncated", f"{symbol}: stopped after {self._max_pages} pages"
-                    )
-                )
-        return Received((("backfill", tuple(bars)),), tuple(rejected))
-
-    async def _get(self, url: str, params: dict[str, str] | None) -> bytes:
-        attempt = 0
-        while True:
-            try:
-                return await self._get_once(url, params)
-            except (FeedUnavailable, FeedThrottled) as exc:
-                if attempt >= self._max_retries:
-                    raise
-                wait = exc.retry_after_s if isinstance(exc, FeedThrottled) else None
-                await self._sleep(
-                    min(self._max_retry_wait_s, wait if wait is not None else 2.0**attempt)
-                )
-                attempt += 1
-
-    async def _get_once(self, url: str, params: dict[str, str] | None) -> bytes:
-        headers = {"Authorization": f"Bearer {self._key}"}
-        try:
-            async with self._http.stream("GET", url, params=params, headers=headers) as resp:
-                if resp.status_code == 200:
-                    return await self._read(resp, self._max_body_bytes)
-                body = await self._read(resp, 64 << 10)
-                raise self._status_error(resp.status_code, resp.headers, body)
-        except httpx.InvalidURL as exc:
-            raise FeedFatal(self._name, self._scrub(f"invalid REST URL: {exc}")) from exc
-        except httpx.HTTPError as exc:
-            raise FeedUnavailable(
-                self._name, self._scrub(f"REST {type(exc).__name__}: {exc}")
-            ) from exc
-
-    async def _read(self, resp: httpx.Response, limit: int) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise FeedUnavailable(self._name, f"REST response larger than {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> FeedError:
-        try:
-            fields = msgspec.json.decode(body, type=dict[str, object])
-            message = str(fields.get("error") or fields.get("message") or "")
-        except (msgspec.DecodeError, RecursionError):
-            message = ""
-        detail = self._scrub(f"REST HTTP {status} {message[:_DETAIL_CHARS]}".rstrip())
-        if status == 429:
-            return FeedThrottled(self._name, detail, retry_after_s(headers.multi_items()))
-        if status == 401:
-            return FeedAuthFailed(self._name, detail)
-        if status in (400, 403, 404):  # a bad request, or a plan without this data
-            return FeedFatal(self._name, detail)
-        return FeedUnavailable(self._name, detail)
-
-    def _scrub(self, text: str) -> str:
-        return _scrub(self._key, text)
 
 
 @dataclass(frozen=True)
@@ -564,7 +328,7 @@ class _MassiveConnection(WebsocketSession):
             ping_timeout_s=settings.ping_timeout_s,
             handshake_timeout_s=settings.handshake_timeout_s,
             now=settings.now,
-            scrub=lambda text: _scrub(settings.api_key, text),
+            scrub=lambda text: scrub(settings.api_key, text),
         )
 
     def _streaming(self) -> bool:

@@ -13,7 +13,7 @@ minute already played, so a client can repair a gap after a reconnect.
 Both listen on loopback only, on free ports by default. Test hooks:
 `kill_connections()`, `refuse_with(code)`, `go_silent()`,
 `close_after_subscribe()`, `send_raw(data)`, `fail_rest(status)` and
-`hold_rest()`.
+`hold_rest()`. The REST side is `replay_rest.ReplayRest`.
 
 Used by `iwm-alerts demo` / `replay` and by the feed tests.
 """
@@ -21,17 +21,12 @@ Used by `iwm-alerts demo` / `replay` and by the feed tests.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import math
 from collections.abc import Iterable
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Final, Self
-from urllib.parse import parse_qs, urlsplit
+from typing import Final, Self
 
 import msgspec
 import numpy as np
@@ -41,14 +36,13 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from daemon.feeds.alpaca import ERROR_MESSAGES
+from daemon.feeds.replay_rest import MAX_REQUEST_LINE, ReplayRest, rest_bar
 
 _log = structlog.get_logger(__name__)
 
 COLUMNS: Final = ("symbol", "time", "open", "high", "low", "close", "volume")
 LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 _CHANNELS: Final = ("bars", "updatedBars", "dailyBars")
-_MAX_REQUEST_LINE = 8192
-_MAX_HEADERS = 64
 
 
 def _json(value: object) -> str:
@@ -57,36 +51,6 @@ def _json(value: object) -> str:
 
 def _error(code: int) -> str:
     return _json([{"T": "error", "code": code, "msg": ERROR_MESSAGES.get(code, "error")}])
-
-
-def _stamp(epoch_s: int) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _number(x: float) -> float | int:
-    return int(x) if x.is_integer() and abs(x) < 2**53 else x
-
-
-def _rest_bar(row: dict[str, Any]) -> dict[str, object]:
-    h, low, c = row["high"], row["low"], row["close"]
-    return {
-        "t": _stamp(row["time"]),
-        "o": row["open"],
-        "h": h,
-        "l": low,
-        "c": c,
-        "v": _number(row["volume"]),
-        "n": 0,
-        "vw": round((h + low + c) / 3, 6),  # no trades here: the typical price stands in
-    }
-
-
-def _parse_time(text: str) -> int:
-    """Epoch seconds from RFC 3339 or `YYYY-MM-DD` (UTC)."""
-    stamp = datetime.fromisoformat(text)
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return math.floor(stamp.timestamp())
 
 
 @dataclass
@@ -180,13 +144,9 @@ class ReplayServer:
         self._sent = 0  # minutes whose frames have gone out (or were skipped while silent)
         self._manual = manual
         self._allowed = 0  # manual mode: minutes the test has let the timeline play
-        self._rest_open = asyncio.Event()
-        self._rest_open.set()
-        self._rest_held = 0
         self._refuse: int | None = None
         self._silent = False
         self._close_after_subscribe = False
-        self._rest_failures: list[tuple[int, float | None]] = []
         self._stack = AsyncExitStack()
         self._player: asyncio.Task[None] | None = None
         self._ws_server: Server | None = None
@@ -197,10 +157,9 @@ class ReplayServer:
         """`auth` messages received so far."""
         self.refused: dict[int, int] = {}
         """Sessions refused by `refuse_with`, by error code."""
-        self.rest_requests = 0
-        """REST requests answered so far."""
         self.last_subscription: dict[str, list[str]] | None = None
         """The channels of the latest (un)subscribe, as the server now holds them."""
+        self._rest = ReplayRest(self._frame, lambda: self.played_until, key=key, secret=secret)
 
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
@@ -209,7 +168,7 @@ class ReplayServer:
                 serve(self._handle, self._host, self._port, max_size=1 << 16)
             )
             self._http_server = await asyncio.start_server(
-                self._handle_http, self._host, self._http_port, limit=_MAX_REQUEST_LINE
+                self._rest.handle, self._host, self._http_port, limit=MAX_REQUEST_LINE
             )
             await stack.enter_async_context(self._http_server)
             self._player = group.create_task(self._play(), name="replay.player")
@@ -321,15 +280,17 @@ class ReplayServer:
 
     def hold_rest(self, held: bool = True) -> None:
         """Keep REST requests waiting, once read, until called with False (a slow backfill)."""
-        if held:
-            self._rest_open.clear()
-        else:
-            self._rest_open.set()
+        self._rest.hold(held)
 
     @property
     def rest_waiting(self) -> int:
         """REST requests held by `hold_rest` right now."""
-        return self._rest_held
+        return self._rest.waiting
+
+    @property
+    def rest_requests(self) -> int:
+        """REST requests answered so far."""
+        return self._rest.requests
 
     @property
     def connected_clients(self) -> int:
@@ -343,7 +304,7 @@ class ReplayServer:
 
     def fail_rest(self, status: int, times: int = 1, retry_after_s: float | None = None) -> None:
         """Answer the next `times` REST requests with `status` (and `Retry-After` if given)."""
-        self._rest_failures.extend([(status, retry_after_s)] * times)
+        self._rest.fail(status, times, retry_after_s)
 
     async def send_raw(self, data: str | bytes) -> int:
         """Send `data` as one message to every subscribed client. Returns how many got it."""
@@ -469,7 +430,7 @@ class ReplayServer:
                 await self._minute_sent(index)
                 continue
             messages = [
-                {"T": "b", "S": row["symbol"], **_rest_bar(row)}
+                {"T": "b", "S": row["symbol"], **rest_bar(row)}
                 for row in rows.iter_rows(named=True)
             ]
             for ws, client in audience:
@@ -494,95 +455,6 @@ class ReplayServer:
     def finished(self) -> bool:
         """Every minute has been played."""
         return self._finished.is_set()
-
-    # REST side.
-
-    async def _handle_http(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            async with asyncio.timeout(5.0):
-                request_line = (await reader.readline()).decode("latin-1")
-                headers: dict[str, str] = {}
-                for _ in range(_MAX_HEADERS):
-                    line = (await reader.readline()).decode("latin-1")
-                    if line in ("\r\n", "\n", ""):
-                        break
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-            if not self._rest_open.is_set():
-                self._rest_held += 1
-                try:
-                    await self._rest_open.wait()
-                finally:
-                    self._rest_held -= 1
-            status, body, extra = self._respond(request_line, headers)
-            self.rest_requests += 1
-            reason = HTTPStatus(status).phrase
-            head = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json"]
-            head += [f"Content-Length: {len(body)}", "Connection: close", *extra, "", ""]
-            writer.write("\r\n".join(head).encode("latin-1") + body)
-            await writer.drain()
-        except (TimeoutError, ValueError, ConnectionError):
-            pass  # a broken or slow request: drop it
-        finally:
-            writer.close()
-            with suppress(ConnectionError):
-                await writer.wait_closed()
-
-    def _respond(self, request_line: str, headers: dict[str, str]) -> tuple[int, bytes, list[str]]:
-        parts = request_line.split()
-        if len(parts) != 3 or parts[0] != "GET":
-            return 405, msgspec.json.encode({"message": "method not allowed"}), []
-        target = urlsplit(parts[1])
-        if target.path != "/v2/stocks/bars":
-            return 404, msgspec.json.encode({"message": "not found"}), []
-        if self._key is not None and (
-            headers.get("apca-api-key-id"),
-            headers.get("apca-api-secret-key"),
-        ) != (self._key, self._secret):
-            return 401, msgspec.json.encode({"message": "unauthorized."}), []
-        if self._rest_failures:
-            status, retry_after = self._rest_failures.pop(0)
-            extra = [] if retry_after is None else [f"Retry-After: {retry_after:g}"]
-            return status, msgspec.json.encode({"message": HTTPStatus(status).phrase}), extra
-        try:
-            body = self._bars_page({k: v[-1] for k, v in parse_qs(target.query).items()})
-        except ValueError as exc:
-            return 400, msgspec.json.encode({"message": str(exc)}), []
-        return 200, body, []
-
-    def _bars_page(self, query: dict[str, str]) -> bytes:
-        if query.get("timeframe") not in ("1Min", "1T"):
-            raise ValueError("only timeframe=1Min is replayed")
-        symbols = [s for s in query.get("symbols", "").split(",") if s]
-        if not symbols:
-            raise ValueError("symbols is required")
-        limit = int(query.get("limit", "1000"))
-        if not 1 <= limit <= 10_000:
-            raise ValueError("limit must be in [1, 10000]")
-        start = _parse_time(query["start"]) if "start" in query else 0
-        end = _parse_time(query["end"]) if "end" in query else 2**62
-        offset = 0
-        if "page_token" in query:
-            try:
-                offset = int(base64.urlsafe_b64decode(query["page_token"].encode()).decode())
-            except (binascii.Error, UnicodeDecodeError) as exc:
-                raise ValueError("invalid page_token") from exc
-        played = self.played_until
-        until = min(end, played if played is not None else -1)
-        rows = self._frame.filter(
-            pl.col("symbol").is_in(symbols) & (pl.col("time") >= start) & (pl.col("time") <= until)
-        ).sort("symbol", "time")
-        page = rows.slice(offset, limit)
-        out: dict[str, list[dict[str, object]]] = {}
-        for row in page.iter_rows(named=True):
-            out.setdefault(row["symbol"], []).append(_rest_bar(row))
-        more = offset + page.height < rows.height
-        token = (
-            base64.urlsafe_b64encode(str(offset + page.height).encode()).decode() if more else None
-        )
-        return msgspec.json.encode({"bars": out, "next_page_token": token})
 
 
 def frame_from_rows(

@@ -1,0 +1,197 @@
+"""Finnhub REST: the `/stock/candle` minute backfill.
+
+As documented by Finnhub: `GET {rest}/api/v1/stock/candle?symbol=..&resolution=1&from=..&to=..`
+(epoch seconds) returns `{"s":"ok","t":[..],"o":[..],"h","l","c","v"}` or
+`{"s":"no_data"}`; on many plans it is premium and answers 403 ("You don't
+have access to this resource"): then backfill is logged once as
+unavailable and the feed runs on without it. The token goes in the
+`X-Finnhub-Token` header, so no REST URL carries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+import httpx
+import msgspec
+import structlog
+
+from daemon.feeds.base import (
+    FeedAuthFailed,
+    FeedError,
+    FeedFatal,
+    FeedThrottled,
+    FeedUnavailable,
+)
+from daemon.feeds.finnhub_wire import DETAIL_CHARS, excerpt, scrub
+from daemon.feeds.reconnect import Received, Rejection
+from daemon.feeds.wserrors import retry_after_s
+from signals.bar import Bar, BarRejected
+
+_log = structlog.get_logger(__name__)
+
+DEFAULT_REST_URL: Final = "https://finnhub.io"
+
+
+class _Candles(msgspec.Struct):
+    s: str
+    t: list[int] = []
+    o: list[float] = []
+    h: list[float] = []
+    l: list[float] = []  # noqa: E741 - the wire name
+    c: list[float] = []
+    v: list[float] = []
+
+
+def parse_candles(
+    body: bytes, symbol: str, symbols: frozenset[str], now_s: float, max_future_s: float = 300.0
+) -> tuple[list[Bar], list[Rejection]]:
+    """Decode a `/stock/candle` response for `symbol`. Never raises: a bad body is one rejection."""
+    try:
+        page = msgspec.json.decode(body, type=_Candles)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        return [], [Rejection("bad_response", f"{exc}: {excerpt(body)}")]
+    if page.s == "no_data":
+        return [], []
+    columns = (page.t, page.o, page.h, page.l, page.c, page.v)
+    if page.s != "ok" or len({len(col) for col in columns}) != 1:
+        return [], [Rejection("bad_response", f"s={page.s[:20]!r} or ragged arrays")]
+    bars: list[Bar] = []
+    rejected: list[Rejection] = []
+    for start, o, h, low, c, v in zip(*columns, strict=True):
+        if start < 0 or start % 60:
+            rejected.append(Rejection("bad_time", f"{symbol}: {start} is not a minute start"))
+        elif start > now_s + max_future_s:
+            rejected.append(Rejection("future_time", f"{symbol}: {start} is ahead of the clock"))
+        elif symbol not in symbols:
+            rejected.append(Rejection("unsubscribed_symbol", f"{symbol[:12]!r} was not asked for"))
+        else:
+            try:
+                bars.append(Bar(symbol, start, o, h, low, c, v))
+            except BarRejected as exc:
+                rejected.append(Rejection(exc.reason, str(exc)))
+    return bars, rejected
+
+
+class _NoAccess(FeedFatal):
+    """HTTP 403: the plan does not include candles."""
+
+
+class FinnhubRest:
+    """The `/stock/candle` minute backfill: one request per symbol, bounded retries.
+
+    `http` is owned by the caller. A 403 (candles are premium on many plans)
+    turns backfill off for good: logged once as `feed.backfill_unavailable`,
+    every later call returns nothing at once. Otherwise retries 429, 5xx and
+    network errors a few times, then raises `FeedThrottled`, `FeedAuthFailed`
+    (401), `FeedFatal` (400/404) or `FeedUnavailable`.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        token: str,
+        symbols: Sequence[str],
+        rest_url: str = DEFAULT_REST_URL,
+        name: str = "finnhub",
+        now: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_future_s: float = 300.0,
+        max_retries: int = 3,
+        max_retry_wait_s: float = 60.0,
+        max_body_bytes: int = 8 << 20,
+    ) -> None:
+        self._http, self._name, self._token = http, name, token
+        self._symbols = tuple(symbols)
+        self._symbol_set = frozenset(self._symbols)
+        self._url = f"{rest_url.rstrip('/')}/api/v1/stock/candle"
+        self._now, self._sleep, self._max_future_s = now, sleep, max_future_s
+        self._max_retries, self._max_retry_wait_s = max_retries, max_retry_wait_s
+        self._max_body_bytes = max_body_bytes
+        self.available = True
+        """False once the server said the plan has no candles (HTTP 403)."""
+
+    def __repr__(self) -> str:
+        return f"FinnhubRest(url={self._url!r}, symbols={self._symbols!r})"
+
+    async def bars(self, start_s: int, end_s: int) -> Received:
+        """Minute bars with start in `[start_s, end_s]` for every symbol, as kind `backfill`."""
+        if not self.available:
+            return Received()
+        bars: list[Bar] = []
+        rejected: list[Rejection] = []
+        for symbol in self._symbols:
+            params = {"symbol": symbol, "resolution": "1", "from": str(start_s), "to": str(end_s)}
+            try:
+                body = await self._get(params)
+            except _NoAccess as exc:
+                self.available = False
+                _log.warning("feed.backfill_unavailable", feed=self._name, detail=exc.detail)
+                return Received()
+            got, bad = parse_candles(
+                body, symbol, self._symbol_set, self._now(), self._max_future_s
+            )
+            rejected.extend(bad)
+            for bar in got:
+                if start_s <= bar.time <= end_s:
+                    bars.append(bar)
+                else:  # a forming minute would shadow the complete live bar
+                    rejected.append(Rejection("outside_window", f"{symbol} {bar.time}"))
+        return Received((("backfill", tuple(bars)),), tuple(rejected))
+
+    async def _get(self, params: dict[str, str]) -> bytes:
+        attempt = 0
+        while True:
+            try:
+                return await self._get_once(params)
+            except (FeedUnavailable, FeedThrottled) as exc:
+                if attempt >= self._max_retries:
+                    raise
+                wait = exc.retry_after_s if isinstance(exc, FeedThrottled) else None
+                await self._sleep(
+                    min(self._max_retry_wait_s, wait if wait is not None else 2.0**attempt)
+                )
+                attempt += 1
+
+    async def _get_once(self, params: dict[str, str]) -> bytes:
+        headers = {"X-Finnhub-Token": self._token}
+        try:
+            async with self._http.stream("GET", self._url, params=params, headers=headers) as resp:
+                limit = self._max_body_bytes if resp.status_code == 200 else 64 << 10
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise FeedUnavailable(
+                            self._name, f"REST response larger than {limit} bytes"
+                        )
+                    chunks.append(chunk)
+                if resp.status_code == 200:
+                    return b"".join(chunks)
+                raise self._status_error(resp.status_code, resp.headers, b"".join(chunks))
+        except httpx.InvalidURL as exc:
+            raise FeedFatal(self._name, scrub(self._token, f"invalid REST URL: {exc}")) from exc
+        except httpx.HTTPError as exc:
+            detail = scrub(self._token, f"REST {type(exc).__name__}: {exc}")
+            raise FeedUnavailable(self._name, detail) from exc
+
+    def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> FeedError:
+        try:
+            message = str(msgspec.json.decode(body, type=dict[str, object]).get("error", ""))
+        except (msgspec.DecodeError, RecursionError):
+            message = ""
+        detail = scrub(self._token, f"REST HTTP {status} {message[:DETAIL_CHARS]}".rstrip())
+        if status == 403:
+            return _NoAccess(self._name, detail)
+        if status == 429:
+            return FeedThrottled(self._name, detail, retry_after_s(headers.multi_items()))
+        if status == 401:
+            return FeedAuthFailed(self._name, detail)
+        if status in (400, 404):
+            return FeedFatal(self._name, detail)
+        return FeedUnavailable(self._name, detail)
