@@ -1,19 +1,16 @@
-"""Feed faults at daemon level (issue 8): the real feed code against the real local ReplayServer.
+"""Feed faults at daemon level (issue 8): the real Alpaca feed against the real local ReplayServer.
 
-1. The websocket server killed many times at seeded random minutes, some kills
-   while a backfill is in flight: the daemon ends up holding exactly the
-   source's bars and the alerts of a clean run, nothing twice.
-2. "Connection limit exceeded" (Alpaca 406) for five fake minutes: a handful of
+1. "Connection limit exceeded" (Alpaca 406) for five fake minutes: a handful of
    attempts, then bars flow as soon as the server lets us in.
-3. An open socket gone silent during market hours is closed after the silence
+2. An open socket gone silent during market hours is closed after the silence
    timeout, then reconnected and repaired; silence while the market is closed
    is not a fault.
-4. A 30-minute outage in realtime semantics: the outage minutes' alerts come
+3. A 30-minute outage in realtime semantics: the outage minutes' alerts come
    flagged delayed, those past the stale limit are dropped and counted, none
    is sent twice.
 
-Fake time: `FakeClock` (tests/daemon/feeds/feedkit) in 2, where only the
-reconnect loop sleeps; `SteppedClock` here in 3 and 4, where the test moves
+Fake time: `FakeClock` (tests/daemon/feeds/feedkit) in 1, where only the
+reconnect loop sleeps; `SteppedClock` here in 2 and 3, where the test moves
 the clock and a manual-mode replay server in step, minute by minute.
 """
 
@@ -23,7 +20,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,27 +28,17 @@ import polars as pl
 import pytest
 import structlog
 
-from daemon.app import (
-    DELAYED_AFTER_S,
-    STALE_AFTER_S,
-    Ingest,
-    IngestStats,
-    build_feed,
-    build_pipeline,
-    run_daemon,
-)
+from daemon.app import DELAYED_AFTER_S, STALE_AFTER_S, Ingest, build_pipeline
 from daemon.config import FeedSettings, load_config
 from daemon.delivery import DeliveryLoop
 from daemon.feeds.alpaca import AlpacaFeed
-from daemon.feeds.base import Feed, FeedBatch
+from daemon.feeds.base import FeedBatch
 from daemon.feeds.market_hours import xnys_is_open
 from daemon.feeds.reconnect import ReconnectPolicy
 from daemon.feeds.replay import ReplayServer
 from daemon.outbox import Outbox
-from daemon.secrets import Secrets
 from daemon.sinks.jsonl import JsonlSink
 from signals.alerts import decode_alert
-from signals.bar import Bar
 from tests.daemon.feeds.feedkit import (
     KEY,
     SECRET,
@@ -66,21 +53,14 @@ from tests.daemon.feeds.feedkit import (
     wait_until,
 )
 from tests.daemon.minute_market import minute_market
-from tests.daemon.test_daemon import _alert_ids, _config
+from tests.reliability.faultkit import SEED, report
 from tests.reliability.scale import scale
 
 pytestmark = pytest.mark.reliability
 
-SEED = 8
-OHLCV = ("time", "open", "high", "low", "close", "volume")
 DEFAULTS = FeedSettings(provider="alpaca")
 """The `[feed]` defaults a production config gets (silence timeout, backoff)."""
 WATCHDOG_TICK_S = DEFAULTS.silence_timeout_s / 4  # while closed, the watchdog looks this often
-
-
-def _report(line: str) -> None:
-    """One line of figures per test (shown with `pytest -s` or `-rP`)."""
-    print(f"reliability: {line}")
 
 
 def _daemon_feed(
@@ -112,234 +92,7 @@ def _daemon_feed(
     )
 
 
-# 1. Killed again and again, sometimes mid-backfill.
-
-KILL_EVENTS = scale(6, 20)
-SESSIONS = scale(3, 6)
-SPEED = 250.0  # bar-minutes per real second
-
-
-class Tap:
-    """The daemon's own feed with a recorder on `emit`: every batch ingest was handed."""
-
-    def __init__(self, feed: Feed) -> None:
-        self.feed = feed
-        self.name = feed.name
-        self.stats = feed.stats
-        self.batches: list[FeedBatch] = []
-
-    async def run(self, emit: Callable[[FeedBatch], None]) -> None:
-        def record(batch: FeedBatch) -> None:
-            self.batches.append(batch)
-            emit(batch)
-
-        await self.feed.run(record)
-
-    def minute_bars(self) -> list[Bar]:
-        """Every minute bar handed to ingest, in order."""
-        return [
-            b for batch in self.batches if batch.kind in ("live", "backfill") for b in batch.bars
-        ]
-
-
-@dataclass
-class DaemonRun:
-    stats: IngestStats
-    ingest: Ingest
-    tap: Tap
-    alert_ids: list[str]
-
-
-@dataclass
-class Kills:
-    total: int = 0
-    during_backfill: int = 0
-    at_minute: list[int] = field(default_factory=list)
-
-
-async def _run_daemon(
-    tmp: Path,
-    bars: pl.DataFrame,
-    level: float,
-    faults: Callable[[ReplayServer, Tap], Awaitable[None]] | None = None,
-) -> DaemonRun:
-    """The whole daemon in-process (replay semantics) until the last minute is ingested."""
-    last = int(bars["time"].max())  # type: ignore[arg-type]
-    async with ReplayServer(bars, speed=SPEED) as server:
-        config = load_config(_config(tmp, server.url, server.rest_url, level))
-        secrets = Secrets.load(config)
-        tap = Tap(build_feed(config, secrets, realtime=False))
-        stop = asyncio.Event()
-        ingests: list[Ingest] = []
-
-        async def finish() -> None:
-            if faults is not None:
-                await faults(server, tap)
-            await server.wait_played(server.minutes_total)
-            while not ingests or ingests[0].stats.last_bar_time != last:
-                await asyncio.sleep(0.02)
-            stop.set()
-
-        async with asyncio.timeout(scale(90, 240)), asyncio.TaskGroup() as tg:
-            tg.create_task(finish(), name="finish")
-            stats = await run_daemon(
-                config,
-                secrets,
-                stop,
-                feed=tap,
-                realtime=False,
-                on_ingest=ingests.append,
-                snapshots=False,
-            )
-    return DaemonRun(stats, ingests[0], tap, _alert_ids(tmp))
-
-
-async def _kill(server: ReplayServer, kills: Kills) -> None:
-    assert not server.finished, "a kill after the replay ended would prove nothing"
-    assert server.kill_connections() == 1
-    kills.total += 1
-    kills.at_minute.append(server.minutes_played)
-
-
-async def _kill_at_random_minutes(server: ReplayServer, tap: Tap, kills: Kills) -> None:
-    """`KILL_EVENTS` kills at seeded random minutes; every third event lets the feed
-    reconnect, holds its backfill on the REST side and kills it right then."""
-    rng = random.Random(SEED)
-    total = server.minutes_total
-    events = sorted(rng.sample(range(30, total * 4 // 5), KILL_EVENTS))
-    slow = set(rng.sample(range(KILL_EVENTS), KILL_EVENTS // 3))
-
-    def back_up() -> bool:  # the last kill's reconnect is through: one fresh subscribed session
-        return (
-            tap.stats.connects == kills.total + 1
-            and server.connected_clients == 1
-            and server.streaming_clients == 1
-        )
-
-    for k, minute in enumerate(events):
-        await server.wait_played(minute)
-        await wait_until(back_up, 15)
-        if k not in slow:
-            await _kill(server, kills)
-            continue
-        server.hold_rest()
-        await _kill(server, kills)
-        await wait_until(lambda: back_up() and server.rest_waiting >= 1, 15)
-        assert tap.stats.connected  # the session is up, its gap repair in flight
-        await _kill(server, kills)
-        kills.during_backfill += 1
-        server.hold_rest(False)
-
-
-def _by_key(bars: list[Bar]) -> dict[tuple[str, int], tuple[float, ...]]:
-    return {(b.symbol, b.time): (b.open, b.high, b.low, b.close, b.volume) for b in bars}
-
-
-def _source_by_key(df: pl.DataFrame) -> dict[tuple[str, int], tuple[float, ...]]:
-    return {
-        (r["symbol"], r["time"]): (r["open"], r["high"], r["low"], r["close"], r["volume"])
-        for r in df.iter_rows(named=True)
-    }
-
-
-def _as_float(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select(pl.col(c).cast(pl.Float64) for c in OHLCV)
-
-
-def _assert_rings_hold_the_source(ingest: Ingest, df: pl.DataFrame) -> None:
-    """The 1-minute engine's rings hold the source's newest minutes, value for value."""
-    engine = ingest.pipeline.minute
-    assert engine is not None
-    for symbol in SYMBOLS:
-        held = engine.rings.frame(engine.row(symbol))
-        want = df.filter(pl.col("symbol") == symbol).sort("time").tail(engine.rings.capacity)
-        assert held.height == want.height > 0
-        assert _as_float(held).equals(_as_float(want)), symbol
-
-
-def _daily_bars(ingest: Ingest) -> dict[tuple[str, int], tuple[float, ...]]:
-    daily = ingest.pipeline.engine("1d")
-    out: dict[tuple[str, int], tuple[float, ...]] = {}
-    for symbol in SYMBOLS:
-        for r in daily.rings.frame(daily.row(symbol)).iter_rows(named=True):
-            day = int(r["time"]) // 86_400 * 86_400
-            out[(symbol, day)] = (r["open"], r["high"], r["low"], r["close"], r["volume"])
-    return out
-
-
-def _source_daily(df: pl.DataFrame) -> dict[tuple[str, int], tuple[float, ...]]:
-    days = (
-        df.sort("time")
-        .with_columns((pl.col("time") // 86_400 * 86_400).alias("day"))
-        .group_by("symbol", "day", maintain_order=True)
-        .agg(
-            pl.col("open").first(),
-            pl.col("high").max(),
-            pl.col("low").min(),
-            pl.col("close").last(),
-            pl.col("volume").sum(),
-        )
-    )
-    return {
-        (r["symbol"], r["day"]): (r["open"], r["high"], r["low"], r["close"], r["volume"])
-        for r in days.iter_rows(named=True)
-    }
-
-
-async def test_server_killed_at_random_minutes_and_mid_backfill_loses_and_repeats_nothing(
-    tmp_path: Path,
-) -> None:
-    started = time.monotonic()
-    df, _ = minute_market(n_sessions=SESSIONS)
-    level = float(df.filter(pl.col("symbol") == "IWM")["close"].median())  # type: ignore[arg-type]
-    clean_dir, faulty_dir = tmp_path / "clean", tmp_path / "faulty"
-    clean_dir.mkdir()
-    faulty_dir.mkdir()
-    clean = await _run_daemon(clean_dir, df, level)
-    kills = Kills()
-
-    async def faults(server: ReplayServer, tap: Tap) -> None:
-        await _kill_at_random_minutes(server, tap, kills)
-
-    faulty = await _run_daemon(faulty_dir, df, level, faults)
-
-    # The faults happened: every kill dropped the one live session mid-replay.
-    assert kills.total == KILL_EVENTS + KILL_EVENTS // 3
-    assert kills.during_backfill == KILL_EVENTS // 3 >= 2
-    assert faulty.tap.stats.connects == kills.total + 1
-    assert faulty.tap.stats.backfilled > 0
-    assert clean.tap.stats.connects == 1 and clean.tap.stats.reconnects == 0
-    # Every minute bar reached ingest exactly once, with the source's values.
-    source = _source_by_key(df)
-    handed = faulty.tap.minute_bars()
-    keys = [(b.symbol, b.time) for b in handed]
-    assert len(keys) == len(set(keys)) == df.height
-    assert _by_key(handed) == source
-    for symbol in SYMBOLS:
-        times = [t for s, t in keys if s == symbol]
-        assert times == sorted(times)
-    # What the engines store equals the source: the newest minutes, and every session.
-    _assert_rings_hold_the_source(faulty.ingest, df)
-    assert _daily_bars(faulty.ingest) == _source_daily(df) == _daily_bars(clean.ingest)
-    minute = faulty.ingest.pipeline.minute
-    assert minute is not None and minute.rejected_total.get("duplicate", 0) == 0
-    assert clean.ingest.pipeline.minute is not None
-    assert minute.rejected_total == clean.ingest.pipeline.minute.rejected_total
-    # The same alerts as the clean run, none twice.
-    ids = faulty.alert_ids
-    assert ids and len(ids) == len(set(ids))
-    assert sorted(ids) == sorted(clean.alert_ids)
-    assert faulty.stats.alerts_duplicate == 0
-    assert faulty.stats.alerts_emitted == clean.stats.alerts_emitted == len(ids)
-    _report(
-        f"kills={kills.total} (mid-backfill {kills.during_backfill}) over {df.height // 3}"
-        f" minutes x3, lost=0 duplicates=0 alerts={len(ids)}"
-        f" feed_dups_dropped={faulty.tap.stats.duplicates}"
-        f" backfilled={faulty.tap.stats.backfilled} wall={time.monotonic() - started:.1f}s"
-    )
-
-
-# 2. "Connection limit exceeded" for five fake minutes.
+# 1. "Connection limit exceeded" for five fake minutes.
 
 REFUSED_S = 300.0
 MAX_ATTEMPTS = 10
@@ -352,7 +105,7 @@ async def test_connection_limit_for_five_minutes_costs_at_most_ten_attempts(seed
         server.refuse_with(406)
         clock = FakeClock(T0)
         window = clock.passed(T0 + REFUSED_S)
-        # Market closed for the watchdog: silence is test 3's subject, not this one's.
+        # Market closed for the watchdog: silence is test 2's subject, not this one's.
         feed = _daemon_feed(
             server,
             now=clock.now,
@@ -376,13 +129,13 @@ async def test_connection_limit_for_five_minutes_costs_at_most_ten_attempts(seed
     assert server.connections_seen == attempts + 1 == feed.stats.attempts
     assert feed.stats.connects == 1
     assert sorted(out.pairs()) == sorted(keys_of(frame))
-    _report(
+    report(
         f"406 for {REFUSED_S:.0f} fake s (seed {seed}): {attempts} attempts,"
         f" delays {[round(d) for d in delays]} s"
     )
 
 
-# Fake time in step with a manual-mode replay server (3 and 4).
+# Fake time in step with a manual-mode replay server (2 and 3).
 
 
 class SteppedClock:
@@ -465,7 +218,7 @@ def _assert_every_bar_once(out: Collector, frame: pl.DataFrame) -> None:
     assert set(keys) == keys_of(frame)
 
 
-# 3. Silence.
+# 2. Silence.
 
 
 SILENT_MINUTES_TOTAL = scale(30, 90)
@@ -510,7 +263,7 @@ async def test_socket_silent_in_market_hours_is_detected_reconnected_and_repaire
     assert silent_minutes and all(
         (s, t) in set(out.pairs("backfill")) for s in SYMBOLS for t in silent_minutes
     )
-    _report(
+    report(
         f"silence in market hours: detected after {quiet_s:.1f} fake s"
         f" (timeout {DEFAULTS.silence_timeout_s:g} s), {len(silent_minutes)} silent minutes"
         f" backfilled, wall={time.monotonic() - started:.1f}s"
@@ -558,13 +311,13 @@ async def test_silence_while_the_market_is_closed_is_not_a_fault() -> None:
     assert low <= after_open_s <= DEFAULTS.silence_timeout_s + WATCHDOG_TICK_S + 1
     assert not more and connections == 1 and feed.stats.connects == 2
     _assert_every_bar_once(out, frame)
-    _report(
+    report(
         f"silence while closed: {quiet_closed_s:.0f} fake s tolerated, then detected"
         f" {after_open_s:.1f} fake s after the open, wall={time.monotonic() - started:.1f}s"
     )
 
 
-# 4. A 30-minute outage in realtime semantics.
+# 3. A 30-minute outage in realtime semantics.
 
 LIVE_MINUTES = scale(10, 30)
 """Minutes streamed live before, between and after the outages."""
@@ -685,7 +438,7 @@ async def test_thirty_minute_outage_alerts_delayed_stale_dropped_none_twice(
     assert ingest.stats.alerts_stale == len(stale)
     assert ingest.stats.alerts_duplicate == 0
     assert ingest.stats.alerts_emitted == len(alerts) == len(age) - len(stale)
-    _report(
+    report(
         f"outages of {[round(o.refused_s) for o in outages]} fake s:"
         f" 30-min outage {len(first & delayed)} delayed / {len(first & stale)} stale,"
         f" long outage {len(second & delayed)} delayed / {len(second & stale)} stale dropped;"
