@@ -94,25 +94,33 @@ class Aggregator:
         if stale.any():  # a minute older than the forming bar: drop it
             keep, rows, start, end = keep[~stale], rows[~stale], start[~stale], end[~stale]
             superseded = superseded[~stale]
-        closed = [self._emit(rows[superseded])]
+        closed = [self._emit(rows[superseded])] if superseded.any() else []
         o, h, lo, c, v = (
             batch.open[keep], batch.high[keep], batch.low[keep], batch.close[keep], batch.volume[keep],
         )  # fmt: skip
         new = self._start[rows] != start
         cur = self._ohlcv[rows]
-        self._ohlcv[rows] = np.column_stack(
-            [
-                np.where(new, o, cur[:, 0]),
-                np.where(new, h, np.maximum(cur[:, 1], h)),
-                np.where(new, lo, np.minimum(cur[:, 2], lo)),
-                c,
-                np.where(new, v, cur[:, 4] + v),
-            ]
-        )
+        if new.any():
+            self._ohlcv[rows] = np.column_stack(
+                [
+                    np.where(new, o, cur[:, 0]),
+                    np.where(new, h, np.maximum(cur[:, 1], h)),
+                    np.where(new, lo, np.minimum(cur[:, 2], lo)),
+                    c,
+                    np.where(new, v, cur[:, 4] + v),
+                ]
+            )
+        else:  # every bar goes on (the usual minute): the same values, fewer steps
+            cur[:, 1] = np.maximum(cur[:, 1], h)
+            cur[:, 2] = np.minimum(cur[:, 2], lo)
+            cur[:, 3] = c
+            cur[:, 4] += v
+            self._ohlcv[rows] = cur
         self._start[rows] = start
         self._end[rows] = end
         complete = batch.time[keep] + 60 >= end
-        closed.append(self._emit(rows[complete]))
+        if complete.any():
+            closed.append(self._emit(rows[complete]))
         return _concat(closed)
 
     def flush(self, now: int) -> BarBatch:
@@ -120,7 +128,7 @@ class Aggregator:
         rows = np.flatnonzero((self._start != NONE) & (self._end <= now))
         return self._emit(rows.astype(np.int64))
 
-    def forming(self, symbols: list[str] | None = None) -> BarBatch:
+    def forming(self, symbols: Sequence[str] | None = None) -> BarBatch:
         """The forming bars (of `symbols`, default all), for a non-mutating peek."""
         _key, known = (None, None) if symbols is None else self._row_memo.get(symbols)
         if known is not None:  # every symbol of a batch seen before has a row
@@ -154,15 +162,16 @@ class Aggregator:
         return out
 
     def _batch(self, rows: IntArray) -> BarBatch:
-        x: FloatArray = self._ohlcv[rows]
+        x: FloatArray = self._ohlcv[rows].T.copy()  # one copy, a contiguous row per field
+        symbols = self._symbols
         return BarBatch(
-            symbol=[self._symbols[r] for r in rows],
-            time=self._start[rows].copy(),
-            open=x[:, 0].copy(),
-            high=x[:, 1].copy(),
-            low=x[:, 2].copy(),
-            close=x[:, 3].copy(),
-            volume=x[:, 4].copy(),
+            symbol=[symbols[r] for r in rows.tolist()],
+            time=self._start[rows],
+            open=x[0],
+            high=x[1],
+            low=x[2],
+            close=x[3],
+            volume=x[4],
         )
 
 
@@ -170,6 +179,8 @@ def _concat(batches: list[BarBatch]) -> BarBatch:
     parts = [b for b in batches if len(b)]
     if len(parts) == 1:
         return parts[0]
+    if not parts:
+        return _EMPTY
     return BarBatch(
         symbol=[s for b in parts for s in b.symbol],
         time=np.concatenate([b.time for b in parts]) if parts else np.zeros(0, np.int64),
@@ -179,3 +190,16 @@ def _concat(batches: list[BarBatch]) -> BarBatch:
         close=np.concatenate([b.close for b in parts]) if parts else np.zeros(0),
         volume=np.concatenate([b.volume for b in parts]) if parts else np.zeros(0),
     )
+
+
+_EMPTY = BarBatch(
+    symbol=(),
+    time=np.zeros(0, np.int64),
+    open=np.zeros(0),
+    high=np.zeros(0),
+    low=np.zeros(0),
+    close=np.zeros(0),
+    volume=np.zeros(0),
+)
+for _column in (_EMPTY.time, _EMPTY.open, _EMPTY.high, _EMPTY.low, _EMPTY.close, _EMPTY.volume):
+    _column.flags.writeable = False  # shared by every call that closes nothing

@@ -35,6 +35,8 @@ class RowMemo:
     def __init__(self, size: int = 8) -> None:
         self._size = size
         self._memo: dict[tuple[str, ...], IntArray] = {}
+        # id -> (rows, no symbol twice): the array is held, so its id is not reused meanwhile.
+        self._unique: dict[int, tuple[IntArray, bool]] = {}
 
     def get(self, symbols: Sequence[str]) -> tuple[tuple[str, ...], IntArray | None]:
         """(key, rows or None): pass the key to `put` after a miss."""
@@ -44,11 +46,18 @@ class RowMemo:
     def put(self, key: tuple[str, ...], rows: IntArray) -> IntArray:
         """Remember `rows` for `key`; returns them, read-only."""
         if len(self._memo) >= self._size:
-            self._memo.clear()
+            self.clear()
         rows.flags.writeable = False
         self._memo[key] = rows
+        self._unique[id(rows)] = (rows, len(set(key)) == len(key))
         return rows
+
+    def unique(self, rows: IntArray) -> bool:
+        """Whether `rows`, handed out by this memo, name no symbol twice (False: not known)."""
+        hit = self._unique.get(id(rows))
+        return hit is not None and hit[0] is rows and hit[1]
 
     def clear(self) -> None:
         """Forget everything (the map was rebuilt)."""
         self._memo.clear()
+        self._unique.clear()

@@ -141,8 +141,9 @@ class BarBatch:
 
     def take(self, idx: IntArray) -> BarBatch:
         """The bars at positions `idx`, in that order."""
+        symbol = self.symbol
         return BarBatch(
-            symbol=[self.symbol[i] for i in idx],
+            symbol=[symbol[i] for i in np.asarray(idx).tolist()],
             time=self.time[idx],
             open=self.open[idx],
             high=self.high[idx],
@@ -151,6 +152,20 @@ class BarBatch:
             volume=self.volume[idx],
             session=None if self.session is None else self.session[idx],
             minute=None if self.minute is None else self.minute[idx],
+        )
+
+    def window(self, start: int, stop: int) -> BarBatch:
+        """The bars at positions `start` .. `stop - 1`: views of these columns, no copies."""
+        return BarBatch(
+            symbol=self.symbol[start:stop],
+            time=self.time[start:stop],
+            open=self.open[start:stop],
+            high=self.high[start:stop],
+            low=self.low[start:stop],
+            close=self.close[start:stop],
+            volume=self.volume[start:stop],
+            session=None if self.session is None else self.session[start:stop],
+            minute=None if self.minute is None else self.minute[start:stop],
         )
 
     def problems(self) -> list[str | None]:

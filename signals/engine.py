@@ -15,14 +15,15 @@ The daemon batches a minute's bars to keep it so.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import chain, pairwise
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from signals.arrays import FloatArray, IntArray, RowMemo
+from signals.arrays import BoolArray, FloatArray, IntArray, RowMemo
 from signals.bar import BarBatch
 from signals.indicators.atr import ATR
 from signals.indicators.columnar import Columnar, Window
@@ -31,7 +32,7 @@ from signals.indicators.ema import EMA
 from signals.indicators.macd import MACD
 from signals.indicators.rsi import RSI
 from signals.indicators.rvol import RelativeVolume
-from signals.indicators.swing import FIB_RATIOS, Swing
+from signals.indicators.swing import FIB_RATIOS, Swing, SwingFrame
 from signals.indicators.volume_ratio import VolumeRatio
 from signals.rates import RatesSeries
 from signals.ring import Rings
@@ -39,8 +40,8 @@ from signals.score import (
     MIN_SIGNALS,
     SIGNALS,
     Breakdown,
+    Composite,
     breakdown,
-    composite,
     sub_atr,
     sub_breadth,
     sub_fib,
@@ -139,6 +140,9 @@ class Evaluation:
     rejected: tuple[Rejection, ...]
     weights: Mapping[str, float]
     min_signals: int
+    # The same elements as evaluations of one bar time each, in order, when the
+    # engine made them so (a batch of several times): `by_time` hands them out.
+    parts: tuple[Evaluation, ...] = field(default=(), repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.symbol)
@@ -151,8 +155,9 @@ class Evaluation:
 
     def take(self, idx: IntArray) -> Evaluation:
         """The elements at positions `idx` (rejections stay with the whole)."""
+        symbol = self.symbol
         return Evaluation(
-            symbol=tuple(self.symbol[i] for i in idx),
+            symbol=tuple([symbol[i] for i in np.asarray(idx).tolist()]),
             time=self.time[idx],
             columns={c: v[idx] for c, v in self.columns.items()},
             rejected=(),
@@ -160,11 +165,69 @@ class Evaluation:
             min_signals=self.min_signals,
         )
 
+    def by_time(self) -> list[Evaluation]:
+        """The elements split by bar time, in time order: one evaluation per time."""
+        if self.parts:
+            return list(self.parts)
+        times = np.unique(self.time)
+        if len(times) <= 1:
+            return [self]
+        return [self.take(np.flatnonzero(self.time == t)) for t in times]
+
     def breakdown(self, i: int) -> Breakdown:
         """The score of element `i` with each signal's raw value, sub-score and weight."""
         raw = {s: float(self.columns[RAW_COLUMN[s]][i]) for s in SIGNALS}
         subs = {s: float(self.columns[f"sub_{s}"][i]) for s in SIGNALS}
         return breakdown(raw, subs, self.weights, self.min_signals)
+
+
+def join(evs: Sequence[Evaluation], rejected: tuple[Rejection, ...] | None = None) -> Evaluation:
+    """`evs` end to end as one evaluation (its `by_time` gives their parts back).
+
+    Columns are joined when first read: a warm-up or backtest chunk makes
+    hundreds of thousands of values per column that often nobody reads whole.
+    """
+    if len(evs) == 1:
+        return evs[0] if rejected is None else replace(evs[0], rejected=rejected)
+    parts = tuple(p for ev in evs for p in (ev.parts or (ev,)))
+    first = evs[0]
+    return Evaluation(
+        symbol=tuple(chain.from_iterable(ev.symbol for ev in evs)),
+        time=np.concatenate([ev.time for ev in evs]),
+        columns=JoinedColumns([ev.columns for ev in evs]),
+        rejected=tuple(r for ev in evs for r in ev.rejected) if rejected is None else rejected,
+        weights=first.weights,
+        min_signals=first.min_signals,
+        parts=parts,
+    )
+
+
+class JoinedColumns(Mapping[str, FloatArray]):
+    """The columns of several evaluations end to end, each concatenated on its first read."""
+
+    def __init__(self, parts: Sequence[Mapping[str, FloatArray]]) -> None:
+        self._parts = list(parts)
+        self._names = tuple(self._parts[0]) if self._parts else ()
+        self._joined: dict[str, FloatArray] = {}
+
+    def __getitem__(self, name: str) -> FloatArray:
+        col = self._joined.get(name)
+        if col is None:
+            if name not in self._names:
+                raise KeyError(name)
+            col = self._joined[name] = np.concatenate([p[name] for p in self._parts])
+            if len(self._joined) == len(self._names):
+                self._parts = []  # every column joined: the parts' arrays can go
+        return col
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def proxy_yield(price: float | FloatArray, duration: float) -> FloatArray:
@@ -232,7 +295,17 @@ class Engine:
         self._close_lag = Window(cfg.change_period)
         self._ratio_lag = Window(cfg.change_period)
         self._rates_lag = Window(cfg.change_period)
+        self._composite = Composite(cfg.weights, cfg.min_signals)
         self.rejected_total: dict[str, int] = {}
+        # Bumped by every change of state; a peek's state-only inputs are kept
+        # for the rows they were made for until it moves (see `_before`).
+        self._version = 0
+        self._peek_memo: tuple[IntArray, int, int, RatesSeries | None, _Before] | None = None
+
+    @property
+    def version(self) -> int:
+        """A counter that moves with every change of state (closed bars, new rows, a restore)."""
+        return self._version
 
     # -- symbols -----------------------------------------------------------------
     @property
@@ -250,19 +323,20 @@ class Engine:
         key, rows = self._row_memo.get(symbols)
         if rows is not None:
             return rows
-        get = self._rows.get
-        found = [get(s) for s in key]
-        if None in found:
+        known = self._rows
+        new = [s for s in dict.fromkeys(key) if s not in known]  # each new symbol once
+        if new:
             # Room for exactly the new symbols (and their links), not the next power of two:
             # a 2,000-symbol start would otherwise carry 2,558 rows of every array.
-            new = {s for s, r in zip(key, found, strict=True) if r is None}
             links = [self.config.links_for(s) for s in new]
             extra = {x for k in links for x in (k.benchmark, k.comparator) if x is not None}
-            need = len(self._symbols) + len(new | (extra - self._rows.keys()))
+            need = len(self._symbols) + len(set(new) | (extra - known.keys()))
             if need > len(self._bench):
                 self._grow(need)
-            found = [self.row(s) for s in key]
-        return self._row_memo.put(key, np.array(found, dtype=np.int64))
+            for s in new:
+                self.row(s)
+        rows = np.fromiter(map(known.__getitem__, key), dtype=np.int64, count=len(key))
+        return self._row_memo.put(key, rows)
 
     def _link_row(self, symbol: str, other: str | None) -> int:
         if other is None or other == symbol:
@@ -270,6 +344,7 @@ class Engine:
         return self._rows[other] if other in self._rows else self._add(other)
 
     def _add(self, symbol: str) -> int:
+        self._version += 1
         row = len(self._symbols)
         self._rows[symbol] = row
         self._symbols.append(symbol)
@@ -283,6 +358,7 @@ class Engine:
         return row
 
     def _grow(self, n: int) -> None:
+        self._version += 1
         old = len(self._bench)
         self._bench = np.concatenate([self._bench, np.full(n - old, -1, np.int64)])
         self._comp = np.concatenate([self._comp, np.full(n - old, -1, np.int64)])
@@ -332,6 +408,7 @@ class Engine:
         """Continue from `snapshot()` output; `ValueError` if it came from another config."""
         if meta["config"] != repr(self.config):
             raise ValueError("the snapshot was taken with another engine configuration")
+        self._version += 1
         self._symbols = list(meta["symbols"])
         self._rows = {sym: i for i, sym in enumerate(self._symbols)}
         self._row_memo.clear()
@@ -372,111 +449,179 @@ class Engine:
         if self.config.intraday and (batch.session is None or batch.minute is None):
             raise ValueError("an intraday engine needs session and minute columns in every batch")
         rows = self.rows_of(batch.symbol)
-        order = np.argsort(batch.time, kind="stable")
+        unique = self._row_memo.unique(rows)
+        n = len(batch)
+        order, runs = _time_runs(batch.time)
         rejected: list[Rejection] = []
-        out_idx: list[IntArray] = []
-        out_cols: list[dict[str, FloatArray]] = []
-        times = batch.time[order]
-        starts = np.flatnonzero(np.r_[True, times[1:] != times[:-1]])
-        ends = np.r_[starts[1:], len(order)]
-        if not len(times):
-            starts = ends = times
-        for a, b in zip(starts, ends, strict=True):
-            idx = order[a:b]
-            t = int(times[a])
-            keep = self._accept(idx, rows, t, batch, rejected)
-            if len(keep):
-                out_idx.append(keep)
-                whole = len(keep) == len(batch) and bool(np.all(keep == np.arange(len(batch))))
-                sub = batch if whole else batch.take(keep)  # the common case: one minute, all new
-                out_cols.append(self._step(rows[keep], t, sub, commit))
+        parts: list[Evaluation] = []
+        for a, b in runs:
+            idx = None if order is None else order[a:b]  # None: positions a..b-1 as they are
+            group = rows[a:b] if idx is None else rows[idx]
+            if idx is None and b - a == n:
+                group = rows  # the whole batch: the memoised rows themselves (see `_before`)
+            t = int(batch.time[a] if idx is None else batch.time[idx[0]])
+            ok = self._accept(group, t, unique, rejected, batch, a if idx is None else idx)
+            if ok is None:  # every bar of this time is new: the common case
+                sub = batch if b - a == n and idx is None else _part(batch, a, b, idx)
+            else:
+                if not ok.any():
+                    continue
+                group = group[ok]
+                sub = batch.take(np.arange(a, b)[ok] if idx is None else idx[ok])
+            parts.append(
+                Evaluation(
+                    symbol=tuple(sub.symbol),
+                    time=sub.time,
+                    columns=self._step(group, t, sub, commit),
+                    rejected=(),
+                    weights=self.config.weights,
+                    min_signals=self.config.min_signals,
+                )
+            )
         for r in rejected:
             self.rejected_total[r.reason] = self.rejected_total.get(r.reason, 0) + 1
-        idx_all = np.concatenate(out_idx) if out_idx else np.zeros(0, np.int64)
-        if len(out_cols) == 1:  # one bar time: the common case, no copies
-            cols = {c: out_cols[0][c] for c in COLUMNS}
-        else:
-            cols = {
-                c: np.concatenate([o[c] for o in out_cols]) if out_cols else np.zeros(0)
-                for c in COLUMNS
-            }
-        return Evaluation(
-            symbol=(
-                tuple(batch.symbol)
-                if len(idx_all) == len(batch) and bool(np.all(idx_all == np.arange(len(batch))))
-                else tuple(batch.symbol[i] for i in idx_all)
-            ),
-            time=batch.time[idx_all],
-            columns=cols,
-            rejected=tuple(rejected),
-            weights=self.config.weights,
-            min_signals=self.config.min_signals,
-        )
+        if not parts:
+            return Evaluation(
+                symbol=(),
+                time=np.zeros(0, np.int64),
+                columns={c: np.zeros(0) for c in COLUMNS},
+                rejected=tuple(rejected),
+                weights=self.config.weights,
+                min_signals=self.config.min_signals,
+            )
+        return join(parts, tuple(rejected))
 
     def _accept(
-        self, idx: IntArray, rows: IntArray, t: int, batch: BarBatch, rejected: list[Rejection]
-    ) -> IntArray:
-        """The bars of one time that may advance their symbol: newer than its last bar, once each."""
-        group = rows[idx]
+        self,
+        group: IntArray,
+        t: int,
+        unique: bool,
+        rejected: list[Rejection],
+        batch: BarBatch,
+        where: int | IntArray,
+    ) -> BoolArray | None:
+        """Which bars of one time may advance their symbol: newer than its last bar, once each.
+
+        None when all of them may (the common case). `where` locates the group in
+        `batch` for the rejections: its first position, or the positions themselves.
+        """
         last = self._last_time[group]
-        first = np.zeros(len(idx), dtype=np.bool_)
-        first[np.unique(group, return_index=True)[1]] = True  # a repeat in the batch is a duplicate
-        ok = first & (last < t)
-        for j in np.flatnonzero(~ok):
+        newer = last < t
+        if unique and newer.all():
+            return None
+        first = np.ones(len(group), dtype=np.bool_)
+        if not unique:
+            first[:] = False
+            first[np.unique(group, return_index=True)[1]] = True  # a repeat is a duplicate
+        ok = first & newer
+        for j in np.flatnonzero(~ok).tolist():
             reason = "out_of_order" if first[j] and last[j] > t else "duplicate"
-            rejected.append(Rejection(batch.symbol[int(idx[j])], t, reason))
-        return np.asarray(idx[ok], dtype=np.int64)
+            pos = where + j if isinstance(where, int) else int(where[j])
+            rejected.append(Rejection(batch.symbol[pos], t, reason))
+        return None if ok.all() else ok
+
+    def _before(self, rows: IntArray, t: int, keep: bool) -> _Before:
+        """What the bars of time `t` at `rows` are measured against: the state only.
+
+        A peek with the same (memoised, read-only) rows and time as the last one,
+        with nothing changed since, finds it kept (`keep`): the forming daily bar is
+        peeked every minute against a daily state that moves once a day.
+        """
+        memo = self._peek_memo
+        if (
+            memo is not None
+            and memo[0] is rows
+            and memo[1] == t
+            and memo[2] == self._version
+            and memo[3] is self.rates
+        ):
+            return memo[4]
+        cfg = self.config
+        n = len(rows)
+        last_time = self._last_time
+        here = last_time == t
+        if self.rates is not None:
+            y: FloatArray | None = np.full(n, self.rates.asof(t)[()])
+        elif cfg.rates_proxy is not None and cfg.rates_proxy in self._rows:
+            y = None  # the proxy's close at this time may come with the batch
+        else:
+            y = np.full(n, np.nan)
+        lag_rates = self._rates_lag.oldest(rows)
+        rates_delta = None if y is None else y - lag_rates
+        before = _Before(
+            prev_close=np.where(
+                last_time[rows] > np.iinfo(np.int64).min, self._last_close[rows], np.nan
+            ),
+            lag_close=self._close_lag.oldest(rows),
+            lag_ratio=self._ratio_lag.oldest(rows),
+            lag_rates=lag_rates,
+            here_close=np.where(here, self._last_close, np.nan),
+            here_ret=np.where(here, self._last_ret, np.nan),
+            bench=self._bench[rows],
+            comp=self._comp[rows],
+            y=y,
+            rates_delta=rates_delta,
+            sub_rates=None if rates_delta is None else sub_rates(rates_delta),
+            donchian=self._donchian.levels(rows),
+            swing=self._swing.frame(rows),
+            volume_normal=self._vratio.normal(rows),
+            nan=np.full(n, np.nan),
+        )
+        if keep and not rows.flags.writeable and rows.base is None:
+            before.freeze()
+            self._peek_memo = (rows, t, self._version, self.rates, before)
+        return before
 
     def _step(self, rows: IntArray, t: int, b: BarBatch, commit: bool) -> dict[str, FloatArray]:
         cfg = self.config
         c, h, lo, v = b.close, b.high, b.low, b.volume
         n = len(rows)
-        nan = np.full(n, np.nan)
+        pre = self._before(rows, t, keep=not commit)
         if commit:
+            self._version += 1
             rsi = self._rsi.update(rows, c)
             macd, macd_sig, macd_hist = self._macd.update(rows, c)
             atr = self._atr.update(rows, h, lo, c)
-            don_hi, don_lo = self._donchian.update(rows, h, lo)
-            sw = self._swing.update(rows, h, lo, c)
-            vratio = self._vratio.update(rows, v)
+            self._donchian.push(rows, h, lo)
+            self._swing.push(rows, h, lo)
+            self._vratio.push(rows, v)
         else:
             rsi = self._rsi.peek(rows, c)
             macd, macd_sig, macd_hist = self._macd.peek(rows, c)
             atr = self._atr.peek(rows, h, lo, c)
-            don_hi, don_lo = self._donchian.peek(rows, h, lo)
-            sw = self._swing.peek(rows, h, lo, c)
-            vratio = self._vratio.peek(rows, v)
-        rvol = nan
+        don_hi, don_lo = pre.donchian
+        sw = Swing.place(pre.swing, c)
+        vratio = np.asarray(v / pre.volume_normal, dtype=np.float64)
+        rvol = pre.nan
         if self._rvol is not None:
             assert b.session is not None and b.minute is not None
             step = self._rvol.update if commit else self._rvol.peek
             rvol = step(rows, b.session, b.minute, v)
         volume_signal = rvol if cfg.intraday else vratio
-        prev_close = np.where(
-            self._last_time[rows] > np.iinfo(np.int64).min, self._last_close[rows], np.nan
-        )
+        prev_close = pre.prev_close
 
         with np.errstate(divide="ignore", invalid="ignore"):
-            ret20 = c / self._close_lag.oldest(rows) - 1.0
+            ret20 = c / pre.lag_close - 1.0
             # Closes and 20-bar returns of every symbol at this bar time, for the links.
-            here = self._last_time == t
-            close_now = np.where(here, self._last_close, np.nan)
-            ret_now = np.where(here, self._last_ret, np.nan)
+            close_now = pre.here_close.copy()
+            ret_now = pre.here_ret.copy()
             close_now[rows] = c
             ret_now[rows] = ret20
-            bench, comp = self._bench[rows], self._comp[rows]
+            bench, comp = pre.bench, pre.comp
             ratio = np.where(bench >= 0, c / close_now[bench], np.nan)
-            rs_roc = ratio / self._ratio_lag.oldest(rows) - 1.0
+            rs_roc = ratio / pre.lag_ratio - 1.0
             breadth = np.where(comp >= 0, ret20 - ret_now[comp], np.nan)
-            if self.rates is not None:
-                y = np.full(n, self.rates.asof(t)[()])
-            elif cfg.rates_proxy is not None and cfg.rates_proxy in self._rows:
+            y: FloatArray
+            if pre.y is None:
+                assert cfg.rates_proxy is not None
                 y = np.full(
                     n, proxy_yield(close_now[self._rows[cfg.rates_proxy]], cfg.rates_proxy_duration)
                 )
+                rates_delta = y - pre.lag_rates
+                rates_sub = sub_rates(rates_delta)
             else:
-                y = np.full(n, np.nan)
-            rates_delta = y - self._rates_lag.oldest(rows)
+                assert pre.rates_delta is not None and pre.sub_rates is not None
+                y, rates_delta, rates_sub = pre.y, pre.rates_delta, pre.sub_rates
             has_ratio = ~np.isnan(ratio)
             rs_fast = self._rs_fast.step_where(rows, ratio, has_ratio, advance=commit)
             rs_slow = self._rs_slow.step_where(rows, ratio, has_ratio, advance=commit)
@@ -510,23 +655,83 @@ class Engine:
             "atr": sub_atr(atr_pct),
             "rs": sub_rs(rs_roc),
             "breadth": sub_breadth(breadth),
-            "rates": sub_rates(rates_delta),
+            "rates": rates_sub,
         }
-        cols: dict[str, FloatArray] = {
+        cols: dict[str, FloatArray] = {  # in the order of COLUMNS
             "open": b.open, "high": h, "low": lo, "close": c, "volume": v, "prev_close": prev_close,
             "rsi14": rsi, "macd": macd, "macd_signal": macd_sig, "macd_hist": macd_hist,
             "atr14": atr, "atr_pct": atr_pct,
             "volume_ratio": vratio, "rvol": rvol, "volume_signal": volume_signal,
             "donchian_high20": don_hi, "donchian_low20": don_lo,
             "swing_high": sw.swing_high, "swing_low": sw.swing_low,
-            "swing_dir": np.asarray(sw.direction, dtype=np.float64), "fib_ratio": sw.fib_ratio,
-            "ret20": ret20, "rs_ratio": ratio, "rs_roc20": rs_roc,
-            "rs_ema_fast": rs_fast, "rs_ema_slow": rs_slow, "rs_ema_spread": rs_spread, "breadth20": breadth,
-            "rates": y, "rates_delta20": rates_delta,
+            "swing_dir": sw.direction, "fib_ratio": sw.fib_ratio,
         }  # fmt: skip
         for j, name in enumerate(FIB_COLUMNS):
             cols[name] = sw.levels[:, j]
+        cols.update({
+            "ret20": ret20, "rs_ratio": ratio, "rs_roc20": rs_roc,
+            "rs_ema_fast": rs_fast, "rs_ema_slow": rs_slow, "rs_ema_spread": rs_spread, "breadth20": breadth,
+            "rates": y, "rates_delta20": rates_delta,
+        })  # fmt: skip
         for s, arr in subs.items():
             cols[f"sub_{s}"] = arr
-        cols["score"] = composite(subs, cfg.weights, cfg.min_signals)
+        cols["score"] = self._composite(subs)
         return cols
+
+
+@dataclass
+class _Before:
+    """The state-only inputs of one step (see `Engine._before`); `freeze` makes them read-only."""
+
+    prev_close: FloatArray
+    lag_close: FloatArray
+    lag_ratio: FloatArray
+    lag_rates: FloatArray
+    here_close: FloatArray  # every row's close at this bar time (NaN: none yet)
+    here_ret: FloatArray
+    bench: IntArray
+    comp: IntArray
+    y: FloatArray | None  # None: from the proxy's close, per step
+    rates_delta: FloatArray | None
+    sub_rates: FloatArray | None
+    donchian: tuple[FloatArray, FloatArray]
+    swing: SwingFrame
+    volume_normal: FloatArray
+    nan: FloatArray
+
+    def freeze(self) -> None:
+        """Make every array read-only: kept ones are shared by the evaluations of many peeks."""
+        arrays: list[np.ndarray | None] = [
+            self.prev_close, self.lag_close, self.lag_ratio, self.lag_rates, self.here_close,
+            self.here_ret, self.bench, self.comp, self.y, self.rates_delta, self.sub_rates,
+            *self.donchian, self.volume_normal, self.nan,
+            *(getattr(self.swing, f) for f in SwingFrame.__dataclass_fields__),
+        ]  # fmt: skip
+        for a in arrays:
+            if a is not None:
+                a.flags.writeable = False
+
+
+def _time_runs(time: IntArray) -> tuple[IntArray | None, list[tuple[int, int]]]:
+    """(order, runs): the batch in runs of one bar time each, in time order.
+
+    `order` is None when the batch already is in time order; else the runs are
+    ranges of `order` (a stable sort, so each time keeps its bars' batch order).
+    """
+    n = len(time)
+    if n == 0:
+        return None, []
+    if time[0] == time[-1] and bool((time == time[0]).all()):  # one minute: the common case
+        return None, [(0, n)]
+    order: IntArray | None = None
+    if not bool((time[1:] >= time[:-1]).all()):
+        order = np.argsort(time, kind="stable")
+        time = time[order]
+    cuts = (np.flatnonzero(time[1:] != time[:-1]) + 1).tolist()
+    bounds = [0, *cuts, n]
+    return order, list(pairwise(bounds))
+
+
+def _part(batch: BarBatch, a: int, b: int, idx: IntArray | None) -> BarBatch:
+    """The bars of one run: positions a..b-1 (views), or `idx`."""
+    return batch.window(a, b) if idx is None else batch.take(idx)

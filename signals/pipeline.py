@@ -20,9 +20,9 @@ import numpy as np
 
 from signals.aggregate import Aggregator, Timeframe
 from signals.alerts import Alert
-from signals.arrays import BoolArray, FloatArray
+from signals.arrays import BoolArray, FloatArray, IntArray
 from signals.bar import BarBatch
-from signals.engine import Breakdowns, Engine, EngineConfig, Evaluation
+from signals.engine import Breakdowns, Engine, EngineConfig, Evaluation, join
 from signals.indicators.swing import FIB_LEVEL_NAMES
 from signals.rates import RatesSeries
 from signals.rules.book import RuleBook
@@ -71,6 +71,7 @@ class Pipeline:
         self.extended: Engine | None = None
         self._aggregators: dict[str, Aggregator] = {}
         self._engines: dict[str, Engine] = {"1d": self.daily}
+        self._prior_day: tuple[IntArray, int, FloatArray, FloatArray] | None = None
         if sessions is not None:
             self.minute = Engine(replace(config, intraday=True), rates)
             self._engines["1m"] = self.minute
@@ -176,19 +177,22 @@ class Pipeline:
         """
         if self.minute is None or self.sessions is None:
             raise ValueError("minute bars need a session table")
-        times = np.unique(batch.time)
-        if len(times) <= 1:
+        time = batch.time
+        if not len(time) or bool((time == time[0]).all()):  # one minute: the live case
             return self._one_minute(batch, wall_now)
+        order = np.argsort(time, kind="stable")
+        cuts = np.flatnonzero(np.diff(time[order])) + 1
         merged = Step()
-        for t in times:
-            step = self._one_minute(batch.take(np.flatnonzero(batch.time == t)), wall_now)
+        closed: dict[str, list[Evaluation]] = {}
+        for idx in np.split(order, cuts):
+            step = self._one_minute(batch.take(idx), wall_now)
             merged.alerts += step.alerts
             merged.outside_hours += step.outside_hours
             merged.forming_daily = step.forming_daily or merged.forming_daily
             for name, ev in step.closed.items():
-                merged.closed[name] = (
-                    _join(merged.closed[name], ev) if name in merged.closed else ev
-                )
+                closed.setdefault(name, []).append(ev)
+        # Joined once at the end (lazily, column by column), not minute by minute.
+        merged.closed = {name: join(evs) for name, evs in closed.items()}
         return merged
 
     def _one_minute(self, batch: BarBatch, wall_now: int | None) -> Step:
@@ -200,8 +204,11 @@ class Pipeline:
             step.alerts += self._extended_alerts(batch, loc.regular, wall_now)
         if not len(regular):
             return step
-        sub = batch.take(regular)
-        sub = replace(sub, session=loc.label[regular] // DAY_S, minute=loc.minute[regular])
+        if len(regular) == len(batch):  # the usual case: nothing to leave out
+            sub = replace(batch, session=loc.label // DAY_S, minute=loc.minute)
+        else:
+            sub = batch.take(regular)
+            sub = replace(sub, session=loc.label[regular] // DAY_S, minute=loc.minute[regular])
         ev = self.minute.on_bars(sub)
         step.closed["1m"] = ev
         accepted = _bars_of(ev)
@@ -211,7 +218,8 @@ class Pipeline:
                 closed_ev = self._engines[name].on_bars(done)
                 step.closed[name] = closed_ev
                 step.alerts += self._closed_alerts(name, closed_ev, wall_now)
-        forming = self._aggregators["1d"].forming(list(dict.fromkeys(ev.symbol)))
+        # One minute's evaluation names each symbol once (the engine rejects repeats).
+        forming = self._aggregators["1d"].forming(ev.symbol)
         peek = self.daily.peek(forming)
         step.forming_daily = peek
         context = Breakdowns(peek)
@@ -265,11 +273,10 @@ class Pipeline:
     def _closed_alerts(self, timeframe: str, ev: Evaluation, wall_now: int | None) -> list[Alert]:
         alerts: list[Alert] = []
         # One evaluation may span several bar times (a backtest chunk): rules see them in order.
-        times = np.unique(ev.time)
-        for t in times:
-            idx = np.flatnonzero(ev.time == t)
-            part = ev.take(idx) if len(times) > 1 else ev
-            now = self._bar_end(timeframe, int(t))
+        for part in ev.by_time():
+            if not len(part):
+                continue
+            now = self._bar_end(timeframe, int(part.time[0]))
             context = self._daily_context(part) if timeframe != "1d" else None
             alerts += self.book.evaluate(
                 timeframe, part, closed=True, now=now, context=context,
@@ -294,22 +301,27 @@ class Pipeline:
 
     def _levels(self, ev: Evaluation, peek: Evaluation) -> dict[str, FloatArray]:
         """Daily breakout levels aligned with the 1-minute evaluation `ev`."""
+        names = ("donchian_high20", "donchian_low20", *FIB_LEVEL_NAMES)
         if peek.symbol == ev.symbol:  # the usual case: every symbol has its forming day
-            j = np.arange(len(ev), dtype=np.int64)
+            out = {k: peek.columns[k] for k in names}
         else:
             pos = {s: i for i, s in enumerate(peek.symbol)}
             j = np.array([pos.get(s, -1) for s in ev.symbol], dtype=np.int64)
-        found = j >= 0
-        names = ("donchian_high20", "donchian_low20", *FIB_LEVEL_NAMES)
-        out = {
-            k: np.where(found, peek.columns[k][np.maximum(j, 0)], np.nan)
-            if len(peek)
-            else np.full(len(ev), np.nan)
-            for k in names
-        }
+            found = j >= 0
+            out = {
+                k: np.where(found, peek.columns[k][np.maximum(j, 0)], np.nan)
+                if len(peek)
+                else np.full(len(ev), np.nan)
+                for k in names
+            }
         rows = self.daily.rows_of(ev.symbol)
-        out["prior_day_high"] = self.daily.rings.last(rows, "high")
-        out["prior_day_low"] = self.daily.rings.last(rows, "low")
+        memo = self._prior_day
+        if memo is None or memo[0] is not rows or memo[1] != self.daily.version:
+            # The prior day moves once a day: kept for the (memoised) rows until then.
+            high, low = self.daily.rings.last(rows, "high"), self.daily.rings.last(rows, "low")
+            high.flags.writeable = low.flags.writeable = False
+            memo = self._prior_day = (rows, self.daily.version, high, low)
+        out["prior_day_high"], out["prior_day_low"] = memo[2], memo[3]
         return out
 
     def _delayed(self, event_end: int, wall_now: int | None) -> bool:
@@ -318,17 +330,6 @@ class Pipeline:
             and self.delayed_after_s is not None
             and wall_now - event_end > self.delayed_after_s
         )
-
-
-def _join(a: Evaluation, b: Evaluation) -> Evaluation:
-    return Evaluation(
-        symbol=a.symbol + b.symbol,
-        time=np.concatenate([a.time, b.time]),
-        columns={c: np.concatenate([a.columns[c], b.columns[c]]) for c in a.columns},
-        rejected=a.rejected + b.rejected,
-        weights=a.weights,
-        min_signals=a.min_signals,
-    )
 
 
 def _bars_of(ev: Evaluation) -> BarBatch:

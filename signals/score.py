@@ -47,24 +47,32 @@ def sub_rsi(rsi: npt.ArrayLike) -> FloatArray:
 def sub_macd(hist: npt.ArrayLike, atr: npt.ArrayLike) -> FloatArray:
     """50 + 50*tanh(h / (0.25*ATR14)); unavailable when ATR is not positive (no range to scale by)."""
     h, a = _f(hist), _f(atr)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(a > 0.0, 50.0 + 50.0 * np.tanh(h / (0.25 * a)), np.nan)
+    scaled = a > 0.0
+    # Divided only where ATR is positive: no 0/0 to silence (np.errstate costs more than this).
+    x = np.zeros(np.broadcast(h, a).shape)
+    np.divide(h, 0.25 * a, out=x, where=scaled)
+    return np.where(scaled, 50.0 + 50.0 * np.tanh(x), np.nan)
 
 
 # Fibonacci position -> sub-score, for an up-swing retracement r; a down-swing
 # bounce b uses the same intervals and scores 100 minus these.
 _FIB_UP_BELOW_ZERO = 75.0
+_FIB_UP = np.array([_FIB_UP_BELOW_ZERO, 60.0, 80.0, 45.0, 20.0])
+_FIB_SCORES = np.concatenate([100.0 - _FIB_UP, _FIB_UP])  # down-swing bands, then up-swing bands
+# The band of r: one step at each edge r reaches (0 and .382 count as reached, .618
+# and .786 only once passed), so [.382, .618] is one closed band.
+_FIB_REACHED = np.array([0.0, 0.382])
+_FIB_PASSED = np.array([0.618, 0.786])
 
 
 def sub_fib(direction: npt.ArrayLike, ratio: npt.ArrayLike) -> FloatArray:
     """Up-swing (+1): r<0 75, [0,.382) 60, [.382,.618] 80, (.618,.786] 45, >.786 20; down-swing (-1): 100 minus."""
     d, r = _f(direction), _f(ratio)
-    up = np.select(
-        [r < 0.0, r < 0.382, r <= 0.618, r <= 0.786],
-        [_FIB_UP_BELOW_ZERO, 60.0, 80.0, 45.0],
-        default=20.0,
+    # A table lookup, not np.select: this runs twice a minute on the hot path.
+    band = np.searchsorted(_FIB_REACHED, r, side="right") + np.searchsorted(
+        _FIB_PASSED, r, side="left"
     )
-    score = np.where(d > 0, up, 100.0 - up)
+    score = _FIB_SCORES[band + len(_FIB_UP) * (d > 0)]
     return np.where(np.isnan(r) | np.isnan(d), np.nan, score)
 
 
@@ -74,10 +82,14 @@ def sub_volume(ratio: npt.ArrayLike, close: npt.ArrayLike, prev_close: npt.Array
     return 50.0 + 50.0 * np.tanh(np.maximum(v - 1.0, 0.0)) * np.sign(c - p)
 
 
+_ATR_X = np.array([1.5, 2.5, 4.0])
+_ATR_Y = np.array([50.0, 50.0, 20.0])
+
+
 def sub_atr(atr_pct: npt.ArrayLike) -> FloatArray:
     """55 below 1.5 %; 50 up to 2.5 %; linear to 20 at 4.0 %; 20 above."""
     a = _f(atr_pct)
-    out = np.interp(a, [1.5, 2.5, 4.0], [50.0, 50.0, 20.0])
+    out = np.interp(a, _ATR_X, _ATR_Y)
     out = np.where(a < 1.5, 55.0, out)
     return np.where(np.isnan(a), np.nan, out)
 
@@ -101,23 +113,54 @@ def sub_rates(rates_delta20: npt.ArrayLike) -> FloatArray:
     return _tanh_score(rates_delta20, 0.25, sign=-1.0)
 
 
+class Composite:
+    """The composite score with its weights and threshold fixed: built once, called per bar time."""
+
+    def __init__(
+        self, weights: Mapping[str, float] | None = None, min_signals: int = MIN_SIGNALS
+    ) -> None:
+        self._weights = {n: 1.0 if weights is None else float(weights.get(n, 1.0)) for n in SIGNALS}
+        self.min_signals = min_signals
+        self._unit = all(w == 1.0 for w in self._weights.values())
+
+    def __call__(self, subs: Mapping[str, FloatArray]) -> FloatArray:
+        """Weighted mean of the available sub-scores, renormalised; NaN below `min_signals`."""
+        names = [n for n in SIGNALS if n in subs]
+        if not names:
+            raise ValueError("composite needs at least one sub-score column")
+        stack = np.array([subs[n] for n in names], dtype=np.float64)  # (k, rows)
+        if self._unit:
+            return self._unit_weights(stack)
+        w = np.array([self._weights[n] for n in names])
+        avail = ~np.isnan(stack) & (w[:, None] > 0)
+        wsum = (avail * w[:, None]).sum(axis=0)
+        total = np.where(avail, stack * w[:, None], 0.0).sum(axis=0)
+        enough = avail.sum(axis=0) >= self.min_signals
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(enough & (wsum > 0), total / wsum, np.nan)
+
+    def _unit_weights(self, stack: FloatArray) -> FloatArray:
+        """All weights 1 (the default): the same sums, without multiplying by 1.0.
+
+        The weight sum is then the count of available signals, and the totals
+        add the same values in the same order, so the result is bit for bit
+        the general formula's.
+        """
+        missing = np.isnan(stack)
+        total = np.where(missing, 0.0, stack).sum(axis=0)
+        count = len(stack) - missing.sum(axis=0)
+        out = np.full(total.shape, np.nan)
+        np.divide(total, count, out=out, where=count >= max(self.min_signals, 1))
+        return out
+
+
 def composite(
     subs: Mapping[str, FloatArray],
     weights: Mapping[str, float] | None = None,
     min_signals: int = MIN_SIGNALS,
 ) -> FloatArray:
     """Weighted mean of the available sub-scores, renormalised; NaN ("warming up") below `min_signals`."""
-    names = [n for n in SIGNALS if n in subs]
-    if not names:
-        raise ValueError("composite needs at least one sub-score column")
-    w = np.array([1.0 if weights is None else weights.get(n, 1.0) for n in names])
-    stack = np.vstack([np.asarray(subs[n], dtype=np.float64) for n in names])  # (k, rows)
-    avail = ~np.isnan(stack) & (w[:, None] > 0)
-    wsum = (avail * w[:, None]).sum(axis=0)
-    total = np.where(avail, stack * w[:, None], 0.0).sum(axis=0)
-    enough = avail.sum(axis=0) >= min_signals
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(enough & (wsum > 0), total / wsum, np.nan)
+    return Composite(weights, min_signals)(subs)
 
 
 def label(score: float) -> str:

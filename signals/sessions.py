@@ -38,13 +38,39 @@ class SessionTable:
             raise ValueError("label, open and close must be 1-D arrays of one length")
         if np.any(self.close <= self.open) or np.any(np.diff(self.open) <= 0):
             raise ValueError("sessions must be increasing with close after open")
+        # The last one-time answer: a live minute is located by the pipeline and
+        # again by each aggregator.
+        self._last: tuple[tuple[int, int], Located] | None = None
 
     def __len__(self) -> int:
         return len(self.label)
 
     def locate(self, times: npt.ArrayLike) -> Located:
-        """Where each 1-minute bar (by its start time) falls."""
+        """Where each 1-minute bar (by its start time) falls.
+
+        The arrays of a batch of one time (a live minute) are shared by the
+        calls that ask for the same time and length: they are read-only.
+        """
         t = np.asarray(times, dtype=np.int64)
+        if t.ndim == 1 and len(t) and t[0] == t[-1] and bool((t == t[0]).all()):
+            key = (int(t[0]), len(t))
+            if self._last is not None and self._last[0] == key:
+                return self._last[1]
+            one = self._locate(t[:1])
+            n = len(t)
+            loc = Located(
+                np.repeat(one.index, n),
+                np.repeat(one.label, n),
+                np.repeat(one.minute, n),
+                np.repeat(one.regular, n),
+            )
+            for a in (loc.index, loc.label, loc.minute, loc.regular):
+                a.flags.writeable = False
+            self._last = (key, loc)
+            return loc
+        return self._locate(t)
+
+    def _locate(self, t: IntArray) -> Located:
         i = np.searchsorted(self.open, t, side="right") - 1
         valid = i >= 0
         safe = np.maximum(i, 0)

@@ -344,25 +344,34 @@ class AlpacaProtocol:
             return False
         if not items:
             return False
-        stamps, subscribed, limit = self._stamps, self._symbol_set, now_s + self._max_future_s
-        pending: list[tuple[FeedKind, list[Bar]]] = []
-        try:
-            for m in items:
-                epoch = stamps.get(m.t)
+        # Checks over whole columns first (C-level passes), then one Bar per message.
+        stamps = self._stamps
+        texts = [m.t for m in items]
+        for text in set(texts):
+            epoch = stamps.get(text)
+            if epoch is None:
+                epoch = self._learn_stamp(text)
                 if epoch is None:
-                    epoch = self._learn_stamp(m.t)
-                    if epoch is None:
-                        return False
-                if epoch > limit or m.S not in subscribed:
                     return False
-                bar = Bar(m.S, epoch, m.o, m.h, m.l, m.c, m.v)
-                kind = _FAST_KINDS[type(m)]
-                if pending and pending[-1][0] == kind:
-                    pending[-1][1].append(bar)
-                else:
-                    pending.append((kind, [bar]))
+            if epoch > now_s + self._max_future_s:
+                return False
+        if not self._symbol_set.issuperset([m.S for m in items]):
+            return False
+        try:
+            bars = [Bar(m.S, stamps[m.t], m.o, m.h, m.l, m.c, m.v) for m in items]
         except BarRejected:
             return False
+        kinds = set(map(type, items))
+        if len(kinds) == 1:  # the usual frame: bars of one kind
+            self._events.append(BarsReceived(_FAST_KINDS[kinds.pop()], tuple(bars)))
+            return True
+        pending: list[tuple[FeedKind, list[Bar]]] = []
+        for m, bar in zip(items, bars, strict=True):
+            kind = _FAST_KINDS[type(m)]
+            if pending and pending[-1][0] == kind:
+                pending[-1][1].append(bar)
+            else:
+                pending.append((kind, [bar]))
         self._flush(pending)
         return True
 

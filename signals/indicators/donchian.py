@@ -30,6 +30,15 @@ class Donchian(Columnar):
         yield self._highs
         yield self._lows
 
+    def levels(self, rows: IntArray) -> tuple[FloatArray, FloatArray]:
+        """The (upper, lower) levels of the `period` bars taken so far (NaN until that many)."""
+        upper = self._highs.raw(rows).max(axis=1)
+        lower = self._lows.raw(rows).min(axis=1)
+        full = self._highs.full(rows)
+        if not full.all():
+            upper, lower = np.where(full, upper, np.nan), np.where(full, lower, np.nan)
+        return upper, lower
+
     def peek(
         self, rows: IntArray, high: FloatArray, low: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
@@ -38,19 +47,20 @@ class Donchian(Columnar):
         `high` and `low` do not enter the result (the current bar is excluded);
         they are taken so that `peek` and `update` share one signature.
         """
-        full = self._highs.full(rows)
-        upper = np.where(full, self._highs.raw(rows).max(axis=1), np.nan)
-        lower = np.where(full, self._lows.raw(rows).min(axis=1), np.nan)
-        return upper, lower
+        return self.levels(rows)
 
     def update(
         self, rows: IntArray, high: FloatArray, low: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
         """The (upper, lower) levels for this closed bar, then take the bar into the channel."""
-        levels = self.peek(rows, high, low)
+        levels = self.levels(rows)
+        self.push(rows, high, low)
+        return levels
+
+    def push(self, rows: IntArray, high: FloatArray, low: FloatArray) -> None:
+        """Take a closed bar into the channel (what `update` does after reading the levels)."""
         self._highs.push(rows, high)
         self._lows.push(rows, low)
-        return levels
 
 
 def donchian_batch(high: pl.Series, low: pl.Series, period: int = 20) -> pl.DataFrame:

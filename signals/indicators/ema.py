@@ -36,6 +36,11 @@ class EMA(Columnar):
     def peek(self, rows: IntArray, x: FloatArray) -> FloatArray:
         """The EMA if the forming inputs `x` closed now; does not mutate."""
         prev = self._value[rows]
+        if not np.isnan(prev).any():  # every row warm (the usual case): the recursion alone
+            return prev + self.alpha * (x - prev)
+        return self._seeding(rows, x, prev)
+
+    def _seeding(self, rows: IntArray, x: FloatArray, prev: FloatArray) -> FloatArray:
         seeded = (self._seed[rows] + x) / self.period
         at_seed = self._count[rows] + 1 == self.period
         return np.where(
@@ -44,8 +49,13 @@ class EMA(Columnar):
 
     def update(self, rows: IntArray, x: FloatArray) -> FloatArray:
         """Advance `rows` by one closed input each; returns their EMA."""
-        value = self.peek(rows, x)
-        self._seed[rows] += np.where(np.isnan(self._value[rows]), x, 0.0)
+        prev = self._value[rows]
+        cold = np.isnan(prev)
+        if cold.any():
+            value = self._seeding(rows, x, prev)
+            self._seed[rows] += np.where(cold, x, 0.0)
+        else:  # warm rows no longer add to their seed (adding 0.0 changes nothing)
+            value = prev + self.alpha * (x - prev)
         self._count[rows] += 1
         self._value[rows] = value
         return value
@@ -58,8 +68,10 @@ class EMA(Columnar):
         For composites whose input does not exist yet on some rows (a first
         bar has no change, a MACD line is not yet defined).
         """
-        out = np.full(len(rows), np.nan)
         step = self.update if advance else self.peek
+        if mask.all():  # the usual case once warm: no rows to leave out
+            return step(rows, x)
+        out = np.full(len(rows), np.nan)
         out[mask] = step(rows[mask], x[mask])
         return out
 

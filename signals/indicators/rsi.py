@@ -43,10 +43,19 @@ class RSI(Columnar):
 
     def _step(self, rows: IntArray, close: FloatArray, *, advance: bool) -> FloatArray:
         # A row's first close has no change: its averages start at the next one.
-        moved = ~np.isnan(self._prev[rows])
-        change = close - self._prev[rows]
-        gain = self._gain.step_where(rows, np.maximum(change, 0.0), moved, advance=advance)
-        loss = self._loss.step_where(rows, np.maximum(-change, 0.0), moved, advance=advance)
+        prev = self._prev[rows]
+        moved = ~np.isnan(prev)
+        change = close - prev
+        if moved.all():  # the usual case: every row has a previous close
+            gain = (self._gain.update if advance else self._gain.peek)(
+                rows, np.maximum(change, 0.0)
+            )
+            loss = (self._loss.update if advance else self._loss.peek)(
+                rows, np.maximum(-change, 0.0)
+            )
+        else:
+            gain = self._gain.step_where(rows, np.maximum(change, 0.0), moved, advance=advance)
+            loss = self._loss.step_where(rows, np.maximum(-change, 0.0), moved, advance=advance)
         total = gain + loss
         flat = total < _ZERO
         return np.where(flat, 0.0, 100.0 * (gain / np.where(flat, 1.0, total)))

@@ -73,36 +73,60 @@ class RelativeVolume(Columnar):
         """`_history` as (n_rows, sessions, minutes): a view, so writes go through."""
         return self._history.reshape(self.n_rows, self.sessions, self.minutes_per_session)
 
-    def _check(self, rows: IntArray, session: IntArray, minute: IntArray) -> None:
+    def _check(
+        self,
+        session: IntArray,
+        minute: IntArray,
+        last_session: IntArray,
+        last_minute: IntArray,
+    ) -> None:
+        """Raise `ValueError` on a minute out of range, a session going back or a minute not after the last."""
+        started = last_minute >= 0
+        same = session == last_session
+        # One test for all three (the usual case), then which one for the message.
+        bad = (
+            (minute < 0)
+            | (minute >= self.minutes_per_session)
+            | (started & (session < last_session))
+            | (started & same & (minute <= last_minute))
+        )
+        if not bad.any():
+            return
         if np.any((minute < 0) | (minute >= self.minutes_per_session)):
-            bad = minute[(minute < 0) | (minute >= self.minutes_per_session)]
+            out = minute[(minute < 0) | (minute >= self.minutes_per_session)]
             raise ValueError(
-                f"minute must be in [0, {self.minutes_per_session}), got {bad.tolist()}"
+                f"minute must be in [0, {self.minutes_per_session}), got {out.tolist()}"
             )
-        started = self._minute[rows] >= 0
-        if np.any(started & (session < self._session[rows])):
+        if np.any(started & (session < last_session)):
             raise ValueError("session ids must not go back")
-        if np.any(started & (session == self._session[rows]) & (minute <= self._minute[rows])):
-            raise ValueError("minutes must increase within a session")
+        raise ValueError("minutes must increase within a session")
 
     def _step(
         self, rows: IntArray, session: IntArray, minute: IntArray, volume: FloatArray
     ) -> tuple[BoolArray, BoolArray, FloatArray, FloatArray, FloatArray]:
         """(new session, closing, profiles of the closing sessions, session total, RVOL)."""
-        self._check(rows, session, minute)
-        new = (self._minute[rows] < 0) | (session != self._session[rows])
-        closing = new & (self._minute[rows] >= 0)
-        closed = np.cumsum(self._current[rows[closing]], axis=1)
-        done = np.minimum(self._done[rows] + closing, self.sessions)
-        # The held sessions' sum at this minute, with the closing session already
-        # swapped in for the one it evicts: update and peek add the same numbers.
+        last_session, last_minute = self._session[rows], self._minute[rows]
+        self._check(session, minute, last_session, last_minute)
+        new = (last_minute < 0) | (session != last_session)
+        closing = new & (last_minute >= 0)
         sums = self._sums[rows, minute]
-        ending = rows[closing]
-        evicted = self._profiles()[ending, self._slot[ending], minute[closing]]
-        sums[closing] = sums[closing] + (closed[np.arange(len(closed)), minute[closing]] - evicted)
+        done = self._done[rows]
+        if closing.any():  # a row's first bar of a session: once a day
+            closed = np.cumsum(self._current[rows[closing]], axis=1)
+            done = done + closing
+            # The held sessions' sum at this minute, with the closing session already
+            # swapped in for the one it evicts: update and peek add the same numbers.
+            ending = rows[closing]
+            evicted = self._profiles()[ending, self._slot[ending], minute[closing]]
+            sums[closing] = sums[closing] + (
+                closed[np.arange(len(closed)), minute[closing]] - evicted
+            )
+        else:
+            closed = np.zeros((0, self.minutes_per_session))
+        done = np.minimum(done, self.sessions)
         mean = sums / self.sessions
         mean = np.where((done == self.sessions) & (mean > 0.0), mean, np.nan)
-        total = np.where(new, 0.0, self._total[rows]) + volume
+        total = (np.where(new, 0.0, self._total[rows]) if new.any() else self._total[rows]) + volume
         return new, closing, closed, total, total / mean
 
     def peek(
@@ -116,13 +140,15 @@ class RelativeVolume(Columnar):
     ) -> FloatArray:
         """Advance `rows` by one closed 1-minute bar each; returns their RVOL."""
         new, closing, closed, total, rvol = self._step(rows, session, minute, volume)
-        ended = rows[closing]
-        profiles = self._profiles()
-        self._sums[ended] = self._sums[ended] + (closed - profiles[ended, self._slot[ended]])
-        profiles[ended, self._slot[ended]] = closed
-        self._slot[ended] = (self._slot[ended] + 1) % self.sessions
-        self._done[ended] = np.minimum(self._done[ended] + 1, self.sessions)
-        self._current[rows[new]] = 0.0
+        if len(closed):
+            ended = rows[closing]
+            profiles = self._profiles()
+            self._sums[ended] = self._sums[ended] + (closed - profiles[ended, self._slot[ended]])
+            profiles[ended, self._slot[ended]] = closed
+            self._slot[ended] = (self._slot[ended] + 1) % self.sessions
+            self._done[ended] = np.minimum(self._done[ended] + 1, self.sessions)
+        if new.any():
+            self._current[rows[new]] = 0.0
         self._current[rows, minute] = volume
         self._total[rows] = total
         self._session[rows] = session

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from signals.arrays import FloatArray, IntArray
+from signals.arrays import BoolArray, FloatArray, IntArray
 from signals.indicators.columnar import Columnar, Window
 
 FIB_RETRACEMENTS: tuple[float, ...] = (0.236, 0.382, 0.5, 0.618, 0.786)
@@ -49,6 +49,27 @@ class SwingValues:
     levels: FloatArray
 
 
+@dataclass(frozen=True)
+class SwingFrame:
+    """The swing of the previous bars before a close is placed in it: what `Swing.place` needs.
+
+    It depends on the indicator's state only, so a caller peeking the same rows
+    again and again before the next closed bar may keep it. `end` is H in an
+    up-swing and L in a down-swing, `sign` -1 up and +1 down, `span` H - L
+    (NaN where not positive); the other fields are those of `SwingValues`.
+    """
+
+    swing_high: FloatArray
+    swing_low: FloatArray
+    high_age: FloatArray
+    low_age: FloatArray
+    direction: FloatArray
+    end: FloatArray
+    sign: FloatArray
+    span: FloatArray
+    levels: FloatArray
+
+
 class Swing(Columnar):
     """Swing high/low, direction, Fibonacci ratio and levels per row over `lookback` bars."""
 
@@ -64,6 +85,32 @@ class Swing(Columnar):
         yield self._highs
         yield self._lows
 
+    def frame(self, rows: IntArray) -> SwingFrame:
+        """The swing of the previous `lookback` bars of each row, for `place`; does not mutate."""
+        warm = self._highs.full(rows)
+        top, bottom, high_back, low_back = self._extremes(rows, warm)
+        if not warm.all():
+            return _masked_frame(warm, top, bottom, high_back, low_back)
+        # Every row warm (the usual case): `_masked_frame` without its masks.
+        high_age, low_age = high_back.astype(np.float64), low_back.astype(np.float64)
+        up = low_age > high_age
+        direction = np.where(up, 1.0, -1.0)
+        return _finish(top, bottom, high_age, low_age, direction, up, -direction)
+
+    @staticmethod
+    def place(frame: SwingFrame, close: FloatArray) -> SwingValues:
+        """`close` placed in the swing `frame` (from `frame(rows)` of the same rows)."""
+        ratio = frame.sign * (close - frame.end) / frame.span
+        return SwingValues(
+            frame.swing_high,
+            frame.swing_low,
+            frame.high_age,
+            frame.low_age,
+            frame.direction,
+            ratio,
+            frame.levels,
+        )
+
     def peek(
         self, rows: IntArray, high: FloatArray, low: FloatArray, close: FloatArray
     ) -> SwingValues:
@@ -72,38 +119,21 @@ class Swing(Columnar):
         `high` and `low` do not enter the result (the current bar is excluded);
         they are taken so that `peek` and `update` share one signature.
         """
-        warm = self._highs.full(rows)
-        top, bottom, high_back, low_back = self._extremes(rows)
-        h = np.where(warm, top, np.nan)
-        lo = np.where(warm, bottom, np.nan)
-        high_age = np.where(warm, high_back.astype(np.float64), np.nan)
-        low_age = np.where(warm, low_back.astype(np.float64), np.nan)
-        up = low_age > high_age
-        direction = np.where(warm, np.where(up, 1.0, -1.0), np.nan)
-        # The swing's end is H going up and L going down; ratios run back from it.
-        end, start = np.where(up, h, lo), np.where(up, lo, h)
-        sign = np.where(up, -1.0, 1.0)
-        span = h - lo
-        span = np.where(span > 0.0, span, np.nan)  # H == L: no swing, no ratio
-        ratio = sign * (close - end) / span
-        levels = np.concatenate(
-            [
-                end[:, None] + sign[:, None] * _RETRACEMENTS * span[:, None],
-                start[:, None] - sign[:, None] * _EXTENSIONS * span[:, None],
-            ],
-            axis=1,
-        )
-        return SwingValues(h, lo, high_age, low_age, direction, ratio, levels)
+        return self.place(self.frame(rows), close)
 
     def update(
         self, rows: IntArray, high: FloatArray, low: FloatArray, close: FloatArray
     ) -> SwingValues:
         """The swing for this closed bar, then take the bar into the window."""
         values = self.peek(rows, high, low, close)
+        self.push(rows, high, low)
+        return values
+
+    def push(self, rows: IntArray, high: FloatArray, low: FloatArray) -> None:
+        """Take a closed bar into the window (what `update` does after placing its close)."""
         self._highs.push(rows, high)
         self._lows.push(rows, low)
         self._slide(rows, high, low)
-        return values
 
     # -- the extremes of each full window, kept up to date instead of rescanned ----
     #
@@ -114,9 +144,12 @@ class Swing(Columnar):
     # the same max/min and ages a full rescan gives. The memo is not state: a
     # resize, reset or load forgets it.
 
-    def _extremes(self, rows: IntArray) -> tuple[FloatArray, FloatArray, IntArray, IntArray]:
-        """Per row: highest high, lowest low, and their ages (NaN-bearing until full)."""
-        unknown = rows[~self._known[rows]]
+    def _extremes(
+        self, rows: IntArray, warm: BoolArray
+    ) -> tuple[FloatArray, FloatArray, IntArray, IntArray]:
+        """Per row: highest high, lowest low, and their ages (anything where not `warm`)."""
+        # A window not yet full is not scanned: its swing is NaN whatever its extremes.
+        unknown = rows[~self._known[rows] & warm]
         if len(unknown):
             # Storage order is enough: the extremes by value, and among equal values
             # the most recent by age (ties resolve to the most recent bar).
@@ -127,12 +160,13 @@ class Swing(Columnar):
             self._top[unknown], self._bottom[unknown] = top, bottom
             self._high_back[unknown] = np.where(highs == top[:, None], ages, never).min(axis=1)
             self._low_back[unknown] = np.where(lows == bottom[:, None], ages, never).min(axis=1)
-            self._known[unknown] = self._highs.full(unknown)
+            self._known[unknown] = True
         return self._top[rows], self._bottom[rows], self._high_back[rows], self._low_back[rows]
 
     def _slide(self, rows: IntArray, high: FloatArray, low: FloatArray) -> None:
         known = self._known[rows]
-        r, h, lo = rows[known], high[known], low[known]
+        every = bool(known.all())  # the usual case: no row to leave out
+        r, h, lo = (rows, high, low) if every else (rows[known], high[known], low[known])
         high_back, low_back = self._high_back[r] + 1, self._low_back[r] + 1
         new_top, new_bottom = h >= self._top[r], lo <= self._bottom[r]
         self._top[r] = np.where(new_top, h, self._top[r])
@@ -141,7 +175,8 @@ class Swing(Columnar):
         low_back = np.where(new_bottom, 1, low_back)
         self._high_back[r], self._low_back[r] = high_back, low_back
         self._known[r] = (high_back <= self.lookback) & (low_back <= self.lookback)
-        self._known[rows[~known]] = False
+        if not every:
+            self._known[rows[~known]] = False
 
     def _forget(self) -> None:
         n = self.n_rows
@@ -166,6 +201,40 @@ class Swing(Columnar):
         """Take back what `state()` gave (a snapshot)."""
         super().load_state(state)
         self._forget()
+
+
+def _masked_frame(
+    warm: BoolArray, top: FloatArray, bottom: FloatArray, high_back: IntArray, low_back: IntArray
+) -> SwingFrame:
+    """The frame of any rows: NaN where not `warm` (the plain path of `Swing.frame`)."""
+    h = np.where(warm, top, np.nan)
+    lo = np.where(warm, bottom, np.nan)
+    high_age = np.where(warm, high_back.astype(np.float64), np.nan)
+    low_age = np.where(warm, low_back.astype(np.float64), np.nan)
+    up = low_age > high_age
+    direction = np.where(warm, np.where(up, 1.0, -1.0), np.nan)
+    return _finish(h, lo, high_age, low_age, direction, up, np.where(up, -1.0, 1.0))
+
+
+def _finish(
+    h: FloatArray,
+    lo: FloatArray,
+    high_age: FloatArray,
+    low_age: FloatArray,
+    direction: FloatArray,
+    up: BoolArray,
+    sign: FloatArray,
+) -> SwingFrame:
+    # The swing's end is H going up and L going down; ratios run back from it.
+    end, start = np.where(up, h, lo), np.where(up, lo, h)
+    span = h - lo
+    span = np.where(span > 0.0, span, np.nan)  # H == L: no swing, no ratio
+    # sign * ratio * span: the sign only flips, so its product with span can come first.
+    signed = (sign * span)[:, None]
+    levels = np.empty((len(h), len(FIB_RATIOS)))
+    levels[:, : len(_RETRACEMENTS)] = end[:, None] + signed * _RETRACEMENTS
+    levels[:, len(_RETRACEMENTS) :] = start[:, None] - signed * _EXTENSIONS
+    return SwingFrame(h, lo, high_age, low_age, direction, end, sign, span, levels)
 
 
 def swing_batch(

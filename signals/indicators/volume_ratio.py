@@ -28,19 +28,26 @@ class VolumeRatio(Columnar):
     def _children(self) -> Iterator[Columnar]:
         yield self._volumes
 
-    def peek(self, rows: IntArray, volume: FloatArray) -> FloatArray:
-        """The ratio if the forming bar closed with `volume`; does not mutate."""
+    def normal(self, rows: IntArray) -> FloatArray:
+        """The mean volume of the `period` bars taken so far; NaN until that many, or if it is 0."""
         # Summed afresh each bar rather than kept as a running total, so a huge
         # volume leaving the window leaves no rounding residue behind.
         mean = self._volumes.raw(rows).sum(axis=1) / self.period
-        mean = np.where(self._volumes.full(rows) & (mean > 0.0), mean, np.nan)
-        return np.asarray(volume / mean, dtype=np.float64)
+        return np.where(self._volumes.full(rows) & (mean > 0.0), mean, np.nan)
+
+    def peek(self, rows: IntArray, volume: FloatArray) -> FloatArray:
+        """The ratio if the forming bar closed with `volume`; does not mutate."""
+        return np.asarray(volume / self.normal(rows), dtype=np.float64)
 
     def update(self, rows: IntArray, volume: FloatArray) -> FloatArray:
         """The ratio of this closed bar, then take its volume into the window."""
         ratio = self.peek(rows, volume)
-        self._volumes.push(rows, volume)
+        self.push(rows, volume)
         return ratio
+
+    def push(self, rows: IntArray, volume: FloatArray) -> None:
+        """Take a closed bar's volume into the window (what `update` does after the ratio)."""
+        self._volumes.push(rows, volume)
 
 
 def volume_ratio_batch(volume: pl.Series, period: int = 20) -> pl.Series:

@@ -50,6 +50,10 @@ class _RuleState:
 
     def __init__(self, spec: RuleSpec) -> None:
         self.spec = spec
+        # Parsed once: the spec's properties parse text on every read.
+        self.cooldown_s = spec.cooldown_s
+        self.expires_at = spec.expires_at
+        self.rearms = spec.rearm_below is not None or spec.rearm_above is not None
         self.armed = np.zeros(0, dtype=np.bool_)
         self.prev = np.zeros(0)
         self.last_fire = np.zeros(0, dtype=np.int64)
@@ -137,7 +141,6 @@ class RuleBook:
         if len(ev) == 0:
             return []
         rows = self._row_of(ev.symbol)
-        in_regular = np.ones(len(ev), np.bool_) if regular is None else regular
         alerts: list[Alert] = []
         for st in self._rules.values():
             spec = st.spec
@@ -145,7 +148,7 @@ class RuleBook:
                 continue
             if only_sessions is not None and spec.sessions != only_sessions:
                 continue
-            alerts += self._run(st, ev, rows, closed, now, levels, in_regular, context, delayed)
+            alerts += self._run(st, ev, rows, closed, now, levels, regular, context, delayed)
         return alerts
 
     def _run(
@@ -156,36 +159,39 @@ class RuleBook:
         closed: bool,
         now: int,
         levels: Mapping[str, FloatArray] | None,
-        regular: BoolArray,
+        regular: BoolArray | None,
         context: Mapping[str, Breakdown] | None,
         delayed: bool,
     ) -> list[Alert]:
         spec = st.spec
-        applies = np.ones(len(ev), np.bool_)
+        applies: BoolArray | None = None  # None: every element (the usual case)
         if spec.symbols:
-            applies &= np.isin(np.asarray(ev.symbol, dtype=object), spec.symbols)
-        if spec.sessions == "regular":
-            applies &= regular
+            applies = np.isin(np.asarray(ev.symbol, dtype=object), spec.symbols)
+        if spec.sessions == "regular" and regular is not None:
+            applies = regular if applies is None else applies & regular
         cur = _column(ev, "close" if spec.operator == "breakout" else spec.value)
         prev = st.prev[rows]
-        level = np.full(len(ev), np.nan)
-        level_name: list[str | None] = [None] * len(ev)
-        with np.errstate(invalid="ignore"):
-            if spec.operator == "breakout":
-                cond, level, level_name = _breakout(spec, ev, levels)
-            else:
-                cond = _condition(spec, cur, prev)
-        cond &= applies
-        expired = spec.expires_at is not None and now >= spec.expires_at
-        cooldown = spec.cooldown_s
-        ok = cond & st.armed[rows] & ~st.done[rows] & (st.fired_bar[rows] != ev.time)
-        if cooldown:
-            last = st.last_fire[rows]
-            ok &= (last == NONE) | (now - last >= cooldown)
-        fire = np.flatnonzero(ok) if not expired else np.zeros(0, np.int64)
+        level: FloatArray | None = None
+        level_name: list[str | None] | None = None
+        # NaN compares False without a warning: no np.errstate needed.
+        if spec.operator == "breakout":
+            cond, level, level_name = _breakout(spec, ev, levels)
+        else:
+            cond = _condition(spec, cur, prev)
+        if applies is not None:
+            cond &= applies
+        expired = st.expires_at is not None and now >= st.expires_at
+        if expired or not cond.any():  # most bars: nothing can fire, so skip the bookkeeping
+            fire = np.zeros(0, np.int64)
+        else:
+            ok = cond & st.armed[rows] & ~st.done[rows] & (st.fired_bar[rows] != ev.time)
+            if st.cooldown_s:
+                last = st.last_fire[rows]
+                ok &= (last == NONE) | (now - last >= st.cooldown_s)
+            fire = np.flatnonzero(ok)
         alerts = (
             []
-            if self._quiet
+            if self._quiet or not len(fire)
             else [
                 self._alert(
                     spec,
@@ -193,8 +199,8 @@ class RuleBook:
                     int(i),
                     now,
                     float(cur[i]),
-                    float(level[i]),
-                    level_name[i],
+                    np.nan if level is None else float(level[i]),
+                    None if level_name is None else level_name[i],
                     context,
                     delayed,
                 )
@@ -202,25 +208,26 @@ class RuleBook:
             ]
         )
         fired_rows = rows[fire]
-        st.fired_bar[fired_rows] = ev.time[fire]
-        st.last_fire[fired_rows] = now
-        if spec.rearm_below is not None or spec.rearm_above is not None:
-            st.armed[fired_rows] = False
-        if spec.frequency == "only_once":
-            st.done[fired_rows] = True
+        if len(fire):
+            st.fired_bar[fired_rows] = ev.time[fire]
+            st.last_fire[fired_rows] = now
+            if st.rearms:
+                st.armed[fired_rows] = False
+            if spec.frequency == "only_once":
+                st.done[fired_rows] = True
         if closed:
             # Hysteresis and the previous value move on closed bars only.
-            touch = rows[applies]
-            value = cur[applies]
-            with np.errstate(invalid="ignore"):
-                if spec.rearm_below is not None:
-                    rearm = value <= spec.rearm_below
-                elif spec.rearm_above is not None:
-                    rearm = value >= spec.rearm_above
-                else:
-                    rearm = np.zeros(len(touch), np.bool_)
-            just_fired = np.isin(touch, fired_rows)
-            st.armed[touch[rearm & ~just_fired]] = True
+            touch, value = (rows, cur) if applies is None else (rows[applies], cur[applies])
+            if spec.rearm_below is not None:
+                rearm: BoolArray | None = value <= spec.rearm_below
+            elif spec.rearm_above is not None:
+                rearm = value >= spec.rearm_above
+            else:
+                rearm = None
+            if rearm is not None:
+                if len(fire):
+                    rearm &= ~np.isin(touch, fired_rows)
+                st.armed[touch[rearm]] = True
             st.prev[touch] = value
         return alerts
 
@@ -336,11 +343,31 @@ def _breakout(
 ) -> tuple[BoolArray, FloatArray, list[str | None]]:
     """Volume at or above `min_rvol` while the close crosses a level; names the furthest crossed."""
     n = len(ev)
-    close, prev = ev.columns["close"], ev.columns["prev_close"]
+    loud = np.flatnonzero(ev.columns["volume_signal"] >= spec.min_rvol)
+    cond = np.zeros(n, np.bool_)
+    level = np.full(n, np.nan)
+    label: list[str | None] = [None] * n
+    if not len(loud):  # the usual minute: no volume to break out with, no level to look at
+        return cond, level, label
+    # Levels only where the volume is there: every step is per element.
+    close, prev = ev.columns["close"][loud], ev.columns["prev_close"][loud]
+    lv = {k: v[loud] for k, v in (levels or {}).items()}
+    crossed_any, at, names = _crossed(spec, close, prev, lv)
+    cond[loud] = crossed_any
+    level[loud] = at
+    for i, name in zip(loud.tolist(), names, strict=True):
+        label[i] = name
+    return cond, level, label
+
+
+def _crossed(
+    spec: RuleSpec, close: FloatArray, prev: FloatArray, lv: Mapping[str, FloatArray]
+) -> tuple[BoolArray, FloatArray, list[str | None]]:
+    """Per element: whether the close crossed a breakout level, the furthest one, its label."""
+    n = len(close)
     up = spec.direction == "up"
     names: list[str] = []
     cols: list[FloatArray] = []
-    lv = levels or {}
     fib_pick: IntArray = np.zeros(n, np.int64)
     fibs: list[str] = []
     side = "high" if up else "low"
@@ -379,9 +406,7 @@ def _breakout(
     for i in np.flatnonzero(any_cross).tolist():  # few: only where a level was crossed
         name = names[k[i]]
         label[i] = LEVEL_LABELS[fibs[fib_pick[i]] if name == "fib" else name]
-    rvol = ev.columns["volume_signal"]
-    cond = any_cross & (rvol >= spec.min_rvol)
-    return cond, level, label
+    return any_cross, level, label
 
 
 class _SafeValues(dict[str, Any]):
