@@ -104,6 +104,7 @@ enabled = false
 
 [sinks.mqtt]
 url = "mqtt://127.0.0.1:{port}"
+qos = {qos}
 
 [state]
 dir = "{state}"
@@ -277,7 +278,7 @@ class Subscriber:
                 await self.changed.wait()
 
 
-def _write_config(tmp: Path, server: ReplayServer, broker_port: int) -> Path:
+def _write_config(tmp: Path, server: ReplayServer, broker_port: int, qos: int) -> Path:
     rules = tmp / "rules.toml"
     rules.write_text(RULES)
     path = tmp / "config.toml"
@@ -287,6 +288,7 @@ def _write_config(tmp: Path, server: ReplayServer, broker_port: int) -> Path:
             rest_url=server.rest_url,
             rules=rules,
             port=broker_port,
+            qos=qos,
             state=tmp / "state",
         )
     )
@@ -381,10 +383,12 @@ async def run_once(
     placement: str,
     state_root: str = DISK,
     profile: cProfile.Profile | None = None,
+    qos: int = 2,
 ) -> Run:
     """One run: `WARM_FRAMES` + `n_alerts` frames through the daemon `placement`d
     in this process ("in-process") or a child ("subprocess"), its state (the outbox)
-    under `state_root`. `profile` is enabled while the frames are pumped."""
+    under `state_root`, alerts at MQTT `qos`. `profile` is enabled while the frames
+    are pumped."""
     frames, times = _market(WARM_FRAMES + n_alerts)
     load = os.getloadavg()[0]
     with (
@@ -392,7 +396,7 @@ async def run_once(
         Mosquitto(Path(tmp_name) / "broker") as broker,
     ):
         async with ReplayServer(frame_from_rows([])) as server, asyncio.TaskGroup() as tg:
-            config_path = _write_config(Path(tmp_name), server, broker.port)
+            config_path = _write_config(Path(tmp_name), server, broker.port, qos)
             sub = Subscriber(broker.port)
             listener = tg.create_task(sub.run(), name="bench.subscriber")
             await asyncio.wait_for(sub.ready.wait(), 10)
@@ -411,7 +415,7 @@ async def run_once(
             listener.cancel()
     where = "state on disk" if state_root == DISK else "state on tmpfs: no fsync cost"
     return Run(
-        f"{placement}, {where}",
+        f"{placement}, {where}, QoS {qos}" + (" (the default)" if qos == 2 else ""),
         write,
         sub.received,
         sub.duplicates,
@@ -442,23 +446,27 @@ def _in_logging(log_path: Path) -> Callable[[], None]:
     return undo
 
 
-VARIANTS = (("in-process", DISK), ("subprocess", DISK), ("in-process", TMPFS))
+# (placement, state root, MQTT QoS). The default is QoS 2 (exactly once): the QoS 1
+# run shows what its extra round trip costs; the full run only, to keep --quick short.
+VARIANTS = (("in-process", DISK, 2), ("subprocess", DISK, 2), ("in-process", TMPFS, 2))
+FULL_ONLY = (("in-process", DISK, 1),)
 
 
-def measure(n_alerts: int, log: Callable[[str], None]) -> list[Run]:
+def measure(n_alerts: int, log: Callable[[str], None], quick: bool = False) -> list[Run]:
     runs = []
-    for placement, root in VARIANTS:
+    for placement, root, qos in VARIANTS + (() if quick else FULL_ONLY):
         if not Path(root).is_dir():
             log(f"latency: no {root}, skipping that variant")
             continue
         log(
-            f"latency: daemon {placement}, state under {root}, {WARM_FRAMES} + {n_alerts} frames"
+            f"latency: daemon {placement}, state under {root}, QoS {qos}, "
+            f"{WARM_FRAMES} + {n_alerts} frames"
             f" every {PACE_S * 1e3:.0f} ms"
         )
         with tempfile.NamedTemporaryFile(prefix="iwm-bench-latency-", suffix=".log") as logf:
             undo = _in_logging(Path(logf.name)) if placement == "in-process" else (lambda: None)
             try:
-                runs.append(asyncio.run(run_once(n_alerts, placement, root)))
+                runs.append(asyncio.run(run_once(n_alerts, placement, root, qos=qos)))
             finally:
                 undo()
     return runs
@@ -538,7 +546,7 @@ def report(runs: list[Run], quick: bool) -> str:
 
 
 def main(quick: bool, log: Callable[[str], None]) -> str:
-    return report(measure(QUICK_ALERTS if quick else FULL_ALERTS, log), quick)
+    return report(measure(QUICK_ALERTS if quick else FULL_ALERTS, log, quick), quick)
 
 
 def _profile(n_alerts: int) -> str:
