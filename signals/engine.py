@@ -14,17 +14,24 @@ The daemon batches a minute's bars to keep it so.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from itertools import chain, pairwise
-from types import MappingProxyType
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from signals.arrays import BoolArray, FloatArray, IntArray, RowMemo
 from signals.bar import BarBatch
+from signals.config import EngineConfig, Links
+from signals.evaluation import (
+    COLUMNS,
+    FIB_COLUMNS,
+    RAW_COLUMN,
+    Breakdowns,
+    Evaluation,
+    JoinedColumns,
+    Rejection,
+    join,
+)
 from signals.indicators.atr import ATR
 from signals.indicators.columnar import Columnar, Window
 from signals.indicators.donchian import Donchian
@@ -32,16 +39,12 @@ from signals.indicators.ema import EMA
 from signals.indicators.macd import MACD
 from signals.indicators.rsi import RSI
 from signals.indicators.rvol import RelativeVolume
-from signals.indicators.swing import FIB_RATIOS, Swing, SwingFrame
+from signals.indicators.swing import Swing
 from signals.indicators.volume_ratio import VolumeRatio
 from signals.rates import RatesSeries
 from signals.ring import Rings
 from signals.score import (
-    MIN_SIGNALS,
-    SIGNALS,
-    Breakdown,
     Composite,
-    breakdown,
     sub_atr,
     sub_breadth,
     sub_fib,
@@ -51,183 +54,23 @@ from signals.score import (
     sub_rsi,
     sub_volume,
 )
+from signals.step_inputs import StepInputs
+from signals.time_runs import run_part, time_runs
 
-FIB_COLUMNS = tuple(f"fib_{round(r * 1000):d}" for r in FIB_RATIOS)
-
-# Which output column holds each signal's raw value.
-RAW_COLUMN: Mapping[str, str] = MappingProxyType(
-    {
-        "rsi": "rsi14",
-        "macd": "macd_hist",
-        "fib": "fib_ratio",
-        "volume": "volume_signal",
-        "atr": "atr_pct",
-        "rs": "rs_roc20",
-        "breadth": "breadth20",
-        "rates": "rates_delta20",
-    }
-)
-
-COLUMNS: tuple[str, ...] = (
-    "open", "high", "low", "close", "volume", "prev_close",
-    "rsi14", "macd", "macd_signal", "macd_hist", "atr14", "atr_pct",
-    "volume_ratio", "rvol", "volume_signal",
-    "donchian_high20", "donchian_low20",
-    "swing_high", "swing_low", "swing_dir", "fib_ratio", *FIB_COLUMNS,
-    "ret20", "rs_ratio", "rs_roc20", "rs_ema_fast", "rs_ema_slow", "rs_ema_spread",
-    "breadth20", "rates", "rates_delta20",
-    *(f"sub_{s}" for s in SIGNALS), "score",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Links:
-    """A symbol's relative-strength benchmark and breadth comparator (None: no such signal)."""
-
-    benchmark: str | None = "SPY"
-    comparator: str | None = "QQQ"
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Periods, links and weights. Every number of DESIGN section 5 is here to change."""
-
-    intraday: bool = False
-    rsi_period: int = 14
-    macd_fast: int = 12
-    macd_slow: int = 26
-    macd_signal: int = 9
-    atr_period: int = 14
-    donchian_period: int = 20
-    swing_lookback: int = 60
-    volume_period: int = 20
-    rvol_sessions: int = 20
-    minutes_per_session: int = 390
-    change_period: int = 20
-    rs_ema_fast: int = 10
-    rs_ema_slow: int = 40
-    links: Links = Links()
-    symbol_links: Mapping[str, Links] = field(default_factory=dict)
-    weights: Mapping[str, float] = field(default_factory=dict)
-    min_signals: int = MIN_SIGNALS
-    ring_capacity: int = 300
-    # Without a yield series, a short-Treasury ETF's price can stand in for the
-    # 2-year yield: its log price over its duration (years), in points, inverted.
-    rates_proxy: str | None = None
-    rates_proxy_duration: float = 1.9
-
-    def links_for(self, symbol: str) -> Links:
-        """The links of `symbol`: its own entry, else the default."""
-        return self.symbol_links.get(symbol, self.links)
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A bar the engine refused, and why (`duplicate`, `out_of_order`, `missing_session`)."""
-
-    symbol: str
-    time: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What a batch produced: one element per accepted bar, in processing (time) order."""
-
-    symbol: tuple[str, ...]
-    time: IntArray
-    columns: Mapping[str, FloatArray]
-    rejected: tuple[Rejection, ...]
-    weights: Mapping[str, float]
-    min_signals: int
-    # The same elements as evaluations of one bar time each, in order, when the
-    # engine made them so (a batch of several times): `by_time` hands them out.
-    parts: tuple[Evaluation, ...] = field(default=(), repr=False, compare=False)
-
-    def __len__(self) -> int:
-        return len(self.symbol)
-
-    def to_polars(self) -> pl.DataFrame:
-        """One row per symbol-bar: `symbol`, `time` (epoch seconds) and every column (NaN as null)."""
-        data: dict[str, object] = {"symbol": list(self.symbol), "time": self.time}
-        data.update(self.columns)
-        return pl.DataFrame(data).fill_nan(None)
-
-    def take(self, idx: IntArray) -> Evaluation:
-        """The elements at positions `idx` (rejections stay with the whole)."""
-        symbol = self.symbol
-        return Evaluation(
-            symbol=tuple([symbol[i] for i in np.asarray(idx).tolist()]),
-            time=self.time[idx],
-            columns={c: v[idx] for c, v in self.columns.items()},
-            rejected=(),
-            weights=self.weights,
-            min_signals=self.min_signals,
-        )
-
-    def by_time(self) -> list[Evaluation]:
-        """The elements split by bar time, in time order: one evaluation per time."""
-        if self.parts:
-            return list(self.parts)
-        times = np.unique(self.time)
-        if len(times) <= 1:
-            return [self]
-        return [self.take(np.flatnonzero(self.time == t)) for t in times]
-
-    def breakdown(self, i: int) -> Breakdown:
-        """The score of element `i` with each signal's raw value, sub-score and weight."""
-        raw = {s: float(self.columns[RAW_COLUMN[s]][i]) for s in SIGNALS}
-        subs = {s: float(self.columns[f"sub_{s}"][i]) for s in SIGNALS}
-        return breakdown(raw, subs, self.weights, self.min_signals)
-
-
-def join(evs: Sequence[Evaluation], rejected: tuple[Rejection, ...] | None = None) -> Evaluation:
-    """`evs` end to end as one evaluation (its `by_time` gives their parts back).
-
-    Columns are joined when first read: a warm-up or backtest chunk makes
-    hundreds of thousands of values per column that often nobody reads whole.
-    """
-    if len(evs) == 1:
-        return evs[0] if rejected is None else replace(evs[0], rejected=rejected)
-    parts = tuple(p for ev in evs for p in (ev.parts or (ev,)))
-    first = evs[0]
-    return Evaluation(
-        symbol=tuple(chain.from_iterable(ev.symbol for ev in evs)),
-        time=np.concatenate([ev.time for ev in evs]),
-        columns=JoinedColumns([ev.columns for ev in evs]),
-        rejected=tuple(r for ev in evs for r in ev.rejected) if rejected is None else rejected,
-        weights=first.weights,
-        min_signals=first.min_signals,
-        parts=parts,
-    )
-
-
-class JoinedColumns(Mapping[str, FloatArray]):
-    """The columns of several evaluations end to end, each concatenated on its first read."""
-
-    def __init__(self, parts: Sequence[Mapping[str, FloatArray]]) -> None:
-        self._parts = list(parts)
-        self._names = tuple(self._parts[0]) if self._parts else ()
-        self._joined: dict[str, FloatArray] = {}
-
-    def __getitem__(self, name: str) -> FloatArray:
-        col = self._joined.get(name)
-        if col is None:
-            if name not in self._names:
-                raise KeyError(name)
-            col = self._joined[name] = np.concatenate([p[name] for p in self._parts])
-            if len(self._joined) == len(self._names):
-                self._parts = []  # every column joined: the parts' arrays can go
-        return col
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
+__all__ = [
+    "COLUMNS",
+    "FIB_COLUMNS",
+    "RAW_COLUMN",
+    "Breakdowns",
+    "Engine",
+    "EngineConfig",
+    "Evaluation",
+    "JoinedColumns",
+    "Links",
+    "Rejection",
+    "join",
+    "proxy_yield",
+]
 
 
 def proxy_yield(price: float | FloatArray, duration: float) -> FloatArray:
@@ -235,33 +78,6 @@ def proxy_yield(price: float | FloatArray, duration: float) -> FloatArray:
     dy = -dP/P / duration, so y = -100 * ln(P) / duration. NaN where there is no price."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.asarray(-100.0 * np.log(price) / duration, dtype=np.float64)
-
-
-class Breakdowns(Mapping[str, Breakdown]):
-    """The breakdowns of an evaluation by symbol, each built only when asked for.
-
-    Building one is Python work per symbol; a minute at 2,000 symbols asks for a
-    handful (the alerts that fire), so they are made on demand.
-    """
-
-    def __init__(self, ev: Evaluation) -> None:
-        self._ev = ev
-        self._index: dict[str, int] | None = None
-
-    @property
-    def _pos(self) -> dict[str, int]:
-        if self._index is None:  # built on the first lookup: most minutes make none
-            self._index = {s: i for i, s in enumerate(self._ev.symbol)}
-        return self._index
-
-    def __getitem__(self, symbol: str) -> Breakdown:
-        return self._ev.breakdown(self._pos[symbol])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._pos)
-
-    def __len__(self) -> int:
-        return len(self._pos)
 
 
 class Engine:
@@ -300,7 +116,7 @@ class Engine:
         # Bumped by every change of state; a peek's state-only inputs are kept
         # for the rows they were made for until it moves (see `_before`).
         self._version = 0
-        self._peek_memo: tuple[IntArray, int, int, RatesSeries | None, _Before] | None = None
+        self._peek_memo: tuple[IntArray, int, int, RatesSeries | None, StepInputs] | None = None
 
     @property
     def version(self) -> int:
@@ -451,7 +267,7 @@ class Engine:
         rows = self.rows_of(batch.symbol)
         unique = self._row_memo.unique(rows)
         n = len(batch)
-        order, runs = _time_runs(batch.time)
+        order, runs = time_runs(batch.time)
         rejected: list[Rejection] = []
         parts: list[Evaluation] = []
         for a, b in runs:
@@ -462,7 +278,7 @@ class Engine:
             t = int(batch.time[a] if idx is None else batch.time[idx[0]])
             ok = self._accept(group, t, unique, rejected, batch, a if idx is None else idx)
             if ok is None:  # every bar of this time is new: the common case
-                sub = batch if b - a == n and idx is None else _part(batch, a, b, idx)
+                sub = batch if b - a == n and idx is None else run_part(batch, a, b, idx)
             else:
                 if not ok.any():
                     continue
@@ -520,7 +336,7 @@ class Engine:
             rejected.append(Rejection(batch.symbol[pos], t, reason))
         return None if ok.all() else ok
 
-    def _before(self, rows: IntArray, t: int, keep: bool) -> _Before:
+    def _before(self, rows: IntArray, t: int, keep: bool) -> StepInputs:
         """What the bars of time `t` at `rows` are measured against: the state only.
 
         A peek with the same (memoised, read-only) rows and time as the last one,
@@ -548,7 +364,7 @@ class Engine:
             y = np.full(n, np.nan)
         lag_rates = self._rates_lag.oldest(rows)
         rates_delta = None if y is None else y - lag_rates
-        before = _Before(
+        before = StepInputs(
             prev_close=np.where(
                 last_time[rows] > np.iinfo(np.int64).min, self._last_close[rows], np.nan
             ),
@@ -677,61 +493,3 @@ class Engine:
             cols[f"sub_{s}"] = arr
         cols["score"] = self._composite(subs)
         return cols
-
-
-@dataclass
-class _Before:
-    """The state-only inputs of one step (see `Engine._before`); `freeze` makes them read-only."""
-
-    prev_close: FloatArray
-    lag_close: FloatArray
-    lag_ratio: FloatArray
-    lag_rates: FloatArray
-    here_close: FloatArray  # every row's close at this bar time (NaN: none yet)
-    here_ret: FloatArray
-    bench: IntArray
-    comp: IntArray
-    y: FloatArray | None  # None: from the proxy's close, per step
-    rates_delta: FloatArray | None
-    sub_rates: FloatArray | None
-    donchian: tuple[FloatArray, FloatArray]
-    swing: SwingFrame
-    volume_normal: FloatArray
-    nan: FloatArray
-
-    def freeze(self) -> None:
-        """Make every array read-only: kept ones are shared by the evaluations of many peeks."""
-        arrays: list[np.ndarray | None] = [
-            self.prev_close, self.lag_close, self.lag_ratio, self.lag_rates, self.here_close,
-            self.here_ret, self.bench, self.comp, self.y, self.rates_delta, self.sub_rates,
-            *self.donchian, self.volume_normal, self.nan,
-            *(getattr(self.swing, f) for f in SwingFrame.__dataclass_fields__),
-        ]  # fmt: skip
-        for a in arrays:
-            if a is not None:
-                a.flags.writeable = False
-
-
-def _time_runs(time: IntArray) -> tuple[IntArray | None, list[tuple[int, int]]]:
-    """(order, runs): the batch in runs of one bar time each, in time order.
-
-    `order` is None when the batch already is in time order; else the runs are
-    ranges of `order` (a stable sort, so each time keeps its bars' batch order).
-    """
-    n = len(time)
-    if n == 0:
-        return None, []
-    if time[0] == time[-1] and bool((time == time[0]).all()):  # one minute: the common case
-        return None, [(0, n)]
-    order: IntArray | None = None
-    if not bool((time[1:] >= time[:-1]).all()):
-        order = np.argsort(time, kind="stable")
-        time = time[order]
-    cuts = (np.flatnonzero(time[1:] != time[:-1]) + 1).tolist()
-    bounds = [0, *cuts, n]
-    return order, list(pairwise(bounds))
-
-
-def _part(batch: BarBatch, a: int, b: int, idx: IntArray | None) -> BarBatch:
-    """The bars of one run: positions a..b-1 (views), or `idx`."""
-    return batch.window(a, b) if idx is None else batch.take(idx)
