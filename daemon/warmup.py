@@ -9,7 +9,7 @@ Today's partial daily bar is left out: today is rebuilt from its minutes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 import numpy as np
@@ -67,11 +67,8 @@ async def fetch_alpaca_warmup(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Warmup:
     """Daily bars of the last `daily_days` sessions and minutes of the last `minute_sessions`."""
-    window = _window(sessions, now, daily_days, minute_sessions)
-    if window is None:
-        return Warmup()
-    today, first_daily, first_minute = window
-    async with httpx.AsyncClient(transport=transport, timeout=30.0) as http:
+
+    async def fetch(http: httpx.AsyncClient, first_daily: int, first_minute: int) -> _Fetched:
         rest = AlpacaRest(
             http,
             key=key,
@@ -81,8 +78,9 @@ async def fetch_alpaca_warmup(
             feed=feed,
         )
         daily = await rest.bars(first_daily, int(now), timeframe="1Day")
-        minutes = await rest.bars(first_minute, int(now), timeframe="1Min")
-    return _warmup(daily, minutes, today)
+        return daily, await rest.bars(first_minute, int(now), timeframe="1Min")
+
+    return await _fetch(fetch, sessions, now, (daily_days, minute_sessions), transport)
 
 
 async def fetch_massive_warmup(
@@ -97,16 +95,36 @@ async def fetch_massive_warmup(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Warmup:
     """The same warm-up from Massive's `/v2/aggs` (daily aggregates, then minutes)."""
-    window = _window(sessions, now, daily_days, minute_sessions)
-    if window is None:
-        return Warmup()
-    today, first_daily, first_minute = window
-    async with httpx.AsyncClient(transport=transport, timeout=30.0) as http:
+
+    async def fetch(http: httpx.AsyncClient, first_daily: int, first_minute: int) -> _Fetched:
         rest = MassiveRest(
             http, api_key=api_key, symbols=symbols, rest_url=rest_url or MASSIVE_REST_URL
         )
         daily = await rest.bars(first_daily, int(now), timespan="day")
-        minutes = await rest.bars(first_minute, int(now), timespan="minute")
+        return daily, await rest.bars(first_minute, int(now), timespan="minute")
+
+    return await _fetch(fetch, sessions, now, (daily_days, minute_sessions), transport)
+
+
+_Fetched = tuple[Received, Received]
+"""Daily bars, then minutes."""
+
+
+async def _fetch(
+    fetch: Callable[[httpx.AsyncClient, int, int], Awaitable[_Fetched]],
+    sessions: SessionTable,
+    now: float,
+    depth: tuple[int, int],
+    transport: httpx.AsyncBaseTransport | None,
+) -> Warmup:
+    """Run a provider's `fetch(http, first_daily, first_minute)` over the window `depth`
+    (daily days, minute sessions) asks for, and make the `Warmup` of what it returns."""
+    window = _window(sessions, now, *depth)
+    if window is None:
+        return Warmup()
+    today, first_daily, first_minute = window
+    async with httpx.AsyncClient(transport=transport, timeout=30.0) as http:
+        daily, minutes = await fetch(http, first_daily, first_minute)
     return _warmup(daily, minutes, today)
 
 

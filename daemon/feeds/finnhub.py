@@ -51,6 +51,8 @@ from daemon.feeds.reconnect import (
     ReconnectPolicy,
     Rejection,
     StreamFeed,
+    StreamSettings,
+    StreamSource,
     checked_feed_args,
 )
 from daemon.feeds.wserrors import is_utf8
@@ -253,22 +255,11 @@ def stream_url(url: str, token: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Settings:
-    """Everything a connection or a backfill needs, shared by both."""
+class _Settings(StreamSettings):
+    """Everything a connection or a backfill needs: the shared settings and the credentials."""
 
-    name: str
-    url: str
-    rest_url: str
     token: str = field(repr=False)
-    symbols: tuple[str, ...]
-    max_frame_bytes: int
-    open_timeout_s: float
-    ping_interval_s: float | None
-    ping_timeout_s: float | None
     flush_interval_s: float
-    max_future_s: float
-    now: Callable[[], float]
-    sleep: Callable[[float], Awaitable[None]]
 
     def scrub(self, text: str) -> str:
         """`text` without the token (a URL in an error message would carry it)."""
@@ -283,18 +274,7 @@ class _FinnhubConnection(WebsocketSession):
         self._finnhub = FinnhubProtocol(
             settings.symbols, builder, max_future_s=settings.max_future_s, token=settings.token
         )
-        super().__init__(
-            self._finnhub,
-            name=settings.name,
-            url=stream_url(settings.url, settings.token),
-            max_frame_bytes=settings.max_frame_bytes,
-            open_timeout_s=settings.open_timeout_s,
-            ping_interval_s=settings.ping_interval_s,
-            ping_timeout_s=settings.ping_timeout_s,
-            handshake_timeout_s=settings.open_timeout_s,
-            now=settings.now,
-            scrub=settings.scrub,
-        )
+        super().__init__(self._finnhub, settings, url=stream_url(settings.url, settings.token))
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
@@ -336,32 +316,6 @@ class _FinnhubConnection(WebsocketSession):
             received = self._received()
             if data is not None or received.batches:
                 return received
-
-
-class _FinnhubSource:
-    """What `FeedLoop` drives: fresh connections sharing one bar builder, and REST backfills."""
-
-    def __init__(
-        self, settings: _Settings, builder: MinuteBuilder, http: httpx.AsyncClient
-    ) -> None:
-        self.name, self.url = settings.name, settings.url
-        self._settings, self._builder = settings, builder
-        self._rest = FinnhubRest(
-            http,
-            token=settings.token,
-            symbols=settings.symbols,
-            rest_url=settings.rest_url,
-            name=settings.name,
-            now=settings.now,
-            sleep=settings.sleep,
-            max_future_s=settings.max_future_s,
-        )
-
-    def connection(self) -> _FinnhubConnection:
-        return _FinnhubConnection(self._settings, self._builder)
-
-    async def backfill(self, start_s: int, end_s: int) -> Received:
-        return await self._rest.bars(start_s, end_s)
 
 
 class FinnhubFeed(StreamFeed):
@@ -432,6 +386,7 @@ class FinnhubFeed(StreamFeed):
             symbols=wanted,
             max_frame_bytes=max_frame_bytes,
             open_timeout_s=open_timeout_s,
+            handshake_timeout_s=open_timeout_s,  # Finnhub confirms nothing: no handshake to wait for
             ping_interval_s=ping_interval_s,
             ping_timeout_s=ping_timeout_s,
             flush_interval_s=flush_interval_s,
@@ -451,7 +406,19 @@ class FinnhubFeed(StreamFeed):
             rand=rand,
         )
 
-    def _source(self, http: httpx.AsyncClient) -> _FinnhubSource:
+    def _source(self, http: httpx.AsyncClient) -> StreamSource:
+        s = self._settings
         # A fresh minute builder per run; within a run the minute being built
-        # survives reconnects (the source keeps it).
-        return _FinnhubSource(self._settings, MinuteBuilder(self._bar_close_delay_s), http)
+        # survives reconnects (the connections share it).
+        builder = MinuteBuilder(self._bar_close_delay_s)
+        rest = FinnhubRest(
+            http,
+            token=s.token,
+            symbols=s.symbols,
+            rest_url=s.rest_url,
+            name=s.name,
+            now=s.now,
+            sleep=s.sleep,
+            max_future_s=s.max_future_s,
+        )
+        return StreamSource(s.name, s.url, lambda: _FinnhubConnection(s, builder), rest.bars)

@@ -19,16 +19,10 @@ import httpx
 import msgspec
 import structlog
 
-from daemon.feeds.base import (
-    FeedAuthFailed,
-    FeedError,
-    FeedFatal,
-    FeedThrottled,
-    FeedUnavailable,
-)
-from daemon.feeds.finnhub_wire import DETAIL_CHARS, excerpt, scrub
+from daemon.feeds.base import FeedError, FeedFatal
+from daemon.feeds.finnhub_wire import excerpt, scrub
 from daemon.feeds.reconnect import Received, Rejection
-from daemon.feeds.wserrors import retry_after_s
+from daemon.feeds.rest import RestClient, http_status_error, status_detail
 from signals.bar import Bar, BarRejected
 
 _log = structlog.get_logger(__name__)
@@ -80,7 +74,7 @@ class _NoAccess(FeedFatal):
     """HTTP 403: the plan does not include candles."""
 
 
-class FinnhubRest:
+class FinnhubRest(RestClient):
     """The `/stock/candle` minute backfill: one request per symbol, bounded retries.
 
     `http` is owned by the caller. A 403 (candles are premium on many plans)
@@ -105,13 +99,14 @@ class FinnhubRest:
         max_retry_wait_s: float = 60.0,
         max_body_bytes: int = 8 << 20,
     ) -> None:
-        self._http, self._name, self._token = http, name, token
+        self._token = token
         self._symbols = tuple(symbols)
         self._symbol_set = frozenset(self._symbols)
         self._url = f"{rest_url.rstrip('/')}/api/v1/stock/candle"
-        self._now, self._sleep, self._max_future_s = now, sleep, max_future_s
-        self._max_retries, self._max_retry_wait_s = max_retries, max_retry_wait_s
-        self._max_body_bytes = max_body_bytes
+        self._now, self._max_future_s = now, max_future_s
+        headers = {"X-Finnhub-Token": token}
+        limits = (max_retries, max_retry_wait_s, max_body_bytes)
+        super().__init__(http, name, headers, sleep, limits)
         self.available = True
         """False once the server said the plan has no candles (HTTP 403)."""
 
@@ -127,7 +122,7 @@ class FinnhubRest:
         for symbol in self._symbols:
             params = {"symbol": symbol, "resolution": "1", "from": str(start_s), "to": str(end_s)}
             try:
-                body = await self._get(params)
+                body = await self._get(self._url, params)
             except _NoAccess as exc:
                 self.available = False
                 _log.warning("feed.backfill_unavailable", feed=self._name, detail=exc.detail)
@@ -143,55 +138,11 @@ class FinnhubRest:
                     rejected.append(Rejection("outside_window", f"{symbol} {bar.time}"))
         return Received((("backfill", tuple(bars)),), tuple(rejected))
 
-    async def _get(self, params: dict[str, str]) -> bytes:
-        attempt = 0
-        while True:
-            try:
-                return await self._get_once(params)
-            except (FeedUnavailable, FeedThrottled) as exc:
-                if attempt >= self._max_retries:
-                    raise
-                wait = exc.retry_after_s if isinstance(exc, FeedThrottled) else None
-                await self._sleep(
-                    min(self._max_retry_wait_s, wait if wait is not None else 2.0**attempt)
-                )
-                attempt += 1
-
-    async def _get_once(self, params: dict[str, str]) -> bytes:
-        headers = {"X-Finnhub-Token": self._token}
-        try:
-            async with self._http.stream("GET", self._url, params=params, headers=headers) as resp:
-                limit = self._max_body_bytes if resp.status_code == 200 else 64 << 10
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise FeedUnavailable(
-                            self._name, f"REST response larger than {limit} bytes"
-                        )
-                    chunks.append(chunk)
-                if resp.status_code == 200:
-                    return b"".join(chunks)
-                raise self._status_error(resp.status_code, resp.headers, b"".join(chunks))
-        except httpx.InvalidURL as exc:
-            raise FeedFatal(self._name, scrub(self._token, f"invalid REST URL: {exc}")) from exc
-        except httpx.HTTPError as exc:
-            detail = scrub(self._token, f"REST {type(exc).__name__}: {exc}")
-            raise FeedUnavailable(self._name, detail) from exc
-
     def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> FeedError:
-        try:
-            message = str(msgspec.json.decode(body, type=dict[str, object]).get("error", ""))
-        except (msgspec.DecodeError, RecursionError):
-            message = ""
-        detail = scrub(self._token, f"REST HTTP {status} {message[:DETAIL_CHARS]}".rstrip())
+        detail = status_detail(status, body, ("error",), self._scrub)
         if status == 403:
             return _NoAccess(self._name, detail)
-        if status == 429:
-            return FeedThrottled(self._name, detail, retry_after_s(headers.multi_items()))
-        if status == 401:
-            return FeedAuthFailed(self._name, detail)
-        if status in (400, 404):
-            return FeedFatal(self._name, detail)
-        return FeedUnavailable(self._name, detail)
+        return http_status_error(self._name, status, headers, detail, fatal=(400, 404))
+
+    def _scrub(self, text: str) -> str:
+        return scrub(self._token, text)

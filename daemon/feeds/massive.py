@@ -55,6 +55,8 @@ from daemon.feeds.reconnect import (
     ReconnectPolicy,
     Rejection,
     StreamFeed,
+    StreamSettings,
+    StreamSource,
     checked_feed_args,
 )
 from daemon.feeds.wserrors import is_utf8
@@ -292,22 +294,14 @@ def error_for_status(feed: str, status: str, message: str) -> FeedError:
 
 
 @dataclass(frozen=True)
-class _Settings:
-    """Everything a connection or a backfill needs, shared by both."""
+class _Settings(StreamSettings):
+    """Everything a connection or a backfill needs: the shared settings and the credentials."""
 
-    name: str
-    url: str
-    rest_url: str
     api_key: str = field(repr=False)
-    symbols: tuple[str, ...]
-    max_frame_bytes: int
-    open_timeout_s: float
-    handshake_timeout_s: float
-    ping_interval_s: float | None
-    ping_timeout_s: float | None
-    max_future_s: float
-    now: Callable[[], float]
-    sleep: Callable[[float], Awaitable[None]]
+
+    def scrub(self, text: str) -> str:
+        """`text` without the key (a server could echo it back)."""
+        return scrub(self.api_key, text)
 
 
 class _MassiveConnection(WebsocketSession):
@@ -318,18 +312,7 @@ class _MassiveConnection(WebsocketSession):
         self._massive = MassiveProtocol(
             settings.api_key, settings.symbols, max_future_s=settings.max_future_s
         )
-        super().__init__(
-            self._massive,
-            name=settings.name,
-            url=settings.url,
-            max_frame_bytes=settings.max_frame_bytes,
-            open_timeout_s=settings.open_timeout_s,
-            ping_interval_s=settings.ping_interval_s,
-            ping_timeout_s=settings.ping_timeout_s,
-            handshake_timeout_s=settings.handshake_timeout_s,
-            now=settings.now,
-            scrub=lambda text: scrub(settings.api_key, text),
-        )
+        super().__init__(self._massive, settings)
 
     def _streaming(self) -> bool:
         return self._massive.state == "streaming"
@@ -347,30 +330,6 @@ class _MassiveConnection(WebsocketSession):
             elif isinstance(event, Subscribed):
                 _log.info("feed.subscribed", feed=self._s.name, message=event.message)
         return Received((("live", tuple(bars)),) if bars else (), tuple(rejected))
-
-
-class _MassiveSource:
-    """What `FeedLoop` drives: fresh connections and REST backfills."""
-
-    def __init__(self, settings: _Settings, http: httpx.AsyncClient) -> None:
-        self.name, self.url = settings.name, settings.url
-        self._settings = settings
-        self._rest = MassiveRest(
-            http,
-            api_key=settings.api_key,
-            symbols=settings.symbols,
-            rest_url=settings.rest_url,
-            name=settings.name,
-            now=settings.now,
-            sleep=settings.sleep,
-            max_future_s=settings.max_future_s,
-        )
-
-    def connection(self) -> _MassiveConnection:
-        return _MassiveConnection(self._settings)
-
-    async def backfill(self, start_s: int, end_s: int) -> Received:
-        return await self._rest.bars(start_s, end_s)
 
 
 class MassiveFeed(StreamFeed):
@@ -459,5 +418,16 @@ class MassiveFeed(StreamFeed):
             rand=rand,
         )
 
-    def _source(self, http: httpx.AsyncClient) -> _MassiveSource:
-        return _MassiveSource(self._settings, http)
+    def _source(self, http: httpx.AsyncClient) -> StreamSource:
+        s = self._settings
+        rest = MassiveRest(
+            http,
+            api_key=s.api_key,
+            symbols=s.symbols,
+            rest_url=s.rest_url,
+            name=s.name,
+            now=s.now,
+            sleep=s.sleep,
+            max_future_s=s.max_future_s,
+        )
+        return StreamSource(s.name, s.url, lambda: _MassiveConnection(s), rest.bars)

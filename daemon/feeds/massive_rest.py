@@ -20,16 +20,10 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from daemon.feeds.base import (
-    FeedAuthFailed,
-    FeedError,
-    FeedFatal,
-    FeedThrottled,
-    FeedUnavailable,
-)
-from daemon.feeds.massive_wire import DETAIL_CHARS, excerpt, field_problem, minute_bar, scrub
+from daemon.feeds.base import FeedError
+from daemon.feeds.massive_wire import excerpt, field_problem, minute_bar, scrub
 from daemon.feeds.reconnect import Received, Rejection
-from daemon.feeds.wserrors import retry_after_s
+from daemon.feeds.rest import RestClient, http_status_error, status_detail
 from signals.bar import Bar
 
 DEFAULT_REST_URL: Final = "https://api.massive.com"
@@ -97,7 +91,7 @@ def _origin(url: str) -> tuple[str, str | None, int | None]:
     return parts.scheme, parts.hostname, parts.port
 
 
-class MassiveRest:
+class MassiveRest(RestClient):
     """The `/v2/aggs` minute backfill: one request per symbol, `next_url` pages, bounded retries.
 
     `http` is owned by the caller. Retries 429, 5xx and network errors a few
@@ -124,14 +118,15 @@ class MassiveRest:
         max_retry_wait_s: float = 60.0,
         max_body_bytes: int = 32 << 20,
     ) -> None:
-        self._http, self._name, self._key = http, name, api_key
+        self._key = api_key
         self._symbols = tuple(symbols)
         self._symbol_set = frozenset(self._symbols)
         self._base = rest_url.rstrip("/")
-        self._now, self._sleep, self._max_future_s = now, sleep, max_future_s
+        self._now, self._max_future_s = now, max_future_s
         self._page_limit, self._max_pages = page_limit, max_pages
-        self._max_retries, self._max_retry_wait_s = max_retries, max_retry_wait_s
-        self._max_body_bytes = max_body_bytes
+        headers = {"Authorization": f"Bearer {api_key}"}
+        limits = (max_retries, max_retry_wait_s, max_body_bytes)
+        super().__init__(http, name, headers, sleep, limits)
 
     def __repr__(self) -> str:
         return f"MassiveRest(url={self._base!r}, symbols={self._symbols!r})"
@@ -180,59 +175,9 @@ class MassiveRest:
                 )
         return Received((("backfill", tuple(bars)),), tuple(rejected))
 
-    async def _get(self, url: str, params: dict[str, str] | None) -> bytes:
-        attempt = 0
-        while True:
-            try:
-                return await self._get_once(url, params)
-            except (FeedUnavailable, FeedThrottled) as exc:
-                if attempt >= self._max_retries:
-                    raise
-                wait = exc.retry_after_s if isinstance(exc, FeedThrottled) else None
-                await self._sleep(
-                    min(self._max_retry_wait_s, wait if wait is not None else 2.0**attempt)
-                )
-                attempt += 1
-
-    async def _get_once(self, url: str, params: dict[str, str] | None) -> bytes:
-        headers = {"Authorization": f"Bearer {self._key}"}
-        try:
-            async with self._http.stream("GET", url, params=params, headers=headers) as resp:
-                if resp.status_code == 200:
-                    return await self._read(resp, self._max_body_bytes)
-                body = await self._read(resp, 64 << 10)
-                raise self._status_error(resp.status_code, resp.headers, body)
-        except httpx.InvalidURL as exc:
-            raise FeedFatal(self._name, self._scrub(f"invalid REST URL: {exc}")) from exc
-        except httpx.HTTPError as exc:
-            raise FeedUnavailable(
-                self._name, self._scrub(f"REST {type(exc).__name__}: {exc}")
-            ) from exc
-
-    async def _read(self, resp: httpx.Response, limit: int) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise FeedUnavailable(self._name, f"REST response larger than {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> FeedError:
-        try:
-            fields = msgspec.json.decode(body, type=dict[str, object])
-            message = str(fields.get("error") or fields.get("message") or "")
-        except (msgspec.DecodeError, RecursionError):
-            message = ""
-        detail = self._scrub(f"REST HTTP {status} {message[:DETAIL_CHARS]}".rstrip())
-        if status == 429:
-            return FeedThrottled(self._name, detail, retry_after_s(headers.multi_items()))
-        if status == 401:
-            return FeedAuthFailed(self._name, detail)
-        if status in (400, 403, 404):  # a bad request, or a plan without this data
-            return FeedFatal(self._name, detail)
-        return FeedUnavailable(self._name, detail)
+        detail = status_detail(status, body, ("error", "message"), self._scrub)
+        return http_status_error(self._name, status, headers, detail, fatal=(400, 403, 404))
 
     def _scrub(self, text: str) -> str:
         return scrub(self._key, text)

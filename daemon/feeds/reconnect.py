@@ -58,6 +58,8 @@ __all__ = [
     "Rejection",
     "Source",
     "StreamFeed",
+    "StreamSettings",
+    "StreamSource",
     "backoff",
     "checked_feed_args",
     "classify",
@@ -455,15 +457,47 @@ async def run_feed(
         await loop.run(emit)
 
 
-class _StreamSettings(Protocol):
-    @property
-    def name(self) -> str: ...
+class StreamSource:
+    """A `Source` from a provider's parts: a factory of fresh connections and a REST backfill."""
 
-    @property
-    def url(self) -> str: ...
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        connect: Callable[[], Connection],
+        backfill: Callable[[int, int], Awaitable[Received]],
+    ) -> None:
+        self.name, self.url = name, url
+        self._connect, self._backfill = connect, backfill
 
-    @property
-    def symbols(self) -> tuple[str, ...]: ...
+    def connection(self) -> Connection:
+        return self._connect()
+
+    async def backfill(self, start_s: int, end_s: int) -> Received:
+        return await self._backfill(start_s, end_s)
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What every websocket provider's connections and backfills need. A provider subclasses
+    it with its credentials (fields with `repr=False`), `scrub` for them, and its own knobs."""
+
+    name: str
+    url: str
+    rest_url: str
+    symbols: tuple[str, ...]
+    max_frame_bytes: int
+    open_timeout_s: float
+    handshake_timeout_s: float
+    ping_interval_s: float | None
+    ping_timeout_s: float | None
+    max_future_s: float
+    now: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+
+    def scrub(self, text: str) -> str:
+        """`text` without the provider's credentials (a server or a URL could echo them)."""
+        raise NotImplementedError
 
 
 class StreamFeed:
@@ -473,7 +507,7 @@ class StreamFeed:
 
     name: str
     stats: FeedStats
-    _settings: _StreamSettings
+    _settings: StreamSettings
     _loop: LoopSettings
 
     def __repr__(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Protocol, Self
@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
 
 from daemon.feeds.base import FeedError, FeedUnavailable
-from daemon.feeds.reconnect import Received
+from daemon.feeds.reconnect import Received, StreamSettings
 from daemon.feeds.wserrors import websocket_error
 
 
@@ -33,29 +33,21 @@ class SansIO(Protocol):
 
 
 class WebsocketSession(ABC):
-    """A `Connection` for `FeedLoop`: connect, handshake, then frames in, `Received` out."""
+    """A `Connection` for `FeedLoop`: connect, handshake, then frames in, `Received` out.
+
+    `url` overrides `settings.url` (a provider whose stream URL carries its token).
+    """
 
     def __init__(
-        self,
-        protocol: SansIO,
-        *,
-        name: str,
-        url: str,
-        max_frame_bytes: int,
-        open_timeout_s: float,
-        ping_interval_s: float | None,
-        ping_timeout_s: float | None,
-        handshake_timeout_s: float,
-        now: Callable[[], float],
-        scrub: Callable[[str], str],
+        self, protocol: SansIO, settings: StreamSettings, *, url: str | None = None
     ) -> None:
         self._protocol = protocol
-        self._name, self._url = name, url
-        self._max_frame_bytes = max_frame_bytes
-        self._open_timeout_s = open_timeout_s
-        self._ping = (ping_interval_s, ping_timeout_s)
-        self._handshake_timeout_s = handshake_timeout_s
-        self._now, self._scrub = now, scrub
+        self._name, self._url = settings.name, settings.url if url is None else url
+        self._max_frame_bytes = settings.max_frame_bytes
+        self._open_timeout_s = settings.open_timeout_s
+        self._ping = (settings.ping_interval_s, settings.ping_timeout_s)
+        self._handshake_timeout_s = settings.handshake_timeout_s
+        self._now, self._scrub = settings.now, settings.scrub
         self._stack = AsyncExitStack()
         self._ws: ClientConnection | None = None
         self._early: list[Received] = []
