@@ -37,9 +37,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +57,12 @@ from bench.common import (
     table,
     yes_no,
 )
-from daemon.app import Ingest, Warmup, run_daemon
+from bench.latency_probe import Probe, clock
+from daemon.app import Warmup, run_daemon
 from daemon.config import load_config
 from daemon.feeds.replay import ReplayServer, frame_from_rows
 from daemon.logs import configure_logging
 from daemon.secrets import Secrets
-from signals.alerts import Alert
-from signals.bar import BarBatch
-from signals.pipeline import Step
 from tests.daemon.sinks.mosquitto import Mosquitto
 
 PACE_S = 0.020  # one minute-batch (3 bars) every 20 ms
@@ -81,7 +78,6 @@ TARGET_P99_S = 2e-3
 DISK = "/var/tmp"  # a real file system, as the daemon's state dir would be
 TMPFS = "/dev/shm"  # fsync is free here: the same run without the disk's cost
 ALERTS_TOPIC = "iwm-alerts/alerts"
-clock = time.perf_counter_ns
 
 RULES = """
 [[rule]]
@@ -127,74 +123,6 @@ STAGES = (
     ("outbox.claim", "SQLite txn, no fsync", "claim_in", "claim_out"),
     ("claim out -> subscriber", "publish, broker, subscriber", "claim_out", "received"),
 )
-
-
-# -- the daemon's seams -----------------------------------------------------------------------
-
-
-@dataclass
-class Probe:
-    """Per bar time (epoch s): perf_counter_ns at each seam of the daemon."""
-
-    stamps: dict[str, dict[int, int]] = field(default_factory=dict)
-    _ids: dict[str, int] = field(default_factory=dict)
-
-    def mark(self, seam: str, bar_time: int, t: int) -> None:
-        self.stamps.setdefault(seam, {})[bar_time] = t
-
-    def install(self, ingest: Ingest) -> None:
-        """Wrap the pipeline's and the outbox's methods on these instances (not the classes)."""
-        pipeline, outbox = ingest.pipeline, ingest.outbox
-        on_minute, record = pipeline.on_minute_bars, outbox.record
-        claim, delivered = outbox.claim, outbox.delivered
-
-        def timed_minute(batch: BarBatch, wall_now: int | None = None) -> Step:
-            t0 = clock()
-            step = on_minute(batch, wall_now)
-            t1 = clock()
-            key = int(batch.time.max())
-            self.mark("pipe_in", key, t0)
-            self.mark("pipe_out", key, t1)
-            return step
-
-        def timed_record(alerts: Any, rule_state: Any, now: float) -> list[Alert]:
-            t0 = clock()
-            new = record(alerts, rule_state, now)
-            t1 = clock()
-            for a in new:
-                self.mark("record_in", a.bar_time, t0)
-                self.mark("record_out", a.bar_time, t1)
-            return new
-
-        def timed_claim(sink: str, now: float, limit: int) -> list[Alert]:
-            t0 = clock()
-            got = claim(sink, now, limit)
-            t1 = clock()
-            for a in got:
-                self.mark("claim_in", a.bar_time, t0)
-                self.mark("claim_out", a.bar_time, t1)
-                self._ids[a.id] = a.bar_time
-            return got
-
-        def timed_delivered(alert_id: str, sink: str, now: float) -> None:
-            delivered(alert_id, sink, now)
-            if alert_id in self._ids:
-                self.mark("delivered", self._ids[alert_id], clock())
-
-        setattr(pipeline, "on_minute_bars", timed_minute)  # noqa: B010
-        setattr(outbox, "record", timed_record)  # noqa: B010
-        setattr(outbox, "claim", timed_claim)  # noqa: B010
-        setattr(outbox, "delivered", timed_delivered)  # noqa: B010
-
-    def dump(self) -> str:
-        return json.dumps(
-            {seam: {str(k): v for k, v in d.items()} for seam, d in self.stamps.items()}
-        )
-
-    @classmethod
-    def load(cls, text: str) -> Probe:
-        raw = json.loads(text)
-        return cls({seam: {int(k): int(v) for k, v in d.items()} for seam, d in raw.items()})
 
 
 def _log_to(path: Path) -> io.TextIOWrapper:
