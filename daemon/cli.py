@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from importlib.metadata import PackageNotFoundError, version
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +23,19 @@ from signals.engine import EngineConfig, Links
 from signals.rules.spec import RuleError
 
 
+def _version() -> str:
+    try:
+        return version("iwm-alerts")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="iwm-alerts",
         description="Streaming signal alerts for small-cap rotation (IWM vs SPY/QQQ).",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     bt = sub.add_parser(

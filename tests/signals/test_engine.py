@@ -78,7 +78,7 @@ def test_streaming_equals_batch(
 
 
 def _engine_state(e: Engine) -> list[np.ndarray]:
-    arrays = [e._last_time.copy(), e._last_close.copy(), e._last_ret.copy()]
+    arrays: list[np.ndarray] = [e._last_time.copy(), e._last_close.copy(), e._last_ret.copy()]
     for ind in e._indicators():
         arrays += list(ind.state().values())
     arrays += [e.rings.frame(r).to_numpy() for r in range(len(e.symbols))]
