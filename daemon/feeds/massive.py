@@ -6,8 +6,10 @@ Minute)") and spoken by Polygon's clients:
 - stream `wss://socket.massive.com/stocks` (real time) or
   `wss://delayed.massive.com/stocks` (15 min delayed); every server message is
   a JSON array of objects tagged by `"ev"`;
-- on connect `[{"ev":"status","status":"connected",...}]`; the client sends
-  `{"action":"auth","params":KEY}` and gets `status` `auth_success` (older
+- on connect a status greeting: `[{"ev":"status","status":"connected",...}]`
+  on the wire, `"status":"success","message":"Connected Successfully"` in
+  Massive's AsyncAPI spec; any status that is not a failure greets. The client
+  sends `{"action":"auth","params":KEY}` and gets `status` `auth_success` (older
   servers: `success` / "authenticated") or `auth_failed`; `auth_timeout` if it
   waits too long; `max_connections` ("Maximum number of websocket connections
   exceeded") before the server closes with 1008, as the connection quota is per
@@ -21,7 +23,9 @@ The REST backfill (`MassiveRest`, "REST / Stocks / Custom Bars") lives in
 `massive_rest.py`; its names are importable from here too.
 
 `MassiveProtocol` never raises on input: what is not a valid bar becomes a
-`Rejection` with the same reasons as the Alpaca adapter.
+`Rejection` with the same reasons as the Alpaca adapter. Rejections during the
+handshake count in the feed's stats like any other, even when the handshake
+then fails or times out.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, Self
 
 import httpx
 import msgspec
@@ -54,6 +58,7 @@ from daemon.feeds.reconnect import (
     Received,
     ReconnectPolicy,
     Rejection,
+    RejectLog,
     StreamFeed,
     StreamSettings,
     StreamSource,
@@ -92,7 +97,7 @@ State = Literal["connecting", "authenticating", "subscribing", "streaming", "fai
 
 @dataclass(frozen=True)
 class Connected:
-    """The server greeted us; the auth message is queued."""
+    """The server greeted us (any non-failure status); the auth message is queued."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,9 @@ class MassiveProtocol:
     Feed each websocket message to `receive_frame`; read `events_received()`
     and send what `data_to_send()` returns, as text frames, in order. States:
     connecting -> authenticating -> subscribing -> streaming, or failed after
-    a failure status. Input never raises: bad input becomes a `Rejection`.
+    a failure status. The first status that is not a failure is the greeting,
+    whatever it says (`connected`, or `success` as Massive's spec has it).
+    Input never raises: bad input becomes a `Rejection`.
     """
 
     def __init__(
@@ -250,7 +257,7 @@ class MassiveProtocol:
                 status = "auth_failed"  # how older servers refused a key
             self.state = "failed"
             self._events.append(ServerStatus(self._scrub(status)[:40], text))
-        elif status == "connected" and self.state == "connecting":
+        elif self.state == "connecting":
             self.state = "authenticating"
             self._outgoing.append(self._auth)
             self._events.append(Connected())
@@ -305,14 +312,26 @@ class _Settings(StreamSettings):
 
 
 class _MassiveConnection(WebsocketSession):
-    """One websocket session: entering connects, authenticates and subscribes; then `receive`."""
+    """One websocket session: entering connects, authenticates and subscribes; then `receive`.
 
-    def __init__(self, settings: _Settings) -> None:
+    Rejections while entering (the handshake) go straight to `handshake_rejects`, which
+    counts them in the feed's stats: a handshake that fails or times out never hands its
+    messages to the loop. So do rejections in a message that also carries a failure status.
+    """
+
+    def __init__(self, settings: _Settings, handshake_rejects: RejectLog) -> None:
         self._s = settings
         self._massive = MassiveProtocol(
             settings.api_key, settings.symbols, max_future_s=settings.max_future_s
         )
+        self._handshake_rejects = handshake_rejects
+        self._entered = False
         super().__init__(self._massive, settings)
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        self._entered = True
+        return self
 
     def _streaming(self) -> bool:
         return self._massive.state == "streaming"
@@ -326,10 +345,18 @@ class _MassiveConnection(WebsocketSession):
             elif isinstance(event, Rejection):
                 rejected.append(event)
             elif isinstance(event, ServerStatus):
+                self._count(rejected)
                 raise error_for_status(self._s.name, event.status, event.message)
             elif isinstance(event, Subscribed):
                 _log.info("feed.subscribed", feed=self._s.name, message=event.message)
+        if not self._entered:
+            self._count(rejected)
+            rejected = []
         return Received((("live", tuple(bars)),) if bars else (), tuple(rejected))
+
+    def _count(self, rejected: list[Rejection]) -> None:
+        for rejection in rejected:
+            self._handshake_rejects.record(rejection.reason, rejection.detail)
 
 
 class MassiveFeed(StreamFeed):
@@ -430,4 +457,5 @@ class MassiveFeed(StreamFeed):
             sleep=s.sleep,
             max_future_s=s.max_future_s,
         )
-        return StreamSource(s.name, s.url, lambda: _MassiveConnection(s), rest.bars)
+        rejects = RejectLog(s.name, self.stats, self._loop.policy.reject_log_interval_s, s.now)
+        return StreamSource(s.name, s.url, lambda: _MassiveConnection(s, rejects), rest.bars)

@@ -1,6 +1,7 @@
 """A local stand-in for Massive (Polygon): the stocks websocket and the `/v2/aggs` REST endpoint.
 
-The websocket speaks Massive's protocol (`connected`, `auth`, `auth_success` /
+The websocket speaks Massive's protocol (a status greeting, `connected` or, as
+Massive's AsyncAPI spec shows it, `success`; `auth`, `auth_success` /
 `auth_failed` / `max_connections`, `subscribe` confirmed per channel) and plays
 a bar frame as `AM` events, all subscribed symbols of one minute in one frame,
 at `speed` bar-minutes per real second (0: as fast as the client reads). Like
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from datetime import UTC, datetime, time
 from http import HTTPStatus
@@ -135,6 +136,9 @@ class MassiveServer:
     """Massive's stocks websocket and `/v2/aggs` REST on loopback, replaying `bars`.
 
     With `api_key` set only that key authenticates (`auth_failed` otherwise).
+    `greeting` is the status of the first message (`connected`, or `success` as in
+    Massive's AsyncAPI spec); `handshake_noise` are raw messages sent right after it,
+    while the client is still authenticating.
     `page_size` caps REST pages below the client's `limit`, to exercise `next_url`.
     `daily` (symbol, time = session date at 00:00 UTC, OHLCV) answers `range/1/day`,
     stamped at midnight New York as Massive does; days from `daily_until` on are left out.
@@ -148,7 +152,10 @@ class MassiveServer:
         api_key: str | None = None,
         page_size: int = 50_000,
         daily: pl.DataFrame | None = None,
+        greeting: str = "connected",
+        handshake_noise: Sequence[str | bytes] = (),
     ) -> None:
+        self._greeting, self._noise = greeting, tuple(handshake_noise)
         self._frame = bars.sort("time", "symbol")
         self._daily = daily
         self._minutes: list[int] = self._frame["time"].unique(maintain_order=True).to_list()
@@ -159,6 +166,7 @@ class MassiveServer:
         self._played = 0
         self._refuse: str | None = None
         self._silent = False
+        self._mute_auth = False
         self._rest_failures: list[tuple[int, float | None]] = []
         self._stack = AsyncExitStack()
         self._ws: Server | None = None
@@ -228,6 +236,10 @@ class MassiveServer:
         """Answer new auths with status `state` (`auth_failed`, `max_connections`...) and close."""
         self._refuse = state
 
+    def ignore_auth(self, ignore: bool = True) -> None:
+        """Leave auth messages unanswered (the client's handshake then times out)."""
+        self._mute_auth = ignore
+
     def go_silent(self, silent: bool = True) -> None:
         """Stop (or resume) sending bars; the timeline goes on."""
         self._silent = silent
@@ -250,7 +262,9 @@ class MassiveServer:
         self.connections_seen += 1
         self._clients[ws] = set()
         try:
-            await ws.send(dumps([status("connected", "Connected Successfully")]))
+            await ws.send(dumps([status(self._greeting, "Connected Successfully")]))
+            for noise in self._noise:
+                await ws.send(noise)
             authenticated = False
             async for message in ws:
                 request = msgspec.json.decode(message, type=dict[str, Any])
@@ -258,6 +272,8 @@ class MassiveServer:
                 params = str(request.get("params", ""))
                 if request.get("action") == "auth":
                     self.auth_attempts += 1
+                    if self._mute_auth:
+                        continue
                     refuse = self._refuse
                     if refuse is None and self._key is not None and params != self._key:
                         refuse = "auth_failed"

@@ -223,3 +223,92 @@ def test_constructor_validates_and_hides_the_key() -> None:
     assert MassiveFeed(KEY, SYMBOLS, delayed=True).url == DELAYED_STREAM_URL
     assert MassiveFeed(KEY, SYMBOLS, url="ws://127.0.0.1:1/x").url == "ws://127.0.0.1:1/x"
     assert KEY not in repr(feed) and KEY not in repr(feed._settings)
+
+
+@pytest.mark.parametrize("greeting", ["success", "connected"])
+async def test_any_status_greeting_starts_the_handshake_and_bars_flow(greeting: str) -> None:
+    # Massive's AsyncAPI spec greets with status "success" ("Connected Successfully");
+    # servers seen in the wild (and Polygon's clients) say "connected".
+    frame = make_frame(10)
+    async with MassiveServer(frame, api_key=KEY, greeting=greeting) as server:
+        feed = _feed(server)
+        async with running(feed) as out:
+            await wait_until(lambda: len(out.pairs()) == frame.height)
+    assert server.received[:2] == [
+        {"action": "auth", "params": KEY},
+        {"action": "subscribe", "params": "AM.IWM,AM.SPY,AM.QQQ"},
+    ]
+    assert set(out.pairs("live")) == keys_of(frame)
+    assert feed.stats.connects == 1 and feed.stats.reconnects == 0
+    assert feed.stats.rejected == {}
+
+
+_NOISE: list[str | bytes] = [
+    b'[{"ev":"AM",',  # cut short
+    json.dumps([{"ev": "XQ", "sym": "IWM"}]),
+    json.dumps(_am()),  # not a list
+    json.dumps([_am()]),  # a bar before the subscription
+    b"\xff\xfe not UTF-8",
+]
+_NOISE_REASONS = {"bad_json": 2, "unknown_type": 1, "not_a_list": 1, "unexpected_message": 1}
+
+
+async def test_frames_rejected_during_the_handshake_are_counted_by_reason() -> None:
+    frame = make_frame(10)
+    async with MassiveServer(frame, api_key=KEY, handshake_noise=_NOISE) as server:
+        feed = _feed(server)
+        with structlog.testing.capture_logs() as logs:
+            async with running(feed) as out:
+                await wait_until(lambda: len(out.pairs()) == frame.height)
+    assert feed.stats.rejected == _NOISE_REASONS
+    assert feed.stats.connects == 1 and feed.stats.reconnects == 0
+    logged = {e["reason"] for e in logs if e["event"] == "bar.rejected"}
+    assert logged == set(_NOISE_REASONS)
+    assert all(e["feed"] == "massive" for e in logs if e["event"] == "bar.rejected")
+
+
+async def test_handshake_rejections_are_counted_when_the_handshake_then_fails() -> None:
+    async with MassiveServer(make_frame(5), api_key=KEY, handshake_noise=_NOISE) as server:
+        clock = FakeClock(T0)
+        feed = _feed(
+            server,
+            api_key="not-the-right-key-42",
+            now=clock.now,
+            sleep=clock.sleep,
+            policy=ReconnectPolicy(max_auth_failures=2),
+        )
+        with pytest.raises(FeedFatal):
+            async with asyncio.timeout(4):
+                await feed.run(lambda batch: None)
+    assert server.auth_attempts == 2 and feed.stats.connects == 0
+    assert feed.stats.rejected == {reason: 2 * n for reason, n in _NOISE_REASONS.items()}
+
+
+async def test_handshake_rejections_are_counted_when_the_handshake_times_out() -> None:
+    # A greeting, junk, then no answer to the auth: the junk still counts.
+    stalled = asyncio.Event()
+
+    async def stall(_delay: float) -> None:  # the loop stops before its first retry
+        stalled.set()
+        await asyncio.Event().wait()
+
+    async with MassiveServer(make_frame(5), api_key=KEY, handshake_noise=_NOISE) as server:
+        server.ignore_auth()
+        feed = _feed(server, handshake_timeout_s=0.3, sleep=stall)
+        async with running(feed):
+            await asyncio.wait_for(stalled.wait(), 4)
+    assert feed.stats.connects == 0 and feed.stats.reconnects == 1
+    assert feed.stats.rejected == _NOISE_REASONS
+
+
+async def test_rejections_in_the_message_that_ends_a_session_are_counted() -> None:
+    frame = make_frame(10)
+    async with MassiveServer(frame) as server:
+        feed = _feed(server)
+        async with running(feed) as out:
+            await wait_until(lambda: len(out.pairs()) == frame.height)
+            ending = [{"ev": "XQ"}, {"ev": "status", "status": "error", "message": "bye"}]
+            assert await server.send_raw(json.dumps(ending)) == 1
+            await wait_until(lambda: feed.stats.connects == 2)
+    assert feed.stats.rejected == {"unknown_type": 1}
+    assert feed.stats.reconnects == 1

@@ -97,6 +97,56 @@ def test_handshake_sends_auth_then_one_subscribe_for_every_symbol() -> None:
     assert state == "streaming"
 
 
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ("success", "Connected Successfully"),  # Massive's AsyncAPI spec
+        ("connected", "Connected Successfully"),  # the wire today, Polygon's clients
+        ("anything_new", ""),
+    ],
+)
+def test_any_status_that_is_not_a_failure_is_the_greeting(state: str, message: str) -> None:
+    proto = MassiveProtocol(KEY, SYMBOLS)
+    proto.receive_frame(_frame(_status(state, message)), NOW)
+    assert proto.events_received() == [Connected()]
+    assert [json.loads(m) for m in proto.data_to_send()] == [{"action": "auth", "params": KEY}]
+    assert proto.state == "authenticating"
+    proto.receive_frame(_frame(_status("auth_success", "authenticated")), NOW)
+    assert proto.events_received() == [Authenticated()]
+    proto.receive_frame(_frame(_status("success", "subscribed to: AM.IWM")), NOW)
+    assert proto.events_received() == [Subscribed("subscribed to: AM.IWM")]
+    now_state: str = proto.state
+    assert now_state == "streaming"
+
+
+@pytest.mark.parametrize("state", ["auth_failed", "max_connections", "error", "auth_timeout"])
+def test_a_failure_status_is_never_taken_for_the_greeting(state: str) -> None:
+    proto = MassiveProtocol(KEY, SYMBOLS)
+    proto.receive_frame(_frame(_status(state, "no")), NOW)
+    assert proto.events_received() == [ServerStatus(state, "no")]
+    assert proto.data_to_send() == [] and proto.state == "failed"
+
+
+def test_after_a_success_greeting_an_error_still_means_the_key_was_refused() -> None:
+    proto = MassiveProtocol(KEY, SYMBOLS)
+    proto.receive_frame(_frame(_status("success", "Connected Successfully")), NOW)
+    proto.receive_frame(_frame(_status("error", "authentication failed")), NOW)
+    assert proto.events_received() == [
+        Connected(),
+        ServerStatus("auth_failed", "authentication failed"),
+    ]
+
+
+def test_a_second_greeting_is_rejected() -> None:
+    proto = MassiveProtocol(KEY, SYMBOLS)
+    proto.receive_frame(_frame(_status("success", "Connected Successfully")), NOW)
+    proto.receive_frame(_frame(_status("connected", "Connected Successfully")), NOW)
+    assert [e.reason for e in proto.events_received() if isinstance(e, Rejection)] == [
+        "unexpected_message"
+    ]
+    assert proto.state == "authenticating"
+
+
 def test_older_servers_success_authenticated_is_accepted() -> None:
     proto = MassiveProtocol(KEY, SYMBOLS)
     proto.receive_frame(_frame(_status("connected")), NOW)
