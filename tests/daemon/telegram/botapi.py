@@ -10,8 +10,20 @@ Tests inject updates (`push_message`, `push_migration`) and script failures:
 `flood` (429 with `retry_after` for a while), `block` (403), `migrate` (400
 with `migrate_to_chat_id`), `reject_entities` (400 can't parse entities),
 `reject` (any other 400) and `slow` (answer late, after delivering: a read
-timeout on a message that did arrive). Every request is kept in `calls`. Nothing is ever logged: the path
-carries the token.
+timeout on a message that did arrive). Every request is kept in `calls`.
+Nothing is ever logged: the path carries the token.
+
+Outages (`faults.py`), for every method or chosen ones, until `heal()` or
+for `for_s` seconds: `fail` answers HTTP 500 with Telegram's error body,
+`hang` never answers (the client's read timeout fires). They come before
+any other check, the token's included, as when Telegram itself is down.
+Each request that got one is a `Call` with `fault` set: `faulted()`,
+`fault_count`. For example, every call failing for a minute, then recovery:
+
+    api.fail(for_s=60.0)
+    api.fail("setMyCommands")             # only the menu, until api.heal()
+    api.hang("getMe", for_s=2.0)
+    assert api.fault_count > 0
 
 Like Telegram, it refuses what Telegram would refuse, whatever the script:
 text in parse mode HTML that `parse_html` cannot parse (400 "can't parse
@@ -27,16 +39,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.daemon.telegram import wire
+from tests.daemon.telegram.faults import MAX_HANG_S, Fault, Faults, Outages
 from tests.daemon.telegram.parse_mode import (
     CAPTION_LIMIT,
     MESSAGE_LIMIT,
@@ -45,6 +59,8 @@ from tests.daemon.telegram.parse_mode import (
     parse_html,
     utf16_units,
 )
+from tests.daemon.telegram.updates import Updates
+from tests.daemon.telegram.wire import JSON, Call
 
 __all__ = [
     "CAPTION_LIMIT",
@@ -59,52 +75,10 @@ __all__ = [
     "utf16_units",
 ]
 
-JSON = dict[str, Any]
 SEND_METHODS = ("sendmessage", "sendphoto")
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    429: "Too Many Requests",
-}
 _PATH = re.compile(r"/bot([^/]+)/([A-Za-z]+)")
-_PARAM = re.compile(r'(\w+)="([^"]*)"')
-
-
-@dataclass
-class Call:
-    """One request as the server saw it, and the HTTP status it answered."""
-
-    method: str  # as PTB spelled it, e.g. sendMessage
-    params: dict[str, str]
-    files: dict[str, bytes]
-    at: float  # time.monotonic()
-    status: int = 200
-    description: str = ""  # the error's description, if refused
-    visible: str | None = None  # the text or caption after entity parsing, if accepted
-
-    @property
-    def chat_id(self) -> int | None:
-        """The `chat_id` parameter, if any."""
-        value = self.params.get("chat_id")
-        return None if value is None else int(value)
-
-    @property
-    def text(self) -> str | None:
-        """The message text, or a photo's caption."""
-        return self.params.get("text", self.params.get("caption"))
-
-    @property
-    def parse_mode(self) -> str | None:
-        """The `parse_mode` parameter, if any."""
-        return self.params.get("parse_mode")
-
-    @property
-    def ok(self) -> bool:
-        """Whether the server accepted it."""
-        return self.status == 200
+# A hung request looks this often whether it may go.
+_HANG_POLL_S = 0.02
 
 
 @dataclass
@@ -125,7 +99,7 @@ class _Script:
     slow: list[_Slow] = field(default_factory=list)
 
 
-class BotApiServer:
+class BotApiServer(Updates, Outages):
     """A Bot API server on 127.0.0.1 for `token`. Use as an async context manager."""
 
     def __init__(self, token: str, *, username: str = "iwm_test_bot") -> None:
@@ -135,11 +109,8 @@ class BotApiServer:
         self.calls: list[Call] = []
         self.commands: list[JSON] = []
         self.script = _Script()
-        self._chats: dict[int, JSON] = {}
-        self._updates: list[JSON] = []
-        self._update_ids = itertools.count(1)
-        self._message_ids = itertools.count(1)
-        self._changed = asyncio.Event()
+        self.faults = Faults()
+        self._init_updates()
         self._closing = False
         self._closed = asyncio.Event()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -231,76 +202,6 @@ class BotApiServer:
         """Deliver the next `times` sends (to `chat_id`) but answer `delay_s` late."""
         self.script.slow.append(_Slow(chat_id, delay_s, times))
 
-    # -- updates --------------------------------------------------------------------------
-
-    def _chat(self, chat_id: int, chat_type: str | None = None) -> JSON:
-        if chat_type is not None or chat_id not in self._chats:
-            kind = chat_type or ("private" if chat_id > 0 else "group")
-            chat: JSON = {"id": chat_id, "type": kind}
-            if kind == "private":
-                chat["first_name"] = f"user{chat_id}"
-            else:
-                chat["title"] = f"chat{chat_id}"
-            self._chats[chat_id] = chat
-        return self._chats[chat_id]
-
-    def _push(self, key: str, message: JSON) -> int:
-        update_id = next(self._update_ids)
-        self._updates.append({"update_id": update_id, key: message})
-        self._changed.set()
-        self._changed = asyncio.Event()
-        return update_id
-
-    def push_message(
-        self,
-        text: str,
-        *,
-        chat_id: int,
-        user_id: int,
-        chat_type: str | None = None,
-        forwarded: bool = False,
-        edited: bool = False,
-        extra: JSON | None = None,
-    ) -> int:
-        """A user's message (a command if it starts with /) as the next update; its id.
-
-        `extra` fields are merged into the message last (e.g. `sender_chat`,
-        `is_automatic_forward`, another `forward_origin`).
-        """
-        now = int(time.time())
-        message: JSON = {
-            "message_id": next(self._message_ids),
-            "date": now,
-            "chat": self._chat(chat_id, chat_type),
-            "from": {"id": user_id, "is_bot": False, "first_name": f"user{user_id}"},
-            "text": text,
-        }
-        if text.startswith("/"):
-            command = text.split(maxsplit=1)[0]
-            message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command)}]
-        if forwarded:
-            message["forward_origin"] = {
-                "type": "user",
-                "date": now - 60,
-                "sender_user": {"id": user_id + 1, "is_bot": False, "first_name": "someone"},
-            }
-        if edited:
-            message["edit_date"] = now
-        if extra:
-            message |= extra
-        return self._push("edited_message" if edited else "message", message)
-
-    def push_migration(self, chat_id: int, new_chat_id: int) -> int:
-        """The service message a group gets when it becomes a supergroup."""
-        message: JSON = {
-            "message_id": next(self._message_ids),
-            "date": int(time.time()),
-            "chat": self._chat(chat_id),
-            "from": {"id": 1, "is_bot": False, "first_name": "admin"},
-            "migrate_to_chat_id": new_chat_id,
-        }
-        return self._push("message", message)
-
     # -- HTTP -----------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -319,10 +220,13 @@ class BotApiServer:
                     name, _, value = line.decode("latin-1").partition(":")
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                status, payload = await self._dispatch(verb, target, headers, body)
+                answer = await self._dispatch(reader, verb, target, headers, body)
+                if answer is None:  # a hang: drop the connection unanswered
+                    break
+                status, payload = answer
                 data = json.dumps(payload).encode()
                 writer.write(
-                    f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+                    f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
                     f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
                     + data
                 )
@@ -335,12 +239,17 @@ class BotApiServer:
             self._conns.discard(task)
 
     async def _dispatch(
-        self, verb: str, target: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, JSON]:
+        self,
+        reader: asyncio.StreamReader,
+        verb: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> tuple[int, JSON] | None:
         url = urlsplit(target)
         match = _PATH.fullmatch(url.path)
         if match is None:
-            return _error(404, "Not Found")
+            return wire.error(404, "Not Found")
         params = dict(parse_qsl(url.query))
         files: dict[str, bytes] = {}
         content_type = headers.get("content-type", "")
@@ -355,7 +264,7 @@ class BotApiServer:
                     }
                 )
             elif content_type.startswith("multipart/form-data"):
-                _multipart(content_type, body, params, files)
+                wire.multipart(content_type, body, params, files)
             for value in params.values():
                 value.encode()  # a lone surrogate (from a JSON escape) is not UTF-8 either
         except UnicodeError:
@@ -364,18 +273,38 @@ class BotApiServer:
             utf8 = True
         call = Call(match[2], params, files, time.monotonic())
         self.calls.append(call)
+        fault = self.faults.match(call.method)
+        if fault is not None:
+            call.fault = fault.kind
+            call.status, call.description = fault.status, fault.description
+            if fault.kind == "hang":
+                call.status, call.description = 0, "no answer"
+                await self._hang(reader, fault, call.method)
+                return None
+            return wire.error(fault.status, fault.description)
         if not utf8:
             call.status, call.description = 400, "Bad Request: strings must be encoded in UTF-8"
-            return _error(400, call.description)
+            return wire.error(400, call.description)
         if match[1] != self._token:
             call.status = 401
-            return _error(401, "Unauthorized")
+            return wire.error(401, "Unauthorized")
         api = getattr(self, f"_api_{match[2].lower()}", None)
         if api is None:
             call.status = 404
-            return _error(404, "Not Found: method not found")
+            return wire.error(404, "Not Found: method not found")
         status, payload = await api(call)
         return status, payload
+
+    async def _hang(self, reader: asyncio.StreamReader, fault: Fault, method: str) -> None:
+        """Hold a request while `fault` lasts, the client waits and the server runs."""
+        give_up = time.monotonic() + MAX_HANG_S
+        while (
+            self.faults.holds(fault, method)
+            and not reader.at_eof()  # the client timed out and closed the connection
+            and not self._closing
+            and time.monotonic() < give_up
+        ):
+            await asyncio.sleep(_HANG_POLL_S)
 
     # -- methods --------------------------------------------------------------------------
 
@@ -417,29 +346,29 @@ class BotApiServer:
     def _refuse(self, call: Call, chat_id: int) -> tuple[int, JSON] | None:
         script = self.script
         if time.monotonic() < script.flood_until:
-            return _error(
+            return wire.error(
                 429,
                 f"Too Many Requests: retry after {script.retry_after}",
                 retry_after=script.retry_after,
             )
         if chat_id in script.blocked:
-            return _error(403, "Forbidden: bot was blocked by the user")
+            return wire.error(403, "Forbidden: bot was blocked by the user")
         if chat_id in script.migrated:
-            return _error(
+            return wire.error(
                 400,
                 "Bad Request: group chat was upgraded to a supergroup chat",
                 migrate_to_chat_id=script.migrated[chat_id],
             )
         if chat_id in script.bad_request:
-            return _error(400, script.bad_request[chat_id])
+            return wire.error(400, script.bad_request[chat_id])
         if call.parse_mode == "HTML" and (
             None in script.bad_entities or chat_id in script.bad_entities
         ):
-            return _error(
+            return wire.error(
                 400,
                 'Bad Request: can\'t parse entities: Unsupported start tag "x" at byte offset 0',
             )
-        return _validate(call)
+        return wire.validate(call)
 
     async def _send(self, call: Call, content: Callable[[], JSON]) -> tuple[int, JSON]:
         chat_id = call.chat_id
@@ -473,50 +402,3 @@ class BotApiServer:
             return {"photo": [photo]} | ({"caption": call.visible} if call.visible else {})
 
         return await self._send(call, content)
-
-
-def _validate(call: Call) -> tuple[int, JSON] | None:
-    """Telegram's own checks of a send's text or caption; sets `call.visible` when it passes."""
-    caption = call.method.lower() == "sendphoto"
-    raw = call.params.get("caption", "") if caption else call.params.get("text", "")
-    if call.parse_mode == "HTML":
-        try:
-            visible = parse_html(raw)
-        except EntityError as exc:
-            return _error(400, f"Bad Request: can't parse entities: {exc}")
-    else:
-        visible = raw
-    if not caption and not visible.strip():
-        return _error(400, "Bad Request: message text is empty")
-    if utf16_units(visible) > (CAPTION_LIMIT if caption else MESSAGE_LIMIT):
-        what = "message caption" if caption else "message"
-        return _error(400, f"Bad Request: {what} is too long")
-    call.visible = visible
-    return None
-
-
-def _error(code: int, description: str, **parameters: int) -> tuple[int, JSON]:
-    payload: JSON = {"ok": False, "error_code": code, "description": description}
-    if parameters:
-        payload["parameters"] = parameters
-    return code, payload
-
-
-def _multipart(
-    content_type: str, body: bytes, params: dict[str, str], files: dict[str, bytes]
-) -> None:
-    boundary = re.search(r'boundary="?([^";]+)"?', content_type)
-    assert boundary is not None, content_type
-    for part in body.split(b"--" + boundary[1].encode())[1:]:
-        if part.startswith(b"--"):  # the closing delimiter
-            break
-        head, _, content = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        disposition = next(
-            (h for h in head.decode().split("\r\n") if h.lower().startswith("content-disposition")),
-            "",
-        )
-        names = dict(_PARAM.findall(disposition))
-        if "filename" in names:
-            files[names["name"]] = content.removesuffix(b"\r\n")
-        else:
-            params[names["name"]] = content.removesuffix(b"\r\n").decode()
