@@ -3,11 +3,19 @@
 `TelegramBot` is an async context manager and a `Sink` (name "telegram"):
 entering opens the subscriber store (when given a path), builds the PTB
 `Application` (the token revealed only into its builder), initialises it
-(`getMe`), publishes the command menu, starts it and starts long polling,
-all as tasks of the running loop; leaving stops the updater, the
-application, shuts it down, then closes the store, in that order. `send`
-goes through `TelegramSink` on the same bot. No I/O in the constructor, so
-it can be built with the other sinks:
+(`getMe`), deletes any webhook, starts it and starts long polling, all as
+tasks of the running loop, then publishes the command menu in the
+background (`menu.py`: best-effort, retried until it sticks); leaving stops
+the menu task, the updater, the application, shuts it down, then closes the
+store, in that order. `send` goes through `TelegramSink` on the same bot.
+
+A start that fails raises `TelegramAuthError` (token refused: at once) or
+`TelegramStartError` (Bot API unreachable, timing out, 5xx, 429: after
+`start_attempts` quick tries), both from `start.py` and both without a
+chained PTB exception, having closed whatever it had opened: the same
+object can be entered again later. Failures of getUpdates once polling has
+started are PTB's to retry (forever, logged as `telegram.poll_failed`).
+No I/O in the constructor, so it can be built with the other sinks:
 
     TelegramBot(config.sinks.telegram, secrets.require(TELEGRAM_BOT_TOKEN), backend,
                 config.state.dir / "telegram.sqlite",
@@ -16,9 +24,9 @@ it can be built with the other sinks:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
+import random
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -28,7 +36,7 @@ from typing import Any, Self
 
 import structlog
 from telegram import Bot, Update
-from telegram.error import InvalidToken, NetworkError, TelegramError
+from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes, ExtBot
 from telegram.request import HTTPXRequest
 
@@ -39,7 +47,9 @@ from daemon.sinks.base import SinkUnavailable
 from daemon.sinks.render import render_html, render_text
 from daemon.telegram.backend import BotBackend
 from daemon.telegram.commands import Access, Commands
+from daemon.telegram.menu import CommandMenu
 from daemon.telegram.sink import TelegramSink
+from daemon.telegram.start import StartTries, TelegramAuthError, TelegramStartError
 from daemon.telegram.subscribers import SubscriberStore
 from signals.alerts import Alert
 
@@ -50,9 +60,7 @@ _App = Application[
     ExtBot[None], ContextTypes.DEFAULT_TYPE, dict[Any, Any], dict[Any, Any], dict[Any, Any], None
 ]
 
-
-class TelegramStartError(RuntimeError):
-    """The bot could not start: token refused or Bot API unreachable. Never carries the token."""
+__all__ = ["TelegramAuthError", "TelegramBot", "TelegramStartError", "file_url_for"]
 
 
 def file_url_for(api_base_url: str) -> str:
@@ -71,9 +79,12 @@ class TelegramBot:
     alert's relative-strength figures were measured against.
     `poll_timeout_s` is the getUpdates long-poll timeout; `send_timeout_s` the
     read timeout of a send (past it an alert counts as maybe delivered);
-    `start_attempts` how often to try reaching the Bot API at start-up, each
-    `start_backoff_s` apart (doubling), before giving up with
-    `TelegramStartError`. A refused token fails at once.
+    `start_attempts` how many tries a start may take in all (getMe,
+    deleteWebhook), `start_backoff_s` apart (doubling up to
+    `start_backoff_max_s`, jittered), before giving up with
+    `TelegramStartError`. A refused token fails at once (`TelegramAuthError`).
+    The command menu is retried `menu_retry_s` apart, doubling up to
+    `menu_retry_max_s`. `rng` jitters both (tests pass a seeded one).
     """
 
     name = "telegram"
@@ -92,10 +103,16 @@ class TelegramBot:
         connect_timeout_s: float = 5.0,
         start_attempts: int = 3,
         start_backoff_s: float = 2.0,
+        start_backoff_max_s: float = 30.0,
+        menu_retry_s: float = 5.0,
+        menu_retry_max_s: float = 600.0,
         clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
         if start_attempts < 1:
             raise ValueError("start_attempts must be >= 1")
+        if min(start_backoff_s, start_backoff_max_s, menu_retry_s, menu_retry_max_s) < 0:
+            raise ValueError("backoffs must be >= 0")
         self._settings = settings
         self._token = token
         self._store_arg = store
@@ -109,12 +126,14 @@ class TelegramBot:
         self._send_timeout_s = send_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._start_attempts = start_attempts
-        self._start_backoff_s = start_backoff_s
+        self._start_backoff = (start_backoff_s, start_backoff_max_s)
+        self._menu_retry = (menu_retry_s, menu_retry_max_s)
+        self._rng = rng or random.Random()
         self._store: SubscriberStore | None = None
         self._app: _App | None = None
         self._sink: TelegramSink | None = None
+        self._menu: CommandMenu | None = None
         self._stack: AsyncExitStack | None = None
-        self._requests: tuple[HTTPXRequest, ...] = ()
 
     def __repr__(self) -> str:
         # Never PTB's objects: a Bot's repr carries the token.
@@ -126,6 +145,13 @@ class TelegramBot:
         if self._app is None:
             raise RuntimeError("TelegramBot is not running: use it as an async context manager")
         return self._app.bot
+
+    @property
+    def menu(self) -> CommandMenu:
+        """The command menu's publisher (inside the context only)."""
+        if self._menu is None:
+            raise RuntimeError("TelegramBot is not running: use it as an async context manager")
+        return self._menu
 
     @property
     def store(self) -> SubscriberStore:
@@ -140,7 +166,7 @@ class TelegramBot:
             raise SinkUnavailable(self.name, "the bot is not running")
         await self._sink.send(alert)
 
-    def _build(self, store: SubscriberStore) -> _App:
+    def _build(self, store: SubscriberStore) -> tuple[_App, tuple[HTTPXRequest, ...]]:
         request = HTTPXRequest(
             connection_pool_size=32,
             read_timeout=self._send_timeout_s,
@@ -154,7 +180,6 @@ class TelegramBot:
             read_timeout=5.0,
             connect_timeout=self._connect_timeout_s,
         )
-        self._requests = (request, polling)
         app = (
             Application.builder()
             .token(self._token.reveal())
@@ -173,31 +198,52 @@ class TelegramBot:
         commands = Commands(store, self._backend, access, clock=self._clock)
         app.add_handlers(commands.handlers())
         app.add_error_handler(_on_handler_error)
-        return app
+        return app, (request, polling)
 
     async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise RuntimeError("TelegramBot is already running")
         register_secret(self._token)  # whatever logging setup is in place, it hides the token
+        tries = StartTries(self._start_attempts, *self._start_backoff, rng=self._rng)
+        # On any failure (or cancellation) the stack closes what was opened so far.
         async with AsyncExitStack() as stack:
             if isinstance(self._store_arg, SubscriberStore):
                 store = self._store_arg
             else:
                 store = stack.enter_context(SubscriberStore.open(self._store_arg))
-            app = self._build(store)
-            await self._initialize(app)
+            app, requests = self._build(store)
+            for request in requests:  # a failed getMe leaves them open: app.shutdown would not
+                stack.push_async_callback(request.shutdown)
+            await tries.call("getMe", app.initialize)
             stack.push_async_callback(app.shutdown)
-            await app.bot.set_my_commands(Commands.bot_commands())
+            # PTB's own bootstrap retries at fixed intervals and logs each failure as an
+            # error with a traceback: do it here first, on our terms; its call then succeeds.
+            await tries.call("deleteWebhook", app.bot.delete_webhook)
             await app.start()
             stack.push_async_callback(app.stop)
             updater = app.updater
             assert updater is not None  # the builder makes one unless told not to
-            await updater.start_polling(
-                timeout=timedelta(seconds=self._poll_timeout_s),
-                bootstrap_retries=self._start_attempts - 1,
-                allowed_updates=[Update.MESSAGE],
-                drop_pending_updates=False,  # a /mute sent while we were down still counts
-                error_callback=_on_poll_error,
+            await tries.call(
+                "deleteWebhook",
+                functools.partial(
+                    updater.start_polling,
+                    timeout=timedelta(seconds=self._poll_timeout_s),
+                    bootstrap_retries=0,
+                    allowed_updates=[Update.MESSAGE],
+                    drop_pending_updates=False,  # a /mute sent while we were down still counts
+                    error_callback=_on_poll_error,
+                ),
             )
             stack.push_async_callback(updater.stop)
+            menu = CommandMenu(
+                app.bot,
+                Commands.bot_commands(),
+                retry_s=self._menu_retry[0],
+                retry_max_s=self._menu_retry[1],
+                rng=self._rng,
+            )
+            menu.start()
+            stack.push_async_callback(menu.stop)
             self._sink = TelegramSink(
                 app.bot,
                 store,
@@ -207,32 +253,10 @@ class TelegramBot:
                 render_html=self._render[0],
                 render_text=self._render[1],
             )
-            self._app, self._store, self._stack = app, store, stack.pop_all()
+            self._app, self._store, self._menu = app, store, menu
+            self._stack = stack.pop_all()
         _log.info("telegram.started", username=app.bot.username)
         return self
-
-    async def _initialize(self, app: _App) -> None:
-        delay = self._start_backoff_s
-        for attempt in range(1, self._start_attempts + 1):
-            try:
-                await app.initialize()
-                return
-            except InvalidToken:
-                # PTB's message quotes the token: nothing of it goes into ours.
-                failure = "the Bot API refused the bot token (check TELEGRAM_BOT_TOKEN)"
-                break
-            except NetworkError as exc:
-                detail = redact(f"{type(exc).__name__}: {exc.message}")
-                failure = f"cannot reach the Bot API after {attempt} attempts: {detail}"
-                if attempt == self._start_attempts:
-                    break
-                _log.warning("telegram.start_failed", attempt=attempt, error=detail)
-            await asyncio.sleep(delay)
-            delay *= 2
-        # Raised outside the `except`: no chained PTB exception (and its message) rides along.
-        for request in self._requests:
-            await request.shutdown()
-        raise TelegramStartError(f"telegram: {failure}")
 
     async def __aexit__(
         self,
@@ -240,9 +264,10 @@ class TelegramBot:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack, self._stack, self._app, self._sink, self._store = self._stack, None, None, None, None
+        stack, self._stack = self._stack, None
+        self._app, self._sink, self._store, self._menu = None, None, None, None
         if stack is not None:
-            await stack.aclose()  # updater.stop, app.stop, app.shutdown, store.close
+            await stack.aclose()  # menu, updater.stop, app.stop, app.shutdown, store.close
             _log.info("telegram.stopped")
 
 

@@ -63,7 +63,9 @@ async def ask(
 async def test_start_and_stop_round_trip(
     api: BotApiServer, store: SubscriberStore, backend: FakeBackend
 ) -> None:
-    async with running_bot(api, store, backend):
+    async with running_bot(api, store, backend) as bot:
+        await bot.menu.wait()  # published in the background
+        assert bot.menu.published
         assert [c["command"] for c in api.commands] == [n for n, _ in PUBLIC_COMMANDS]
         reply = await ask(api, "/start")
         assert reply.text is not None and reply.text.startswith("Subscribed.")
