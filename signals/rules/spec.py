@@ -19,6 +19,7 @@ import msgspec
 from signals.aggregate import Timeframe
 from signals.alerts import SEVERITIES
 from signals.bar import SYMBOL_PATTERN
+from signals.rules.errors import describe, key_path, literal_choices, one_of, shown
 
 Operator = Literal[
     "crossing_up", "crossing_down", "entering_channel", "exiting_channel",
@@ -35,7 +36,8 @@ TITLE_FIELDS = frozenset(
 
 
 class RuleError(ValueError):
-    """A rule file is wrong; the message names the rule and the key."""
+    """A rule file is wrong; the message names the file, the rule, the key and, for a key
+    with a fixed set of values, lists them."""
 
 
 class SeverityTier(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -100,61 +102,72 @@ class RuleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         """Whether the rule looks at forming bars (intrabar) or only at closed ones."""
         return self.frequency != "once_per_bar_close" and self.on == "forming"
 
-    def check(self) -> None:
-        """Semantic checks msgspec's types cannot express; raises `RuleError` naming the key."""
-        where = f"rule {self.name!r}"
+    def check(self, where: str | None = None) -> None:
+        """Checks msgspec's types cannot express (and the enum-like keys of a spec built in
+        code); raises `RuleError` as `<where>: <key>: <problem>`, `where` defaulting to
+        `rule '<name>'`. Enum-like keys list their valid values."""
+        problem = self._problem()
+        if problem is not None:
+            raise RuleError(f"{where or f'rule {self.name!r}'}: {problem[0]}: {problem[1]}")
+
+    def _problem(self) -> tuple[str, str] | None:
+        """The first problem as (key path, detail), or None."""
+        for f in msgspec.structs.fields(self):
+            choices = literal_choices(f.type)
+            value = getattr(self, f.name)
+            if choices is not None and value not in choices:
+                return f.encode_name, one_of(choices, value)
         try:
             Timeframe.parse(self.timeframe)
         except ValueError as exc:
-            raise RuleError(f"{where}: timeframe: {exc}") from exc
+            expected = str(exc).partition("expected one of ")[2]
+            if expected:
+                return "timeframe", f"expected one of {expected}; got {shown(self.timeframe)}"
+            return "timeframe", str(exc)
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", self.name):
-            raise RuleError(f"{where}: name must be lower_snake_case")
-        needs_threshold = self.operator in (
-            "crossing_up",
-            "crossing_down",
-            "greater_than",
-            "less_than",
-        )
-        if needs_threshold and self.threshold is None:
-            raise RuleError(f"{where}: threshold is required for {self.operator}")
-        channel = self.operator in ("entering_channel", "exiting_channel")
-        if channel and (self.lower is None or self.upper is None or self.lower > self.upper):
-            raise RuleError(f"{where}: lower and upper are required, lower <= upper")
+            return "name", "must be lower_snake_case (a-z, 0-9 and _, up to 63 characters)"
+        thresholded = ("crossing_up", "crossing_down", "greater_than", "less_than")
+        if self.operator in thresholded and self.threshold is None:
+            return "threshold", f"required for operator {self.operator}"
+        if self.operator in ("entering_channel", "exiting_channel"):
+            for key, bound in (("lower", self.lower), ("upper", self.upper)):
+                if bound is None:
+                    return key, f"required for operator {self.operator}"
+            if self.lower is not None and self.upper is not None and self.lower > self.upper:
+                return "lower", f"must be <= upper ({self.lower:g} > {self.upper:g})"
         if self.rearm_below is not None and self.rearm_above is not None:
-            raise RuleError(f"{where}: give rearm_below or rearm_above, not both")
+            return "rearm_above", "give rearm_below or rearm_above, not both"
         if not self.start_armed and self.rearm_below is None and self.rearm_above is None:
-            raise RuleError(f"{where}: start_armed = false needs rearm_below or rearm_above")
-        for key, level in (
-            ("severity", self.severity),
-            *(("severity_tiers", t.level) for t in self.severity_tiers),
-        ):
-            if level not in SEVERITIES:
-                raise RuleError(f"{where}: {key}: {level!r} is not one of {', '.join(SEVERITIES)}")
-        bad_levels = set(self.levels) - set(BREAKOUT_LEVELS)
-        if bad_levels:
-            raise RuleError(f"{where}: levels: unknown {sorted(bad_levels)}; use {BREAKOUT_LEVELS}")
-        for s in self.symbols:
-            if not SYMBOL_PATTERN.fullmatch(s):
-                raise RuleError(f"{where}: symbols: {s!r} is not a symbol")
+            return "start_armed", "false needs rearm_below or rearm_above"
+        if self.severity not in SEVERITIES:
+            return "severity", one_of(SEVERITIES, self.severity)
+        for i, tier in enumerate(self.severity_tiers):
+            if tier.level not in SEVERITIES:
+                return f"severity_tiers[{i}].level", one_of(SEVERITIES, tier.level)
+        for i, level in enumerate(self.levels):
+            if level not in BREAKOUT_LEVELS:
+                return f"levels[{i}]", one_of(BREAKOUT_LEVELS, level)
+        for i, symbol in enumerate(self.symbols):
+            if not SYMBOL_PATTERN.fullmatch(symbol):
+                return f"symbols[{i}]", f"{symbol!r} is not a symbol"
         if self.cooldown is not None:
             try:
                 parse_duration(self.cooldown)
             except ValueError as exc:
-                raise RuleError(f"{where}: cooldown: {exc}") from exc
+                return "cooldown", str(exc)
         if self.expires is not None:
             try:
                 stamp = datetime.fromisoformat(self.expires)
             except ValueError as exc:
-                raise RuleError(f"{where}: expires: {exc}") from exc
+                return "expires", str(exc)
             if stamp.tzinfo is None:
-                raise RuleError(
-                    f"{where}: expires needs a UTC offset, e.g. 2027-01-01T00:00:00+00:00"
-                )
-        for _, field, _, _ in string.Formatter().parse(self.title):
-            if field is not None and not re.fullmatch(r"[a-z_][a-z0-9_]*", field):
-                raise RuleError(f"{where}: title: field {{{field}}} must be a plain name")
+                return "expires", "needs a UTC offset, e.g. 2027-01-01T00:00:00+00:00"
+        for _, name, _, _ in string.Formatter().parse(self.title):
+            if name is not None and not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+                return "title", f"field {{{name}}} must be a plain name"
         if self.min_rvol <= 0:
-            raise RuleError(f"{where}: min_rvol must be > 0")
+            return "min_rvol", "must be > 0"
+        return None
 
 
 def parse_duration(text: str) -> int:
@@ -172,26 +185,40 @@ class RuleFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def parse_rules(data: Mapping[str, Any], source: str = "rules") -> tuple[RuleSpec, ...]:
-    """Validate a parsed rules TOML document (`tomllib.loads`) into rule specs."""
+    """Validate a parsed rules TOML document (`tomllib.loads`) into rule specs.
+
+    Errors read `<source>: rule '<name>' (rule[<i>]): <key path>: <problem>`; a
+    key with a fixed set of values lists them (`expected one of ...; got 'x'`).
+    """
+    raw = data.get("rule")
+
+    def label(index: int) -> str:
+        table = raw[index] if isinstance(raw, Sequence) and index < len(raw) else None
+        name = table.get("name") if isinstance(table, Mapping) else None
+        return f"rule {name!r} (rule[{index}])" if isinstance(name, str) else f"rule[{index}]"
+
     try:
         specs = msgspec.convert(data, RuleFile).rule
     except msgspec.ValidationError as exc:
-        raise RuleError(f"{source}: {_dotted(str(exc))}") from exc
-    names: set[str] = set()
-    for spec in specs:
+        path, detail = describe(exc, data, RuleFile)
+        if len(path) >= 2 and path[0] == "rule" and isinstance(path[1], int):
+            where, rest = label(path[1]), key_path(path[2:])
+            message = f"{where}: {rest}: {detail}" if rest else f"{where}: {detail}"
+        else:
+            message = f"{key_path(path)}: {detail}" if path else detail
+        raise RuleError(f"{source}: {message}") from exc
+    first: dict[str, int] = {}
+    for index, spec in enumerate(specs):
         try:
-            spec.check()
+            spec.check(label(index))
         except RuleError as exc:
             raise RuleError(f"{source}: {exc}") from exc
-        if spec.name in names:
-            raise RuleError(f"{source}: rule {spec.name!r} is defined twice")
-        names.add(spec.name)
+        if spec.name in first:
+            raise RuleError(
+                f"{source}: {label(index)}: name: defined twice (first at rule[{first[spec.name]}])"
+            )
+        first[spec.name] = index
     return specs
-
-
-def _dotted(message: str) -> str:
-    """msgspec says `at $.rule[2].threshold`; people read `rule[2].threshold`."""
-    return message.replace("`$.", "`").replace("$.", "")
 
 
 def enabled(specs: Sequence[RuleSpec]) -> tuple[RuleSpec, ...]:

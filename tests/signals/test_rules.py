@@ -272,13 +272,13 @@ def test_state_round_trip_continues_exactly() -> None:
 
 
 def test_rule_file_errors_name_the_key() -> None:
-    with pytest.raises(RuleError, match=r"rule\[0\]\.threshold"):
+    with pytest.raises(RuleError, match=r"rule 'x' \(rule\[0\]\): threshold: expected a number"):
         parse_rules(
             {"rule": [{"name": "x", "operator": "crossing_up", "threshold": "high"}]}, "my.toml"
         )
-    with pytest.raises(RuleError, match=r"my\.toml.*threshold is required"):
+    with pytest.raises(RuleError, match=r"my\.toml.*threshold: required for operator crossing_up"):
         parse_rules({"rule": [{"name": "x", "operator": "crossing_up"}]}, "my.toml")
-    with pytest.raises(RuleError, match="unknown field `colour`"):
+    with pytest.raises(RuleError, match="colour: unknown key"):
         parse_rules(
             {"rule": [{"name": "x", "operator": "crossing_up", "threshold": 1, "colour": 1}]}
         )
