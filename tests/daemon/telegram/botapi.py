@@ -144,6 +144,11 @@ class BotApiServer(Updates, Outages):
         await self._server.wait_closed()
 
     @property
+    def open_connections(self) -> int:
+        """Client connections still open (a client that closed its pool leaves none)."""
+        return len(self._conns)
+
+    @property
     def base_url(self) -> str:
         """What PTB's `base_url` should be: the token is appended to it."""
         return f"http://127.0.0.1:{self.port}/bot"
@@ -281,6 +286,8 @@ class BotApiServer(Updates, Outages):
                 call.status, call.description = 0, "no answer"
                 await self._hang(reader, fault, call.method)
                 return None
+            if fault.retry_after is not None:
+                return wire.error(fault.status, fault.description, retry_after=fault.retry_after)
             return wire.error(fault.status, fault.description)
         if not utf8:
             call.status, call.description = 400, "Bad Request: strings must be encoded in UTF-8"

@@ -4,7 +4,8 @@ A `Fault` covers chosen methods (case-insensitive, as PTB spells them:
 `getMe`, `setMyCommands`...) or every method, until a deadline or until it
 is healed. An `error` fault answers Telegram's own error body
 (`{"ok": false, "error_code": 500, "description": "Internal Server
-Error"}` by default); a `hang` fault never answers: the request waits until
+Error"}` by default; another 5xx, or 429 with `parameters.retry_after`,
+when asked); a `hang` fault never answers: the request waits until
 the client gives up (its read timeout), the fault ends or the server closes,
 then the connection is dropped without a response. A hung request is held
 at most `MAX_HANG_S`, so a test that forgets to heal still ends.
@@ -18,6 +19,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Final, Literal
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ class Fault:
     until: float = math.inf
     status: int = 500
     description: str = "Internal Server Error"
+    retry_after: int | None = None  # a 429's parameters.retry_after
 
     def covers(self, method: str, now: float) -> bool:
         """Whether a request for `method` arriving at `now` gets this fault."""
@@ -55,16 +58,25 @@ class Faults:
         *,
         for_s: float | None = None,
         status: int = 500,
-        description: str = "Internal Server Error",
+        description: str | None = None,
+        retry_after: int = 1,
     ) -> Fault:
-        """Start an outage of `methods` (none named: every method) for `for_s` (None: until healed)."""
+        """Start an outage of `methods` (none named: every method) for `for_s` (None: until
+        healed). `description` defaults to what Telegram says for `status`."""
         if for_s is not None and for_s < 0:
             raise ValueError("for_s must be >= 0")
-        if kind == "error" and not 500 <= status <= 599:
-            raise ValueError("an error fault answers a 5xx status")
+        if kind == "error" and not (500 <= status <= 599 or status == 429):
+            raise ValueError("an error fault answers a 5xx status or 429")
         names = frozenset(m.lower() for m in methods) or None
         until = math.inf if for_s is None else time.monotonic() + for_s
-        fault = Fault(kind, names, until, status, description)
+        flood = status == 429
+        if description is None:
+            description = (
+                f"Too Many Requests: retry after {retry_after}"
+                if flood
+                else HTTPStatus(status).phrase
+            )
+        fault = Fault(kind, names, until, status, description, retry_after if flood else None)
         self._faults.insert(0, fault)
         return fault
 
@@ -94,11 +106,20 @@ class Outages:
         *methods: str,
         for_s: float | None = None,
         status: int = 500,
-        description: str = "Internal Server Error",
+        description: str | None = None,
+        retry_after: int = 1,
     ) -> None:
-        """Answer `status` with Telegram's error body to `methods` (none named: every method),
-        for `for_s` seconds (None: until `heal`). Method names are case-insensitive."""
-        self.faults.add("error", methods, for_s=for_s, status=status, description=description)
+        """Answer `status` (a 5xx; or 429 with `retry_after`) with Telegram's error body to
+        `methods` (none named: every method), for `for_s` seconds (None: until `heal`).
+        Method names are case-insensitive."""
+        self.faults.add(
+            "error",
+            methods,
+            for_s=for_s,
+            status=status,
+            description=description,
+            retry_after=retry_after,
+        )
 
     def hang(self, *methods: str, for_s: float | None = None) -> None:
         """Never answer `methods` (none named: every method) for `for_s` seconds (None: until
