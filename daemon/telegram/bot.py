@@ -79,6 +79,9 @@ class TelegramBot:
     alert's relative-strength figures were measured against.
     `poll_timeout_s` is the getUpdates long-poll timeout; `send_timeout_s` the
     read timeout of a send (past it an alert counts as maybe delivered);
+    `send_attempts` / `send_backoff_s` how often a send retries a chat that
+    fails (5xx, network), `send_backoff_s` apart (doubling), before `send`
+    raises `SinkUnavailable` for the outbox to retry later;
     `start_attempts` how many tries a start may take in all (getMe,
     deleteWebhook), `start_backoff_s` apart (doubling up to
     `start_backoff_max_s`, jittered), before giving up with
@@ -101,6 +104,8 @@ class TelegramBot:
         poll_timeout_s: float = 10.0,
         send_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
+        send_attempts: int = 5,
+        send_backoff_s: float = 1.0,
         start_attempts: int = 3,
         start_backoff_s: float = 2.0,
         start_backoff_max_s: float = 30.0,
@@ -109,9 +114,14 @@ class TelegramBot:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
-        if start_attempts < 1:
-            raise ValueError("start_attempts must be >= 1")
-        if min(start_backoff_s, start_backoff_max_s, menu_retry_s, menu_retry_max_s) < 0:
+        if start_attempts < 1 or send_attempts < 1:
+            raise ValueError("start_attempts and send_attempts must be >= 1")
+        if (
+            min(
+                send_backoff_s, start_backoff_s, start_backoff_max_s, menu_retry_s, menu_retry_max_s
+            )
+            < 0
+        ):
             raise ValueError("backoffs must be >= 0")
         self._settings = settings
         self._token = token
@@ -125,6 +135,7 @@ class TelegramBot:
         self._poll_timeout_s = poll_timeout_s
         self._send_timeout_s = send_timeout_s
         self._connect_timeout_s = connect_timeout_s
+        self._send_retry = (send_attempts, send_backoff_s)
         self._start_attempts = start_attempts
         self._start_backoff = (start_backoff_s, start_backoff_max_s)
         self._menu_retry = (menu_retry_s, menu_retry_max_s)
@@ -250,6 +261,8 @@ class TelegramBot:
                 rate_per_chat_s=self._settings.rate_per_chat_s,
                 rate_global_per_s=self._settings.rate_global_per_s,
                 send_timeout_s=self._send_timeout_s,
+                max_attempts=self._send_retry[0],
+                backoff_s=self._send_retry[1],
                 render_html=self._render[0],
                 render_text=self._render[1],
             )
