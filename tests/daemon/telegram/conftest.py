@@ -1,11 +1,15 @@
-"""Fixtures of the Telegram tests: a local Bot API server, a store, a fake backend, logs."""
+"""Fixtures of the Telegram tests: a local Bot API server, a store, a fake backend, logs,
+and a watch on what the event loop reports (tasks destroyed pending, exceptions never retrieved)."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import io
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -66,3 +70,34 @@ def logs() -> Iterator[tuple[io.StringIO, RawRecords]]:
         logging.getLogger(name).setLevel(level)
     logging.captureWarnings(False)
     structlog.reset_defaults()
+
+
+class LoopNoise:
+    """What the event loop's exception handler got: "Task was destroyed but it is pending!",
+    "Future exception was never retrieved" and the like."""
+
+    def __init__(self) -> None:
+        self.reports: list[str] = []
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.reports.append(f"{context.get('message')} {context.get('exception')!r}")
+
+    def check(self) -> None:
+        """Collect garbage (where those reports come from) and fail if there were any."""
+        gc.collect()
+        assert self.reports == []
+
+
+@pytest.fixture
+async def loop_noise() -> AsyncIterator[LoopNoise]:
+    """The running loop's exception reports during the test; none allowed at its end."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    noise = LoopNoise()
+    loop.set_exception_handler(noise)
+    try:
+        yield noise
+        await asyncio.sleep(0)
+        noise.check()
+    finally:
+        loop.set_exception_handler(previous)

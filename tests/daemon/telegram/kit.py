@@ -1,4 +1,5 @@
-"""Shared pieces of the Telegram tests: the canary token, a fake backend, alerts, a bot."""
+"""Shared pieces of the Telegram tests: the canary token, a fake backend, alerts, a bot,
+and `ask` (a user's message, the bot's reply)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from daemon.telegram.bot import TelegramBot
 from daemon.telegram.subscribers import SubscriberStore
 from signals.alerts import Alert, alert_id
 from signals.score import Breakdown, breakdown
-from tests.daemon.telegram.botapi import BotApiServer
+from tests.daemon.telegram.botapi import SEND_METHODS, BotApiServer, Call
 
 # Must never show up in a log line, an exception or anything the daemon writes.
 TOKEN = "123456789:AAcanaryTOKENcanaryTOKENcanaryTOKEN12"
@@ -122,3 +123,21 @@ async def running_bot(
         settings(api, **overrides), Secret(TOKEN), backend, store, poll_timeout_s=2.0
     ) as bot:
         yield bot
+
+
+async def ask(
+    api: BotApiServer,
+    text: str,
+    *,
+    chat_id: int = USER,
+    user_id: int | None = None,
+    chat_type: str | None = None,
+) -> Call:
+    """Send `text` as a user and return the bot's next message to that chat."""
+    before = len(api.sent(chat_id))
+    api.push_message(text, chat_id=chat_id, user_id=user_id or chat_id, chat_type=chat_type)
+    calls = await api.wait_for(
+        lambda c: c.ok and c.chat_id == chat_id and c.method.lower() in SEND_METHODS,
+        count=before + 1,
+    )
+    return calls[before]

@@ -23,7 +23,7 @@ from daemon.telegram.sink import TelegramSink
 from daemon.telegram.subscribers import SubscriberStore
 from signals.engine import EngineConfig
 from signals.pipeline import Pipeline
-from tests.daemon.telegram.botapi import SEND_METHODS, BotApiServer, Call
+from tests.daemon.telegram.botapi import BotApiServer
 from tests.daemon.telegram.conftest import RawRecords
 from tests.daemon.telegram.kit import (
     ADMIN,
@@ -33,6 +33,7 @@ from tests.daemon.telegram.kit import (
     TOKEN,
     USER,
     FakeBackend,
+    ask,
     make_alert,
     running_bot,
     settings,
@@ -40,24 +41,6 @@ from tests.daemon.telegram.kit import (
 
 # PTB's own RetryAfter.__init__ reads its deprecated `retry_after` (v22.2+): not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
-
-
-async def ask(
-    api: BotApiServer,
-    text: str,
-    *,
-    chat_id: int = USER,
-    user_id: int | None = None,
-    chat_type: str | None = None,
-) -> Call:
-    """Send `text` as a user and return the bot's next message to that chat."""
-    before = len(api.sent(chat_id))
-    api.push_message(text, chat_id=chat_id, user_id=user_id or chat_id, chat_type=chat_type)
-    calls = await api.wait_for(
-        lambda c: c.ok and c.chat_id == chat_id and c.method.lower() in SEND_METHODS,
-        count=before + 1,
-    )
-    return calls[before]
 
 
 async def test_start_and_stop_round_trip(
