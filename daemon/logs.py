@@ -10,13 +10,23 @@ which catches values that only appear in a `repr`.
 
 Event names are dotted verbs (`feed.connected`, `alert.sent`), with units in
 field names (`delay_s`, `lag_ms`).
+
+Logs go to stderr; the console sink prints alerts to stdout. A reader of the
+JSON lines (`journalctl -o cat | jq`) needs the two apart: the systemd unit
+discards stdout, and `shares_json_log_stream` lets the console sink warn when
+both end up in the same pipe, socket or file. On the journal's stream
+(`$JOURNAL_STREAM`, sd-daemon(3)) each line starts with its syslog priority,
+`<4>` for a warning: journald files the line under that priority and strips the
+prefix, so `journalctl -p warning` works and `-o cat` still shows plain JSON.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
 import logging
+import os
 import re
+import stat
 import sys
 from collections.abc import Iterable
 from typing import TextIO
@@ -35,6 +45,9 @@ _LEVELS = {
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
 }
+
+# sd-daemon(3) priorities, as `<N>` line prefixes for the journal.
+_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 
 # httpx logs every request URL at INFO, and a Telegram Bot API URL carries the
 # bot token: keep them quiet even before redaction.
@@ -110,22 +123,38 @@ class Redactor:
 _REDACTOR = Redactor()
 
 
+class _Output:
+    """Where the configured logging writes."""
+
+    json_stream: TextIO | None = None
+    """The stream of the JSON log lines (None: not configured, or not as JSON)."""
+
+
+_OUTPUT = _Output()
+
+
 def register_secret(value: str | Secret) -> None:
     """Hide `value` in every log line from now on, whenever logging was configured."""
     _REDACTOR.add(value)
 
 
 class _RedactedRenderer:
-    """Runs the renderer, then redacts the finished line (repr'd objects, escapes)."""
+    """Runs the renderer, then redacts the finished line (repr'd objects, escapes); on the
+    journal, prefixes the line with its priority (`<4>`)."""
 
-    def __init__(self, renderer: Processor, redactor: Redactor) -> None:
+    def __init__(self, renderer: Processor, redactor: Redactor, *, journal: bool) -> None:
         self._renderer = renderer
         self._redactor = redactor
+        self._journal = journal
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> str:
+        level = event_dict.get("level")
         line = self._renderer(logger, method_name, event_dict)
         text = line.decode("utf-8") if isinstance(line, bytes) else str(line)
-        return self._redactor.redact(text)
+        text = self._redactor.redact(text)
+        if self._journal:
+            text = f"<{_PRIORITIES.get(str(level), 6)}>{text}"
+        return text
 
 
 def _shared_processors() -> list[Processor]:
@@ -149,7 +178,8 @@ def configure_logging(
 ) -> None:
     """Send structlog and stdlib logging to `stream` (default stderr), redacted.
 
-    `json=None` picks JSON lines unless `stream` is a terminal. `level` is
+    `json=None` picks JSON lines unless `stream` is a terminal. On the journal's
+    stream each line starts with its priority (`<4>`), which journald strips. `level` is
     debug, info, warning, error or critical. `secrets` are registered with the
     redactor, like `register_secret`. Replaces every root handler: one left
     behind would print unredacted lines.
@@ -164,15 +194,17 @@ def configure_logging(
     renderer: Processor
     if json if json is not None else not tty:
         renderer = structlog.processors.JSONRenderer()
+        _OUTPUT.json_stream = stream
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=tty)
+        _OUTPUT.json_stream = None
 
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_shared_processors(),
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             _REDACTOR,
-            _RedactedRenderer(renderer, _REDACTOR),
+            _RedactedRenderer(renderer, _REDACTOR, journal=on_journal(stream)),
         ],
     )
     handler = logging.StreamHandler(stream)
@@ -198,6 +230,37 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+def on_journal(stream: TextIO) -> bool:
+    """Whether `stream` is systemd's journal stream: `$JOURNAL_STREAM` names its device
+    and inode (sd-daemon(3)); a child that inherited the variable but not the stream is not."""
+    wanted = os.environ.get("JOURNAL_STREAM", "")
+    ours = _file_id(stream)
+    return bool(wanted) and ours is not None and wanted == f"{ours[0]}:{ours[1]}"
+
+
+def shares_json_log_stream(stream: TextIO) -> bool:
+    """Whether text written to `stream` lands among the JSON log lines: the same pipe,
+    socket (the journal's) or file. Terminals and /dev/null never count."""
+    logs = _OUTPUT.json_stream
+    if logs is None:
+        return False
+    ours = _file_id(stream)
+    return ours is not None and ours == _file_id(logs)
+
+
+def _file_id(stream: TextIO) -> tuple[int, int] | None:
+    """(device, inode) of a pipe, socket or regular file behind `stream`, else None."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        return None
+    if not (
+        stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode) or stat.S_ISREG(info.st_mode)
+    ):
+        return None
+    return info.st_dev, info.st_ino
 
 
 def redact(text: str) -> str:

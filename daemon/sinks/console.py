@@ -1,4 +1,9 @@
-"""The console sink: alerts as plain text on a stream (stdout by default), for demos and debugging."""
+"""The console sink: alerts as plain text on a stream (stdout by default), for demos and debugging.
+
+The logs go to stderr, so the two stay apart; where both reach the same place (under
+systemd with stdout sent to the journal, or `2>&1 | ...`) the human lines would break a
+JSON-lines reader, and the sink says so once at start. The systemd unit discards stdout.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,14 @@ import sys
 from types import TracebackType
 from typing import Self, TextIO
 
+import structlog
+
+from daemon.logs import shares_json_log_stream
 from daemon.sinks.base import SinkUnavailable
 from daemon.sinks.render import render_text
 from signals.alerts import Alert
+
+_log = structlog.get_logger(__name__)
 
 
 class ConsoleSink:
@@ -32,6 +42,14 @@ class ConsoleSink:
         return "ConsoleSink()"
 
     async def __aenter__(self) -> Self:
+        if shares_json_log_stream(self._target()):
+            _log.warning(
+                "sink.console_shares_log_stream",
+                sink=self.name,
+                detail="alerts printed as text land among the JSON log lines; send stdout "
+                "elsewhere (the systemd unit has StandardOutput=null) or set "
+                "[sinks.console] enabled = false",
+            )
         return self
 
     async def __aexit__(
