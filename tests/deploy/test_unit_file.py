@@ -78,6 +78,8 @@ def test_user_directories_and_credentials(unit: dict[str, dict[str, list[str]]])
         "TELEGRAM_BOT_TOKEN",
         "ALPACA_API_KEY",
         "ALPACA_API_SECRET",
+        "MASSIVE_API_KEY",
+        "FINNHUB_API_KEY",
         "MQTT_PASSWORD",
     }
     assert set(creds) <= set(SECRET_NAMES)  # names the daemon looks up in $CREDENTIALS_DIRECTORY
