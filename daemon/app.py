@@ -10,11 +10,9 @@ what was decided, then close the sinks.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -28,25 +26,22 @@ from daemon.backend import DaemonBackend
 from daemon.bars import frame_to_batch
 from daemon.calendar import xnys_sessions
 from daemon.config import Config
-from daemon.delivery import DeliveryLoop, drain_all
 from daemon.digest import digest_alert
 from daemon.feeds.alpaca import AlpacaFeed
 from daemon.feeds.base import Feed, FeedBatch
 from daemon.feeds.finnhub import FinnhubFeed
 from daemon.feeds.massive import MassiveFeed
 from daemon.feeds.reconnect import ReconnectPolicy
-from daemon.health import HealthServer, SourceFuncs, observer
 from daemon.outbox import Outbox
-from daemon.rates_fetch import RatesFetcher, RatesFetchError
+from daemon.rates_fetch import RatesFetcher
 from daemon.rules_file import load_rules
-from daemon.scheduler import Job, Scheduler, SessionCalendar, daemon_jobs, heartbeat_job
-from daemon.sdnotify import Notifier, WatchdogGate, watchdog_interval_s, watchdog_loop
+from daemon.scheduler import Job, daemon_jobs, heartbeat_job
+from daemon.sdnotify import Notifier
 from daemon.secrets import Secrets
 from daemon.sinks.base import Sink
 from daemon.sinks.console import ConsoleSink
 from daemon.sinks.jsonl import JsonlSink
 from daemon.sinks.mqtt import MqttSink
-from daemon.snapshot import FeedTimeSnapshots, last_minute, load_snapshot
 from daemon.telegram.bot import TelegramBot
 from signals.alerts import Alert
 from signals.bar import BarBatch
@@ -312,15 +307,6 @@ def build_sinks(
     return sinks
 
 
-async def _first_rates(config: Config, pipeline: Pipeline) -> None:
-    """The yield series at start-up, so the rates signal does not wait for the daily job."""
-    try:
-        async with RatesFetcher(config.rates.url) as fetcher:
-            pipeline.set_rates(await fetcher.fetch())
-    except RatesFetchError as exc:
-        _log.warning("rates.unavailable", error=str(exc))
-
-
 def _jobs(config: Config, pipeline: Pipeline, outbox: Outbox, ingest: Ingest) -> list[Job]:
     """The scheduled jobs this config calls for (snapshots follow feed time, not the clock)."""
 
@@ -429,165 +415,3 @@ def build_feed(
         stream=f.alpaca_feed,
         **common,
     )
-
-
-async def run_daemon(
-    config: Config,
-    secrets: Secrets,
-    stop: asyncio.Event,
-    *,
-    warmup: Warmup | Callable[[], Awaitable[Warmup]] | None = None,
-    feed: Feed | None = None,
-    realtime: bool = True,
-    drain_timeout_s: float = 10.0,
-    on_ingest: Callable[[Ingest], None] = lambda ingest: None,
-    snapshots: bool | None = None,
-) -> IngestStats:
-    """Run until `stop` is set or the feed fails for good; returns the ingest counters.
-
-    `realtime` False runs in feed time: no alert is too old to send, the market
-    is always open. `snapshots` (default: `realtime`) resumes from the state
-    directory's snapshot at start-up, with the feed's first backfill starting at
-    its last minute; without one it writes one at once (so a crash before the
-    first periodic one resumes consistently with the outbox); then one every
-    `state.snapshot_every_s` of feed time, and one at shutdown.
-    """
-    snapshots = realtime if snapshots is None else snapshots
-    pipeline = build_pipeline(config, datetime.now(UTC))
-    rule_names = [s.name for s in pipeline.book.specs]
-    backend = DaemonBackend(pipeline, config.feed.symbols, config.rules.file)
-    sinks_built = build_sinks(config, secrets, rule_names, backend)
-    config.state.dir.mkdir(parents=True, exist_ok=True)
-    async with AsyncExitStack() as stack:
-        outbox = stack.enter_context(
-            Outbox.open(config.state.dir / "outbox.sqlite", [s.name for s in sinks_built])
-        )
-        # A restart resumes from the last snapshot (same config) instead of a cold
-        # warm-up; its rule state goes with it. Without snapshots it starts fresh.
-        snapshot_dir = config.state.dir / "snapshot"
-        restored_at = load_snapshot(pipeline, snapshot_dir) if snapshots else None
-        resume_from = last_minute(pipeline) if restored_at is not None else None
-        if restored_at is None:
-            history = await warmup() if callable(warmup) else warmup
-            if history is not None:
-                warm_up(pipeline, history)
-            saved = outbox.load_rule_state()
-            if saved is not None:
-                pipeline.book.restore(saved)
-        snapshotter = (
-            FeedTimeSnapshots(pipeline, snapshot_dir, config.state.snapshot_every_s)
-            if snapshots
-            else None
-        )
-        if snapshotter is not None and restored_at is None:
-            snapshotter.save()
-        if config.rates.source == "fred" and realtime:
-            await _first_rates(config, pipeline)
-        sinks = [await stack.enter_async_context(s) for s in sinks_built]
-        loops = [DeliveryLoop(outbox, s) for s in sinks]
-        mqtt = next((s for s in sinks if isinstance(s, MqttSink)), None)
-        pending_states: dict[str, dict[str, float | str | bool | None]] = {}
-        states_ready = asyncio.Event()
-
-        def queue_states(states: dict[str, dict[str, float | str | bool | None]]) -> None:
-            if mqtt is not None and states:
-                pending_states.update(states)
-                states_ready.set()
-
-        def wake(_alerts: list[Alert]) -> None:
-            for loop in loops:
-                loop.wake()
-
-        ingest = Ingest(
-            pipeline,
-            outbox,
-            wall_clock=time.time if realtime else None,
-            on_alerts=wake,
-            on_states=queue_states if mqtt is not None else None,
-        )
-        ingest.backend = backend
-        on_ingest(ingest)
-        the_feed = feed or build_feed(config, secrets, realtime=realtime, resume_from=resume_from)
-        backend.outbox, backend.feed = outbox, the_feed
-
-        def take(batch: FeedBatch) -> None:
-            ingest(batch)
-            if snapshotter is not None:
-                snapshotter.tick()
-
-        async def publish_states() -> None:
-            assert mqtt is not None
-            while True:
-                await states_ready.wait()
-                states_ready.clear()
-                while pending_states:  # one at a time: a newer state may replace a queued one
-                    sym = next(iter(pending_states))
-                    state = pending_states.pop(sym)
-                    try:
-                        await mqtt.publish_state(sym, state)
-                    except asyncio.CancelledError:
-                        pending_states.setdefault(sym, state)  # shutdown publishes it
-                        raise
-
-        notifier = stack.enter_context(_closing(Notifier()))
-        calendar = SessionCalendar()
-        source = SourceFuncs(
-            feed=lambda: the_feed.stats,
-            ingest=lambda: ingest.stats,
-            outbox=lambda: outbox,
-            deliveries=lambda: loops,
-        )
-        gate = WatchdogGate(observer(source, calendar.open_since))
-        if config.health.enabled:
-            health = await stack.enter_async_context(
-                HealthServer(
-                    source, host=config.health.host, port=config.health.port, verdict=gate.check
-                )
-            )
-            _log.info("health.serving", host=config.health.host, port=health.port)
-        jobs = _jobs(config, pipeline, outbox, ingest)
-        await stack.enter_async_context(Scheduler(jobs, calendar=calendar))
-        notifier.ready(f"watching {len(config.feed.symbols)} symbols")
-        async with asyncio.TaskGroup() as tg:
-            feed_task = tg.create_task(the_feed.run(take), name="feed")
-            interval = watchdog_interval_s()
-            watchdog = (
-                tg.create_task(watchdog_loop(notifier, gate, interval), name="watchdog")
-                if interval
-                else None
-            )
-            delivery = [
-                tg.create_task(loop.run(), name=f"deliver-{loop_sink.name}")
-                for loop, loop_sink in zip(loops, sinks, strict=True)
-            ]
-            publisher = (
-                tg.create_task(publish_states(), name="mqtt-states") if mqtt is not None else None
-            )
-            stopper = tg.create_task(stop.wait(), name="stop")
-            _log.info(
-                "daemon.started",
-                feed=config.feed.provider,
-                symbols=list(config.feed.symbols),
-                sinks=[s.name for s in sinks],
-            )
-            await asyncio.wait([feed_task, stopper], return_when=asyncio.FIRST_COMPLETED)
-            notifier.stopping("draining the outbox")
-            if watchdog is not None:
-                watchdog.cancel()
-            feed_task.cancel()  # 1. stop taking bars
-            stopper.cancel()
-            drained = await drain_all(loops, drain_timeout_s)  # 2. deliver what was decided
-            if publisher is not None:
-                # Stop the publisher first (it puts back a state it was sending), then
-                # publish what is left: the last state of every symbol is retained.
-                publisher.cancel()
-                await asyncio.wait([publisher])
-                for sym, state in list(pending_states.items()):
-                    await mqtt.publish_state(sym, state)  # type: ignore[union-attr]
-                pending_states.clear()
-            for task in delivery:
-                task.cancel()  # 3. the sinks close with the exit stack
-            if snapshotter is not None:
-                snapshotter.save()
-            _log.info("daemon.stopping", drained=drained, outbox_depth=outbox.depth())
-        return ingest.stats

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from importlib.metadata import PackageNotFoundError, version
 import tempfile
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from daemon import runner
@@ -15,6 +15,7 @@ from daemon.backtest import run_backtest, summary_lines, write_outputs
 from daemon.bars import BarFileError, load_bars
 from daemon.config import check_config_main, load_config
 from daemon.config_errors import ConfigError
+from daemon.fatal import ExitCode, Fatal, find_fatal
 from daemon.fred import RatesFileError, read_fred_csv
 from daemon.rules_file import load_rules
 from daemon.sample import sample_daily
@@ -159,22 +160,35 @@ def _backtest(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script. Exit codes: `daemon.fatal.ExitCode`."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "backtest":
-            return _backtest(args)
-        if args.command == "check-config":
-            return _check_config(args)
-        if args.command == "run":
-            return asyncio.run(runner.run(args.config))
-        if args.command == "replay":
-            return asyncio.run(runner.replay(args.config, args.bars, args.speed))
-        if args.command == "demo":
-            return asyncio.run(runner.demo(args.speed, args.duration, args.mqtt, args.out))
+        return _command(args)
     except (BarFileError, RatesFileError, RuleError, ConfigError, SecretError) as exc:
         print(f"iwm-alerts: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
+    except Fatal as exc:
+        print(f"iwm-alerts: {exc}", file=sys.stderr)
+        return exc.code
+    except BaseExceptionGroup as group:  # a task group around the daemon
+        end = find_fatal(group)
+        if end is None:
+            raise
+        print(f"iwm-alerts: {end}", file=sys.stderr)
+        return end.code
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "backtest":
+        return _backtest(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    if args.command == "run":
+        return asyncio.run(runner.run(args.config))
+    if args.command == "replay":
+        return asyncio.run(runner.replay(args.config, args.bars, args.speed))
+    if args.command == "demo":
+        return asyncio.run(runner.demo(args.speed, args.duration, args.mqtt, args.out))
     raise AssertionError(f"unhandled command {args.command}")
 
 

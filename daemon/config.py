@@ -417,8 +417,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 # -- loading ---------------------------------------------------------------------
 
 
-def load_config(path: Path) -> Config:
-    """Read, check and decode the config file at `path`; `ConfigError` on any problem."""
+def load_config(path: Path, *, replay: bool = False) -> Config:
+    """Read, check and decode the config file at `path`; `ConfigError` on any problem.
+
+    `replay` (the `replay` command): the bars come from files, so `[feed]` is
+    optional and ignored but for its `symbols`; no provider secret is needed."""
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
@@ -431,12 +434,23 @@ def load_config(path: Path) -> Config:
         # The message gives line and column, never the offending text.
         raise ConfigError(path, None, f"invalid TOML: {exc}") from exc
     _refuse_secrets(raw, (), path, raw)
+    if replay:
+        raw = _as_replay(raw)
     try:
         config = msgspec.convert(raw, Config, dec_hook=_decode_path)
     except msgspec.ValidationError as exc:
         raise translate(exc, raw, path, Config, _decode_path) from None
     _check_files(config, path)
     return config
+
+
+def _as_replay(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with `[feed]` replaced by a replay feed of the same symbols."""
+    feed = raw.get("feed")
+    replay: dict[str, Any] = {"provider": "replay"}
+    if isinstance(feed, dict) and "symbols" in feed:
+        replay["symbols"] = feed["symbols"]
+    return {**raw, "feed": replay}
 
 
 def _decode_path(tp: type, obj: Any) -> Any:

@@ -28,7 +28,7 @@ from typing import Any, Final
 import structlog
 
 from daemon.outbox import Outbox
-from daemon.sinks.base import Sink, SinkRejected, SinkUnavailable
+from daemon.sinks.base import Sender, SinkRejected, SinkUnavailable
 from signals.alerts import Alert
 
 _log = structlog.get_logger(__name__)
@@ -72,7 +72,7 @@ class DeliveryLoop:
     def __init__(
         self,
         outbox: Outbox,
-        sink: Sink,
+        sink: Sender,
         *,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 300.0,
@@ -122,6 +122,13 @@ class DeliveryLoop:
 
     def wake(self) -> None:
         """New alerts were recorded: look at the queue now rather than at the next due time."""
+        self._wake.set()
+
+    def retry_now(self) -> None:
+        """The sink is (back) up: its backlog is due now, in order, not after the backoff."""
+        moved = self.outbox.due_now(self.name, self._clock())
+        if moved:
+            _log.info("delivery.backlog_due", sink=self.name, alerts=moved)
         self._wake.set()
 
     async def run(self) -> None:

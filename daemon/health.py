@@ -101,6 +101,17 @@ class DeliveryCounters(Protocol):
     def rejected(self) -> int: ...
 
 
+@dataclass(frozen=True)
+class Startup:
+    """What start-up still waits for (dependency -> last error), and when the feed
+    started taking bars (None: still waiting for the provider)."""
+
+    waiting: Mapping[str, str] = field(default_factory=dict)
+    feed_started_at: float | None = 0.0
+    sinks_up: Mapping[str, bool] = field(default_factory=dict)
+    sink_start_failures: Mapping[str, int] = field(default_factory=dict)
+
+
 class HealthSource(Protocol):
     """Where the endpoint reads from, at request time. None: that part is not running."""
 
@@ -108,6 +119,7 @@ class HealthSource(Protocol):
     def ingest(self) -> IngestCounters | None: ...
     def outbox(self) -> OutboxCounters | None: ...
     def deliveries(self) -> Sequence[DeliveryCounters]: ...
+    def startup(self) -> Startup: ...
 
 
 def _none() -> None:
@@ -116,6 +128,10 @@ def _none() -> None:
 
 def _no_loops() -> Sequence[DeliveryCounters]:
     return ()
+
+
+def _started() -> Startup:
+    return Startup()
 
 
 @dataclass
@@ -127,6 +143,7 @@ class SourceFuncs:
     ingest: Callable[[], IngestCounters | None] = _none
     outbox: Callable[[], OutboxCounters | None] = _none
     deliveries: Callable[[], Sequence[DeliveryCounters]] = _no_loops
+    startup: Callable[[], Startup] = _started
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,8 @@ class SinkHealth:
     sent: int = 0
     failed: int = 0
     rejected: int = 0
+    up: bool = True
+    start_failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -148,6 +167,7 @@ class Snapshot:
     ingest: IngestCounters | None
     sinks: Mapping[str, SinkHealth] = field(default_factory=dict)
     verdict: Verdict | None = None
+    startup: Startup = field(default_factory=Startup)
 
     @property
     def outbox_depth(self) -> int:
@@ -172,15 +192,24 @@ def take_snapshot(
         # Configured sinks only: rows left by a sink no longer configured will never move.
         for sink in outbox.sinks:
             sinks[sink] = SinkHealth(depth=outbox.depth(sink))
+    startup = source.startup()
     for loop in source.deliveries():
         depth = sinks.get(loop.name, SinkHealth()).depth
-        sinks[loop.name] = SinkHealth(depth, loop.sent, loop.failed, loop.rejected)
+        sinks[loop.name] = SinkHealth(
+            depth,
+            loop.sent,
+            loop.failed,
+            loop.rejected,
+            up=startup.sinks_up.get(loop.name, True),
+            start_failures=startup.sink_start_failures.get(loop.name, 0),
+        )
     return Snapshot(
         now=now,
         feed=source.feed(),
         ingest=source.ingest(),
         sinks=sinks,
         verdict=None if verdict is None else verdict(),
+        startup=startup,
     )
 
 
@@ -202,24 +231,33 @@ def observer(
             last_bar_at=None if snap.feed is None else snap.feed.last_bar_at,
             outbox_depth=snap.outbox_depth,
             delivered=sum(s.sent + s.rejected for s in snap.sinks.values()),
+            feed_started_at=now
+            if snap.startup.feed_started_at is None
+            else snap.startup.feed_started_at,
         )
 
     return observe
 
 
 def health_report(snap: Snapshot) -> tuple[int, dict[str, object]]:
-    """`/healthz`: (HTTP status, JSON body). Degraded (503) when the feed is down or the
+    """`/healthz`: (HTTP status, JSON body). Starting (503) while start-up waits for the
+    provider; degraded (503) when the feed is down, a dependency does not answer or the
     watchdog's verdict is unhealthy; else ok (200)."""
     reasons: list[str] = []
     feed = snap.feed
-    if feed is not None and not feed.connected:
+    starting = snap.startup.feed_started_at is None
+    waiting = dict(snap.startup.waiting)
+    reasons.extend(f"waiting for {what}: {why}" for what, why in sorted(waiting.items()))
+    if feed is not None and not feed.connected and not starting:
         reasons.append("feed disconnected")
     if snap.verdict is not None:
         reasons.extend(snap.verdict.reasons)
     age = snap.last_bar_age_s
+    status = "starting" if starting else "degraded" if reasons else "ok"
     body: dict[str, object] = {
-        "status": "degraded" if reasons else "ok",
+        "status": status,
         "reasons": reasons,
+        "waiting": waiting,
         "feed": None
         if feed is None
         else {
@@ -230,11 +268,18 @@ def health_report(snap: Snapshot) -> tuple[int, dict[str, object]]:
         },
         "outbox_depth": snap.outbox_depth,
         "sinks": {
-            name: {"depth": s.depth, "sent": s.sent, "failures": s.failed, "rejected": s.rejected}
+            name: {
+                "up": s.up,
+                "depth": s.depth,
+                "sent": s.sent,
+                "failures": s.failed,
+                "rejected": s.rejected,
+                "start_failures": s.start_failures,
+            }
             for name, s in sorted(snap.sinks.items())
         },
     }
-    return (503 if reasons else 200), body
+    return (503 if status != "ok" else 200), body
 
 
 def metric_families(snap: Snapshot) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
@@ -299,6 +344,21 @@ def metric_families(snap: Snapshot) -> Iterator[CounterMetricFamily | GaugeMetri
         for sink, s in sorted(snap.sinks.items()):
             family.add_metric([sink], getattr(s, attr))
         yield family
+    up = GaugeMetricFamily(f"{p}_sink_up", "1 once a sink has started.", labels=["sink"])
+    starts = CounterMetricFamily(
+        f"{p}_sink_start_failures", "Failed tries to start a sink, per sink.", labels=["sink"]
+    )
+    for sink, s in sorted(snap.sinks.items()):
+        up.add_metric([sink], int(s.up))
+        starts.add_metric([sink], s.start_failures)
+    yield up
+    yield starts
+    waiting = GaugeMetricFamily(
+        f"{p}_waiting", "1 while start-up waits for this dependency.", labels=["dependency"]
+    )
+    for what in sorted(snap.startup.waiting):
+        waiting.add_metric([what], 1)
+    yield waiting
     depth = GaugeMetricFamily(
         f"{p}_outbox_depth", "Alerts waiting in the outbox, per sink.", labels=["sink"]
     )

@@ -280,6 +280,17 @@ class Outbox:
         with self._transaction(fsync=False) as tx:
             self._settle(tx, alert_id, sink, "pending", now, error, next_attempt_at=now + delay_s)
 
+    def due_now(self, sink: str, now: float) -> int:
+        """Every pending alert of `sink` waiting out a retry delay is due at `now` (the sink
+        came up again: its backlog should not sit out the backoff). Returns how many."""
+        with self._transaction(fsync=False) as tx:
+            cur = tx.execute(
+                "UPDATE deliveries SET next_attempt_at = ?, updated_at = ?"
+                " WHERE sink = ? AND status = 'pending' AND next_attempt_at > ?",
+                (now, now, sink, now),
+            )
+            return cur.rowcount
+
     def rejected(self, alert_id: str, sink: str, now: float, error: str) -> None:
         """`sink` will never take the alert: give up on it for that sink."""
         with self._transaction(fsync=False) as tx:

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from daemon.app import SESSIONS_FROM, Ingest, IngestStats, Warmup, run_daemon
+from daemon.app import SESSIONS_FROM, Ingest, IngestStats, Warmup
 from daemon.bars import load_bars
 from daemon.calendar import xnys_sessions
 from daemon.config import Config, load_config
@@ -23,6 +23,7 @@ from daemon.feeds.replay import ReplayServer
 from daemon.logs import configure_logging
 from daemon.sample import demo_market
 from daemon.secrets import Secrets
+from daemon.service import run_daemon
 from daemon.warmup import fetch_alpaca_warmup, fetch_massive_warmup
 from signals.sessions import SessionTable
 
@@ -142,8 +143,9 @@ async def _replay_until_done(
 
 
 async def replay(config_path: Path, bar_files: Sequence[Path], speed: float) -> int:
-    """The full daemon fed from files through a local Alpaca-protocol replay server."""
-    config = load_config(config_path)
+    """The full daemon fed from files through a local Alpaca-protocol replay server.
+    `[feed]` is ignored but for its symbols: no provider keys are needed."""
+    config = load_config(config_path, replay=True)
     secrets = Secrets.load(config)
     _setup_logging(config, secrets)
     bars = load_bars(bar_files).frame

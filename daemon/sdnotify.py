@@ -189,6 +189,8 @@ class Observation:
     the market is closed. `last_bar_at` is when the feed last handed over a
     bar. `delivered` counts alerts settled by every sink since start-up (sent
     plus rejected): it only grows, and growth is what progress means.
+    `feed_started_at` is when the feed started taking bars: `now` while start-up
+    still waits for the provider (waiting is not being stuck), None if unknown.
     """
 
     now: float
@@ -197,6 +199,7 @@ class Observation:
     last_bar_at: float | None
     outbox_depth: int
     delivered: int
+    feed_started_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -216,8 +219,9 @@ class WatchdogGate:
     """Decides whether the daemon is making progress, from successive `Observation`s.
 
     - Feed: during a session the last bar (or the open, whichever is later)
-      must be at most `max_bar_age_s` old. Outside the session the feed is not
-      judged: no bars is normal then.
+      must be at most `max_bar_age_s` old (counted from the feed's start when it
+      started late). Outside the session the feed is not judged: no bars is
+      normal then, nor while start-up waits for the provider.
     - Outbox: with alerts waiting, some must be settled at least every
       `max_stuck_s`. An empty outbox is progress by definition.
 
@@ -250,9 +254,11 @@ class WatchdogGate:
         """The verdict for `obs`, remembering outbox progress for the next call."""
         reasons: list[str] = []
         if obs.session_open_at is not None and obs.now >= obs.session_open_at:
-            since = obs.session_open_at
-            if obs.last_bar_at is not None:
-                since = max(since, obs.last_bar_at)
+            since = max(
+                t
+                for t in (obs.session_open_at, obs.last_bar_at, obs.feed_started_at)
+                if t is not None
+            )
             age = obs.now - since
             if age > self.max_bar_age_s:
                 state = "connected" if obs.feed_connected else "disconnected"
@@ -285,6 +291,7 @@ async def watchdog_loop(
     interval_s: float,
     *,
     sleep: Sleep = asyncio.sleep,
+    running_status: Callable[[], str] = lambda: "running",
 ) -> None:
     """Every `interval_s`: check the gate, send `WATCHDOG=1` only when healthy. Runs until cancelled.
 
@@ -305,7 +312,7 @@ async def watchdog_loop(
             notifier.watchdog()
             if healthy is False:
                 _log.info("watchdog.recovered")
-                notifier.status("running")
+                notifier.status(running_status())
         else:
             if healthy is not False:  # log the change, not every tick of a long outage
                 _log.warning("watchdog.degraded", reasons=list(verdict.reasons))

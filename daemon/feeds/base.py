@@ -132,3 +132,7 @@ class FeedAuthFailed(FeedError):
 
 class FeedFatal(FeedError):
     """Retrying cannot help (wrong plan, bad subscription, repeated auth failure): stop the feed."""
+
+
+class FeedForbidden(FeedFatal):
+    """HTTP 403: the key was refused this request (a wrong key, or a plan without the data)."""

@@ -23,6 +23,7 @@ from daemon.feeds.base import (
     FeedAuthFailed,
     FeedError,
     FeedFatal,
+    FeedForbidden,
     FeedThrottled,
     FeedUnavailable,
 )
@@ -131,5 +132,5 @@ def http_status_error(
     if status == 401:
         return FeedAuthFailed(name, detail)
     if status in fatal:  # a bad request, or a plan without this data
-        return FeedFatal(name, detail)
+        return FeedForbidden(name, detail) if status == 403 else FeedFatal(name, detail)
     return FeedUnavailable(name, detail)

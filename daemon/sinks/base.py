@@ -25,8 +25,21 @@ class SinkUnavailable(SinkError):
         self.retry_after_s = retry_after_s
 
 
+class SinkAuthFailed(SinkError):
+    """The peer refused our credentials. At start-up the daemon stops (exit 3) with this
+    line, which names the secret or key to check; later it is retried like an outage."""
+
+
 class SinkRejected(SinkError):
     """This alert will never go through this sink (bad request, too large): do not retry it."""
+
+
+class Sender(Protocol):
+    """What a delivery loop needs: a name and `send` (see `Sink`)."""
+
+    name: str
+
+    async def send(self, alert: Alert) -> None: ...
 
 
 class Sink(Protocol):

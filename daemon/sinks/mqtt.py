@@ -25,12 +25,13 @@ broker forwards a DUP again), and at most the alert in flight repeats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import math
 import os
 import random
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Self
@@ -39,11 +40,12 @@ from urllib.parse import urlsplit
 import aiomqtt
 import msgspec
 import structlog
+from paho.mqtt.reasoncodes import ReasonCode
 
 from daemon.aio import keep_cancel
 from daemon.secrets import Secret
 from daemon.sinks import ha_discovery as ha
-from daemon.sinks.base import SinkRejected, SinkUnavailable
+from daemon.sinks.base import SinkAuthFailed, SinkRejected, SinkUnavailable
 from signals.alerts import Alert, encode_alert
 
 _log = structlog.get_logger(__name__)
@@ -115,6 +117,20 @@ def _parse_url(url: str) -> tuple[str, int, bool]:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError("url must be just mqtt[s]://host[:port]")
     return parts.hostname, port or _DEFAULT_PORTS[parts.scheme], parts.scheme == "mqtts"
+
+
+_LOGIN_REFUSED = (4, 5, 134, 135)  # MQTT 3.1.1 CONNACK 4/5; MQTT 5 reason codes 0x86/0x87
+
+
+def _login_refused(err: BaseException) -> str | None:
+    """For a CONNACK that refuses the credentials: the line naming what to check."""
+    if not isinstance(err, aiomqtt.MqttCodeError):
+        return None
+    rc = err.rc
+    value = rc.value if isinstance(rc, ReasonCode) else rc
+    if value not in _LOGIN_REFUSED:
+        return None
+    return f"the broker refused the login ({rc}): check sinks.mqtt.username and MQTT_PASSWORD"
 
 
 def _package_version() -> str | None:
@@ -203,6 +219,12 @@ class MqttSink:
         self._publish_lock = asyncio.Lock()
         self._stack: AsyncExitStack | None = None
         self._task: asyncio.Task[None] | None = None
+        # The first connect's outcome: a refused login fails __aenter__ (the daemon stops
+        # with exit 3 at start-up); anything else leaves the reconnect loop to it.
+        self._first: asyncio.Future[None] | None = None
+        self.on_connected: Callable[[], None] = lambda: None
+        """Called after each (re)connect, once the retained topics are out: the daemon
+        makes the alerts held while the broker was away due at once."""
 
     def __repr__(self) -> str:
         return f"MqttSink(host={self._host!r}, port={self._port}, tls={self._tls})"
@@ -217,12 +239,27 @@ class MqttSink:
         await self._ready.wait()
 
     async def __aenter__(self) -> Self:
-        """Start the connection task; does not wait for the broker."""
+        """Start the connection task. Waits for the first connect's answer at most
+        `publish_timeout_s`: a broker that refuses the login raises `SinkAuthFailed`;
+        one that is down or slow is left to the reconnect loop."""
         self._discovery = self._encode_discovery(_package_version())
+        self._first = asyncio.get_running_loop().create_future()
+        first = self._first
+        refused: SinkAuthFailed | None = None
         async with AsyncExitStack() as stack:
             tg = await stack.enter_async_context(asyncio.TaskGroup())
             self._task = tg.create_task(self._run(), name="mqtt.connection")
-            self._stack = stack.pop_all()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._publish_timeout_s):
+                    await asyncio.wait([first])
+            if first.done() and isinstance(first.exception(), SinkAuthFailed):
+                refused = first.exception()  # type: ignore[assignment]
+            else:
+                self._first = None  # answered, or too slow: later refusals are logged
+                self._stack = stack.pop_all()
+        if refused is not None:  # raised out here: not wrapped by the task group
+            self._task = None
+            raise refused
         return self
 
     async def __aexit__(
@@ -392,6 +429,8 @@ class MqttSink:
                     client = await self._new_client(persistent=True)
                 async with client:
                     since = loop.time()
+                    if self._first is not None and not self._first.done():
+                        self._first.set_result(None)
                     # Alert publishes cut off by the last loss: paho completes them now.
                     resumed = sum(not t.done() for t in self._inflight.values())
                     self.resumed += resumed
@@ -408,10 +447,18 @@ class MqttSink:
                 self._client = None
                 self._ready.clear()
                 fields = {"host": self._host, "port": self._port, "error": self._redact(str(err))}
-                if since is None:
+                refused = _login_refused(err)
+                if refused is not None:
+                    _log.error("mqtt.login_refused", reason=refused, **fields)
+                    if self._first is not None and not self._first.done():
+                        self._first.set_exception(SinkAuthFailed(self.name, refused))
+                        return  # at start-up: the daemon stops with this line
+                elif since is None:
                     _log.warning("mqtt.connect_failed", **fields)
                 else:
                     _log.warning("mqtt.disconnected", reason="lost", **fields)
+            if self._first is not None and not self._first.done():
+                self._first.set_result(None)
             # Only a session that held for a while earns a fast retry: a broker
             # that accepts then drops us (a client-id clash) must not make a storm,
             # while one that ran for seconds before a restart gets us back quickly.
@@ -432,6 +479,7 @@ class MqttSink:
             self._client = client
         await keep_cancel(client.subscribe(ha.ha_status_topic(self._prefix), qos=1))
         self._ready.set()
+        self.on_connected()
         async for message in client.messages:
             # A retained birth is an old one (delivered on subscribe): we have
             # just published everything anyway. Live births come unretained.

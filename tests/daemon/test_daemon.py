@@ -19,10 +19,11 @@ import httpx
 import polars as pl
 import pytest
 
-from daemon.app import Ingest, IngestStats, run_daemon
+from daemon.app import Ingest, IngestStats
 from daemon.config import load_config
 from daemon.feeds.replay import ReplayServer
 from daemon.secrets import Secrets
+from daemon.service import run_daemon
 from daemon.telegram.subscribers import SubscriberStore
 from tests.daemon.daemon_config import write_config
 from tests.daemon.minute_market import minute_market

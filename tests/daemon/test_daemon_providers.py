@@ -8,9 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from daemon.app import Ingest, run_daemon
+from daemon.app import Ingest
 from daemon.config import load_config
 from daemon.secrets import Secrets
+from daemon.service import run_daemon
 from tests.daemon.feeds.finnhub_server import FinnhubServer, make_tape
 from tests.daemon.feeds.massive_server import MassiveServer
 from tests.daemon.minute_market import minute_market

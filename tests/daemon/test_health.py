@@ -120,12 +120,19 @@ async def test_healthz_ok() -> None:
             "last_bar_time": int(NOW) - 75,
             "reconnects": 1,
         },
+        "waiting": {},
         "outbox_depth": 1,
         "sinks": {
-            "mqtt": {"depth": 0, "sent": 4, "failures": 0, "rejected": 1},
-            "telegram": {"depth": 1, "sent": 3, "failures": 2, "rejected": 0},
+            "mqtt": {
+                "up": True, "depth": 0, "sent": 4, "failures": 0, "rejected": 1,
+                "start_failures": 0,
+            },
+            "telegram": {
+                "up": True, "depth": 1, "sent": 3, "failures": 2, "rejected": 0,
+                "start_failures": 0,
+            },
         },
-    }
+    }  # fmt: skip
 
 
 async def test_healthz_degraded_is_503() -> None:

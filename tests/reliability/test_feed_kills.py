@@ -17,11 +17,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from daemon.app import Ingest, IngestStats, build_feed, run_daemon
+from daemon.app import Ingest, IngestStats, build_feed
 from daemon.config import load_config
 from daemon.feeds.base import Feed, FeedBatch
 from daemon.feeds.replay import ReplayServer
 from daemon.secrets import Secrets
+from daemon.service import run_daemon
 from signals.bar import Bar
 from tests.daemon.feeds.feedkit import SYMBOLS, wait_until
 from tests.daemon.minute_market import minute_market

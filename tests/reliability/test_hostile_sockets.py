@@ -22,7 +22,7 @@ import pytest
 import structlog
 from websockets.asyncio.server import ServerConnection
 
-from daemon.app import Ingest, run_daemon
+from daemon.app import Ingest
 from daemon.config import load_config
 from daemon.feeds.alpaca import AlpacaFeed
 from daemon.feeds.base import FeedStats
@@ -30,6 +30,7 @@ from daemon.feeds.finnhub import FinnhubFeed
 from daemon.feeds.massive import MassiveFeed
 from daemon.feeds.replay import ReplayServer, frame_from_rows
 from daemon.secrets import Secrets
+from daemon.service import run_daemon
 from signals.bar import Bar
 from tests.daemon.daemon_config import write_config
 from tests.daemon.feeds.feedkit import FAST, KEY, SECRET, never_open, wait_until

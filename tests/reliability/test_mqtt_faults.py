@@ -28,10 +28,11 @@ import pytest
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
-from daemon.app import Ingest, run_daemon
+from daemon.app import Ingest
 from daemon.config import load_config
 from daemon.feeds.replay import ReplayServer
 from daemon.secrets import Secrets
+from daemon.service import run_daemon
 from daemon.sinks import ha_discovery as ha
 from tests.daemon.daemon_config import write_config
 from tests.daemon.minute_market import minute_market

@@ -27,10 +27,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from daemon.app import Ingest, run_daemon
+from daemon.app import Ingest
 from daemon.config import load_config
 from daemon.feeds.replay import ReplayServer
 from daemon.secrets import Secrets
+from daemon.service import run_daemon
 from daemon.snapshot import last_minute, load_snapshot
 from signals.pipeline import Pipeline
 from tests.daemon.daemon_config import write_config

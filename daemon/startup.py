@@ -1,0 +1,239 @@
+"""Start-up that waits instead of dying.
+
+Everything the daemon talks to (the provider's REST and websocket, the Bot
+API, the broker, FRED) may be down, slow or misbehaving when it starts. The
+daemon therefore comes up without them: each dependency is tried on its own,
+with capped, jittered backoff, until it answers, and what the daemon still
+waits for is kept in one `Waits` table that `/healthz` and systemd's
+`STATUS=` show. Only an answer that retrying cannot change (refused
+credentials) ends the daemon, as a `Fatal` with its exit code.
+
+- `keep_trying` retries one start-up call until it succeeds.
+- `SupervisedSink` starts a sink in the background and keeps it until shutdown;
+  until it is up its `send` says "unavailable", so the outbox keeps the alerts.
+- `feed_fatal` / `sink_fatal` tell which errors are the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import structlog
+
+from daemon.delivery import backoff_s
+from daemon.fatal import ExitCode, Fatal
+from daemon.feeds.base import FeedAuthFailed, FeedError, FeedFatal, FeedForbidden
+from daemon.secrets import PROVIDER_SECRETS
+from daemon.sinks.base import Sink, SinkAuthFailed, SinkUnavailable
+from daemon.telegram.start import TelegramAuthError
+from signals.alerts import Alert
+
+_log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Sleep = Callable[[float], Coroutine[Any, Any, None]]
+
+
+class Waits:
+    """What the daemon is waiting for, by dependency, with the last reason.
+
+    `on_change()` is called after every change (the daemon updates `STATUS=`).
+    """
+
+    def __init__(self, on_change: Callable[[], object] | None = None) -> None:
+        self._reasons: dict[str, str] = {}
+        self.on_change = on_change
+
+    def waiting(self, what: str, reason: str) -> None:
+        """`what` did not answer (yet): `reason` is the last error, one line, no secrets."""
+        changed = self._reasons.get(what) != reason
+        self._reasons[what] = reason
+        if changed and self.on_change is not None:
+            self.on_change()
+
+    def done(self, what: str) -> None:
+        """`what` answered."""
+        if self._reasons.pop(what, None) is not None and self.on_change is not None:
+            self.on_change()
+
+    def __contains__(self, what: object) -> bool:
+        return what in self._reasons
+
+    def __bool__(self) -> bool:
+        return bool(self._reasons)
+
+    def as_dict(self) -> Mapping[str, str]:
+        """A read-only copy: dependency -> last reason."""
+        return MappingProxyType(dict(self._reasons))
+
+    def summary(self) -> str:
+        """One line: `waiting for feed (alpaca: REST ConnectError); sink telegram (...)`."""
+        if not self._reasons:
+            return ""
+        parts = [f"{what} ({reason})" for what, reason in sorted(self._reasons.items())]
+        return "waiting for " + "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between tries: `initial_s` doubling up to `max_s`, less up to `jitter` of itself."""
+
+    initial_s: float = 1.0
+    max_s: float = 30.0
+    jitter: float = 0.5
+
+    def delay_s(self, attempt: int, rng: random.Random) -> float:
+        """The delay after failed try number `attempt` (1-based)."""
+        return backoff_s(attempt, self.initial_s, self.max_s, self.jitter, rng)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failed try. Feed and sink errors never carry secrets; the log
+    redacts registered secrets from anything else."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no answer in time"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def keep_trying(
+    call: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    waits: Waits,
+    fatal: Callable[[Exception], Fatal | None],
+    backoff: Backoff = Backoff(),
+    attempt_timeout_s: float | None = None,
+    on_failure: Callable[[Exception], None] = lambda exc: None,
+    sleep: Sleep = asyncio.sleep,
+    rng: random.Random | None = None,
+) -> T:
+    """`await call()` until it returns, waiting `backoff` between tries; `fatal(exc)`
+    names the errors that end the daemon instead. Each try is bounded by
+    `attempt_timeout_s` when given. While failing, `waits` says why."""
+    rng = rng if rng is not None else random.Random()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            async with asyncio.timeout(attempt_timeout_s):
+                result = await call()
+        except Exception as exc:  # CancelledError is not an Exception: shutdown goes through
+            end = fatal(exc)
+            if end is not None:
+                raise end from None  # the one line; the cause may quote what we never print
+            on_failure(exc)
+            reason = describe(exc)
+            delay = backoff.delay_s(attempt, rng)
+            waits.waiting(what, reason)
+            _log.warning(
+                "startup.waiting",
+                dependency=what,
+                attempt=attempt,
+                retry_in_s=round(delay, 1),
+                error=reason,
+            )
+            await sleep(delay)
+            continue
+        if attempt > 1:
+            _log.info("startup.answered", dependency=what, attempts=attempt)
+        waits.done(what)
+        return result
+
+
+def feed_fatal(exc: Exception) -> Fatal | None:
+    """Refused credentials (exit 3, naming the secrets to check) or a feed that gave up
+    for another reason (exit 5); None for what a retry may fix."""
+    if not isinstance(exc, FeedError):
+        return None
+    refused = isinstance(exc, FeedAuthFailed | FeedForbidden) or isinstance(
+        exc.__cause__, FeedAuthFailed
+    )
+    if refused:
+        names = " and ".join(PROVIDER_SECRETS.get(exc.feed, ())) or "the provider's keys"
+        hint = " (and that the plan covers this data)" if isinstance(exc, FeedForbidden) else ""
+        return Fatal(
+            f"{exc.feed}: the provider refused the credentials ({exc.detail}): check {names}{hint}",
+            ExitCode.CREDENTIALS,
+        )
+    if isinstance(exc, FeedFatal):
+        return Fatal(f"{exc.feed}: the feed gave up: {exc.detail}", ExitCode.FEED_GAVE_UP)
+    return None
+
+
+def sink_fatal(exc: Exception) -> Fatal | None:
+    """A sink whose credentials were refused at start-up ends the daemon (exit 3)."""
+    if isinstance(exc, SinkAuthFailed | TelegramAuthError):
+        return Fatal(str(exc), ExitCode.CREDENTIALS)
+    return None
+
+
+class SupervisedSink:
+    """Starts `sink` in the background and keeps it until shutdown.
+
+    `run(closing)` enters the sink, retrying with `backoff` (each try bounded by
+    `start_timeout_s`), calls `on_up()` once it is up, keeps it open until
+    `closing` is set, then leaves it. Until it is up `send` raises
+    `SinkUnavailable`, so the delivery loop keeps its alerts in the outbox.
+    `start_failures` counts failed tries, for `/metrics`.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        waits: Waits,
+        *,
+        backoff: Backoff = Backoff(),
+        start_timeout_s: float = 60.0,
+        on_up: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.inner = sink
+        self.name: str = sink.name
+        self.started = False
+        self.start_failures = 0
+        self._waits = waits
+        self._backoff = backoff
+        self._start_timeout_s = start_timeout_s
+        self.on_up = on_up
+
+    def __repr__(self) -> str:
+        return f"SupervisedSink({self.inner!r}, up={self.up})"
+
+    @property
+    def up(self) -> bool:
+        """Started, and connected for a sink that says (MQTT keeps reconnecting itself)."""
+        return self.started and bool(getattr(self.inner, "connected", True))
+
+    def _failed(self, _exc: Exception) -> None:
+        self.start_failures += 1
+
+    async def run(self, closing: asyncio.Event) -> None:
+        """Start, serve until `closing`, stop."""
+        await keep_trying(
+            self.inner.__aenter__,
+            what=f"sink {self.name}",
+            waits=self._waits,
+            fatal=sink_fatal,
+            backoff=self._backoff,
+            attempt_timeout_s=self._start_timeout_s,
+            on_failure=self._failed,
+        )
+        self.started = True
+        _log.info("sink.started", sink=self.name)
+        try:
+            self.on_up()
+            await closing.wait()
+        finally:
+            self.started = False
+            await self.inner.__aexit__(None, None, None)
+
+    async def send(self, alert: Alert) -> None:
+        """Deliver through the sink once it is up."""
+        if not self.started:
+            raise SinkUnavailable(self.name, "not started yet")
+        await self.inner.send(alert)
