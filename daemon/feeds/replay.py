@@ -112,6 +112,8 @@ class ReplayServer:
         stream: str = "iex",
         auth_timeout_s: float = 10.0,
         manual: bool = False,
+        history: pl.DataFrame | None = None,
+        daily: pl.DataFrame | None = None,
     ) -> None:
         if host not in LOOPBACK:
             raise ValueError(f"the replay server listens on loopback only, not {host!r}")
@@ -120,11 +122,7 @@ class ReplayServer:
         missing = [c for c in COLUMNS if c not in bars.columns]
         if missing:
             raise ValueError(f"bars need columns {COLUMNS}, missing {missing}")
-        self._frame = bars.select(
-            pl.col("symbol").cast(pl.String),
-            pl.col("time").cast(pl.Int64),
-            *(pl.col(c).cast(pl.Float64) for c in COLUMNS[2:]),
-        ).sort("time", "symbol")
+        self._frame = _normalised(bars)
         times = self._frame["time"].to_numpy()
         self._minutes: list[int] = np.unique(times).tolist()
         self._bounds: list[int] = np.searchsorted(
@@ -159,7 +157,11 @@ class ReplayServer:
         """Sessions refused by `refuse_with`, by error code."""
         self.last_subscription: dict[str, list[str]] | None = None
         """The channels of the latest (un)subscribe, as the server now holds them."""
-        self._rest = ReplayRest(self._frame, lambda: self.played_until, key=key, secret=secret)
+        self._rest = ReplayRest(
+            self._frame, lambda: self.played_until, key=key, secret=secret,
+            history=None if history is None else _normalised(history),
+            daily=None if daily is None else _normalised(daily),
+        )  # fmt: skip
 
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
@@ -305,6 +307,15 @@ class ReplayServer:
     def fail_rest(self, status: int, times: int = 1, retry_after_s: float | None = None) -> None:
         """Answer the next `times` REST requests with `status` (and `Retry-After` if given)."""
         self._rest.fail(status, times, retry_after_s)
+
+    def clear_rest_failures(self) -> None:
+        """Let REST answer normally again."""
+        self._rest.clear_failures()
+
+    @property
+    def rest_failures_served(self) -> int:
+        """REST requests answered with a `fail_rest` status so far."""
+        return self._rest.failures_served
 
     async def send_raw(self, data: str | bytes) -> int:
         """Send `data` as one message to every subscribed client. Returns how many got it."""
@@ -455,6 +466,14 @@ class ReplayServer:
     def finished(self) -> bool:
         """Every minute has been played."""
         return self._finished.is_set()
+
+
+def _normalised(bars: pl.DataFrame) -> pl.DataFrame:
+    return bars.select(
+        pl.col("symbol").cast(pl.String),
+        pl.col("time").cast(pl.Int64),
+        *(pl.col(c).cast(pl.Float64) for c in COLUMNS[2:]),
+    ).sort("time", "symbol")
 
 
 def frame_from_rows(

@@ -2,8 +2,11 @@
 
 It serves the frame's bars in Alpaca's REST shape (pages, `next_page_token`),
 up to the minute the websocket side has already played, so a client can
-repair a gap after a reconnect. Test hooks: `hold` (keep requests waiting, a
-slow backfill) and `fail` (answer the next requests with an error status).
+repair a gap after a reconnect; and, when given, the minutes before the replay
+(`history`) and daily bars (`daily`, `timeframe=1Day`), so a client can warm
+up as from Alpaca. Test hooks: `hold` (keep requests waiting, a slow
+backfill), `fail` (answer the next requests with an error status) and
+`clear_failures`.
 """
 
 from __future__ import annotations
@@ -71,8 +74,11 @@ class ReplayRest:
         *,
         key: str | None,
         secret: str | None,
+        history: pl.DataFrame | None = None,
+        daily: pl.DataFrame | None = None,
     ) -> None:
         self._frame, self._played_until = frame, played_until
+        self._history, self._daily = history, daily
         self._key, self._secret = key, secret
         self._open = asyncio.Event()
         self._open.set()
@@ -80,6 +86,8 @@ class ReplayRest:
         self._failures: list[tuple[int, float | None]] = []
         self.requests = 0
         """Requests answered so far."""
+        self.failures_served = 0
+        """Requests answered with a status set by `fail`."""
 
     def hold(self, held: bool = True) -> None:
         """Keep requests waiting, once read, until called with False (a slow backfill)."""
@@ -96,6 +104,10 @@ class ReplayRest:
     def fail(self, status: int, times: int = 1, retry_after_s: float | None = None) -> None:
         """Answer the next `times` requests with `status` (and `Retry-After` if given)."""
         self._failures.extend([(status, retry_after_s)] * times)
+
+    def clear_failures(self) -> None:
+        """Answer normally again."""
+        self._failures.clear()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection: read one request, answer it, close."""
@@ -143,6 +155,7 @@ class ReplayRest:
             return 401, msgspec.json.encode({"message": "unauthorized."}), []
         if self._failures:
             status, retry_after = self._failures.pop(0)
+            self.failures_served += 1
             extra = [] if retry_after is None else [f"Retry-After: {retry_after:g}"]
             return status, msgspec.json.encode({"message": HTTPStatus(status).phrase}), extra
         try:
@@ -152,8 +165,11 @@ class ReplayRest:
         return 200, body, []
 
     def _bars_page(self, query: dict[str, str]) -> bytes:
-        if query.get("timeframe") not in ("1Min", "1T"):
-            raise ValueError("only timeframe=1Min is replayed")
+        timeframe = query.get("timeframe")
+        if timeframe not in ("1Min", "1T") and not (
+            timeframe == "1Day" and self._daily is not None
+        ):
+            raise ValueError("only timeframe=1Min is replayed (and 1Day with daily bars)")
         symbols = [s for s in query.get("symbols", "").split(",") if s]
         if not symbols:
             raise ValueError("symbols is required")
@@ -168,11 +184,17 @@ class ReplayRest:
                 offset = int(base64.urlsafe_b64decode(query["page_token"].encode()).decode())
             except (binascii.Error, UnicodeDecodeError) as exc:
                 raise ValueError("invalid page_token") from exc
-        played = self._played_until()
-        until = min(end, played if played is not None else -1)
-        rows = self._frame.filter(
-            pl.col("symbol").is_in(symbols) & (pl.col("time") >= start) & (pl.col("time") <= until)
-        ).sort("symbol", "time")
+        wanted = pl.col("symbol").is_in(symbols) & (pl.col("time") >= start)
+        if timeframe == "1Day":
+            assert self._daily is not None
+            rows = self._daily.filter(wanted & (pl.col("time") <= end))
+        else:
+            played = self._played_until()
+            until = min(end, played if played is not None else -1)
+            rows = self._frame.filter(wanted & (pl.col("time") <= until))
+            if self._history is not None:
+                rows = pl.concat([self._history.filter(wanted & (pl.col("time") <= end)), rows])
+        rows = rows.sort("symbol", "time")
         page = rows.slice(offset, limit)
         out: dict[str, list[dict[str, object]]] = {}
         for row in page.iter_rows(named=True):
