@@ -99,6 +99,14 @@ async def _serve_health(
     _log.info("health.serving", host=host, port=health.port)
 
 
+def _logged_feed_fatal(exc: Exception) -> Fatal | None:
+    """`feed_fatal`, logged as `feed.fatal` like the reconnect loop's (the warm-up's REST)."""
+    end = feed_fatal(exc)
+    if end is not None and isinstance(exc, FeedError):
+        _log.error("feed.fatal", feed=exc.feed, reason=exc.detail)
+    return end
+
+
 class _States:
     """The latest MQTT state per symbol, published one at a time (a newer one replaces a
     queued one); what is left at shutdown is published then, so it stays retained."""
@@ -188,7 +196,7 @@ class _Daemon:
                 warmup,
                 what="feed warm-up",
                 waits=self.waits,
-                fatal=feed_fatal,
+                fatal=_logged_feed_fatal,
                 backoff=Backoff(initial_s=f.backoff_initial_s, max_s=f.backoff_max_s),
             )
         else:
@@ -207,11 +215,10 @@ class _Daemon:
         self.notifier.status(self.status())
         try:
             await feed.run(take)
-        except FeedError as exc:
+        except FeedError as exc:  # the reconnect loop has logged `feed.fatal`
             end = feed_fatal(exc)
             if end is None:
                 raise
-            _log.error("feed.fatal", feed=exc.feed, reason=exc.detail)
             raise end from None
 
     async def first_rates(self) -> None:
