@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import aiomqtt
+import httpx
 import pytest
 
 from daemon.app import Ingest, Warmup
@@ -27,7 +29,7 @@ from daemon.secrets import Secrets
 from daemon.service import run_daemon
 from daemon.telegram.subscribers import SubscriberStore
 from tests.daemon.daemon_config import write_config
-from tests.daemon.sinks.mosquitto import Mosquitto
+from tests.daemon.sinks.mosquitto import Mosquitto, free_port
 from tests.daemon.telegram.botapi import BotApiServer
 from tests.daemon.telegram.kit import TOKEN, USER
 from tests.reliability.startkit import FAST, alerts
@@ -73,7 +75,11 @@ def _env(**values: str) -> Iterator[None]:
 
 
 async def _run_demo(
-    tmp: Path, extra: str, until: Callable[[Ingest], bool], timeout_s: float
+    tmp: Path,
+    extra: str,
+    until: Callable[[Ingest], bool],
+    timeout_s: float,
+    alerts_path: Path | None = None,
 ) -> Ingest:
     """The demo session through the daemon; stops once the session is ingested and
     `until(ingest)` holds."""
@@ -81,7 +87,10 @@ async def _run_demo(
     last = int(m.today["time"].max())  # type: ignore[arg-type]
     async with ReplayServer(m.today, speed=120.0) as server:
         cfg = load_config(
-            write_config(tmp, feed=f'url = "{server.url}"\nrest_url = "{server.rest_url}"', extra=extra)
+            write_config(
+                tmp, feed=f'url = "{server.url}"\nrest_url = "{server.rest_url}"', extra=extra,
+                alerts=alerts_path,
+            )
         )  # fmt: skip
         stop = asyncio.Event()
         ingests: list[Ingest] = []
@@ -191,3 +200,54 @@ async def test_broker_down_for_30_s_at_start(tmp_path: Path) -> None:
     # Then MQTT delivered the backlog: every alert, none twice.
     ids = [a[0] for a in alerts(tmp_path / "alerts.jsonl")]
     assert sorted(set(sub.ids)) == sorted(ids) and len(sub.ids) == len(ids)
+
+
+async def test_jsonl_path_not_writable_fails_alone_and_is_named(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the alerts directory should be")
+    path = blocked / "alerts.jsonl"
+    port = free_port()
+    seen: dict[str, object] = {}
+    emitted: list[int] = []
+
+    with Mosquitto(tmp_path / "broker") as broker:
+        sub = Subscriber(broker.port)
+
+        async def check_then_unblock() -> None:
+            while not emitted or not emitted[-1] or len(set(sub.ids)) < emitted[-1]:
+                await asyncio.sleep(0.1)
+            async with httpx.AsyncClient() as http:
+                seen["health"] = (await http.get(f"http://127.0.0.1:{port}/healthz")).json()
+                seen["metrics"] = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+            blocked.unlink()  # the operator fixes it: the sink starts on its next try
+
+        def done(ingest: Ingest) -> bool:
+            emitted.append(ingest.stats.alerts_emitted)
+            return "health" in seen and len(alerts(path)) >= ingest.stats.alerts_emitted
+
+        extra = (
+            f'[sinks.mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
+            f'[health]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
+        )
+        async with asyncio.TaskGroup() as tg:
+            listener = tg.create_task(sub.run())
+            tg.create_task(check_then_unblock())
+            ingest = await _run_demo(tmp_path, extra, done, 90, alerts_path=path)
+            listener.cancel()
+    assert ingest.stats.alerts_emitted >= 3
+    # While the path was blocked: MQTT had every alert, /healthz and /metrics named the sink.
+    health = seen["health"]
+    assert isinstance(health, dict)
+    jsonl = health["sinks"]["jsonl"]
+    assert jsonl["up"] is False and jsonl["start_failures"] >= 1, jsonl
+    assert jsonl["depth"] == ingest.stats.alerts_emitted
+    waiting = health["waiting"]
+    assert (
+        "NotADirectoryError" in waiting["sink jsonl"] or "FileExistsError" in waiting["sink jsonl"]
+    )
+    assert health["sinks"]["mqtt"]["up"] is True
+    metrics = str(seen["metrics"])
+    assert 'iwm_alerts_sink_up{sink="jsonl"} 0.0' in metrics
+    assert re.search(r'iwm_alerts_sink_start_failures_total\{sink="jsonl"\} [1-9]', metrics)
+    # Then the JSONL sink started and wrote the backlog, in the order decided.
+    assert [a[0] for a in alerts(path)] == sorted(set(sub.ids), key=sub.ids.index)
