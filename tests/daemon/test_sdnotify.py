@@ -9,6 +9,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,23 @@ def test_gate_feed_rules() -> None:
     # Bars flowing: healthy; the feed falls silent mid-session: not.
     assert gate.decide(obs(OPEN + 3600, last_bar=OPEN + 3590)).healthy
     assert not gate.decide(obs(OPEN + 3600 + 301, last_bar=OPEN + 3600)).healthy
+
+
+def test_gate_waiting_for_the_provider_is_not_being_stuck() -> None:
+    gate = WatchdogGate(max_bar_age_s=300, max_stuck_s=600)
+    hours_in = OPEN + 7200
+    # Start-up still waits for the provider: the observer passes `now` as the feed's start.
+    waiting = Observation(
+        now=hours_in, session_open_at=OPEN, feed_connected=False, last_bar_at=None,
+        outbox_depth=0, delivered=0, feed_started_at=hours_in,
+    )  # fmt: skip
+    assert gate.decide(waiting).healthy
+    # The feed started late: its bar age counts from then, not from the open...
+    late = replace(waiting, now=hours_in + 200, feed_started_at=hours_in)
+    assert gate.decide(late).healthy
+    # ...and a feed that started and then gave nothing for too long is stuck after all.
+    stuck = replace(waiting, now=hours_in + 301, feed_started_at=hours_in)
+    assert gate.decide(stuck).reasons == ("no bar for 301 s in the session (feed disconnected)",)
 
 
 def test_gate_outbox_rules() -> None:
