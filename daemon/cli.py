@@ -17,6 +17,7 @@ from daemon.config import check_config_main, load_config
 from daemon.config_errors import ConfigError
 from daemon.fatal import ExitCode, Fatal, find_fatal
 from daemon.fred import RatesFileError, read_fred_csv
+from daemon.logs import on_journal
 from daemon.rules_file import load_rules
 from daemon.sample import sample_daily
 from daemon.secrets import SecretError
@@ -165,17 +166,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _command(args)
     except (BarFileError, RatesFileError, RuleError, ConfigError, SecretError) as exc:
-        print(f"iwm-alerts: {exc}", file=sys.stderr)
-        return ExitCode.CONFIG
+        return _fail(str(exc), ExitCode.CONFIG)
     except Fatal as exc:
-        print(f"iwm-alerts: {exc}", file=sys.stderr)
-        return exc.code
+        return _fail(str(exc), exc.code)
     except BaseExceptionGroup as group:  # a task group around the daemon
         end = find_fatal(group)
         if end is None:
             raise
-        print(f"iwm-alerts: {end}", file=sys.stderr)
-        return end.code
+        return _fail(str(end), end.code)
+
+
+def _fail(message: str, code: ExitCode) -> int:
+    """The one line of an expected failure; on the journal at priority err (`<3>`)."""
+    priority = "<3>" if on_journal(sys.stderr) else ""
+    print(f"{priority}iwm-alerts: {message}", file=sys.stderr)
+    return code
 
 
 def _command(args: argparse.Namespace) -> int:

@@ -6,7 +6,13 @@ import httpx
 import pytest
 
 from daemon.feeds.alpaca import AlpacaRest, rfc3339
-from daemon.feeds.base import FeedAuthFailed, FeedFatal, FeedThrottled, FeedUnavailable
+from daemon.feeds.base import (
+    FeedAuthFailed,
+    FeedFatal,
+    FeedForbidden,
+    FeedThrottled,
+    FeedUnavailable,
+)
 from daemon.feeds.replay import ReplayServer
 from tests.daemon.feeds.feedkit import KEY, SECRET, SYMBOLS, T0, FakeClock, keys_of, make_frame
 
@@ -122,7 +128,7 @@ async def test_429_uses_the_rate_limit_reset_header_and_gives_up_as_throttled() 
     ("status", "kind", "retried"),
     [
         (401, FeedAuthFailed, False),
-        (403, FeedFatal, False),
+        (403, FeedForbidden, False),  # a FeedFatal that names the keys
         (400, FeedFatal, False),
         (404, FeedFatal, False),
         (500, FeedUnavailable, True),

@@ -5,7 +5,13 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from daemon.feeds.base import FeedAuthFailed, FeedFatal, FeedThrottled, FeedUnavailable
+from daemon.feeds.base import (
+    FeedAuthFailed,
+    FeedFatal,
+    FeedForbidden,
+    FeedThrottled,
+    FeedUnavailable,
+)
 from daemon.feeds.massive import MassiveRest
 from tests.daemon.feeds.feedkit import SYMBOLS, T0, FakeClock, keys_of, make_frame
 from tests.daemon.feeds.massive_server import MassiveServer
@@ -119,7 +125,7 @@ async def test_429_waits_retry_after_then_succeeds() -> None:
     ("status", "kind", "retried"),
     [
         (401, FeedAuthFailed, False),
-        (403, FeedFatal, False),
+        (403, FeedForbidden, False),  # a FeedFatal that names the keys
         (400, FeedFatal, False),
         (404, FeedFatal, False),
         (429, FeedThrottled, True),
