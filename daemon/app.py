@@ -10,11 +10,10 @@ what was decided, then close the sinks.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -42,11 +41,11 @@ from daemon.sinks.base import Sink
 from daemon.sinks.console import ConsoleSink
 from daemon.sinks.jsonl import JsonlSink
 from daemon.sinks.mqtt import MqttSink
+from daemon.symbol_state import State, SymbolStates
 from daemon.telegram.bot import TelegramBot
 from signals.alerts import Alert
 from signals.bar import BarBatch
 from signals.pipeline import Pipeline, Step
-from signals.score import label
 from signals.sessions import DAY_S
 
 _log = structlog.get_logger(__name__)
@@ -56,7 +55,8 @@ DELAYED_AFTER_S = 120
 # ...and one older than this (a long outage, the start-up warm-up) is not sent at all.
 STALE_AFTER_S = 1800
 BREAKOUT_RULES = ("volume_breakout",)
-BREAKOUT_FLAG_S = 1800
+# Recorded alerts read back at start-up for each symbol's `last_alert`.
+LAST_ALERTS_SEEDED = 200
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class Ingest:
         *,
         wall_clock: Callable[[], float] | None,
         on_alerts: Callable[[list[Alert]], None] = lambda alerts: None,
-        on_states: Callable[[dict[str, dict[str, float | str | bool | None]]], None] | None = None,
+        on_states: Callable[[dict[str, State]], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.outbox = outbox
@@ -101,6 +101,10 @@ class Ingest:
         self._wall_clock = wall_clock
         self._on_alerts = on_alerts
         self._on_states = on_states
+        # Last known daily values and alerts per symbol, kept for the life of the process:
+        # the retained state keeps them after the close. The last alerts survive a restart.
+        self.symbol_states = SymbolStates()
+        self.symbol_states.note_alerts(outbox.recent(LAST_ALERTS_SEEDED))
 
     def __call__(self, batch: FeedBatch) -> None:
         self.stats.batches += 1
@@ -152,6 +156,7 @@ class Ingest:
             if a.rule in BREAKOUT_RULES:
                 self.stats.breakouts[a.symbol] = a.time
         if new:
+            self.symbol_states.note_alerts(new)
             self._on_alerts(new)
         return new
 
@@ -173,39 +178,9 @@ class Ingest:
                 self.stats.updated_bars += 1
         _log.debug("bar.updated", bars=len(bars))
 
-    def states(self, step: Step) -> dict[str, dict[str, float | str | bool | None]]:
-        """Per symbol: what MQTT publishes as `<base>/<SYMBOL>/state`."""
-        out: dict[str, dict[str, float | str | bool | None]] = {}
-        minute = step.closed.get("1m")
-        daily = step.forming_daily
-        if minute is None:
-            return out
-        where = {} if daily is None else {sym: j for j, sym in enumerate(daily.symbol)}
-        for i, sym in enumerate(minute.symbol):
-            c = minute.columns
-            state: dict[str, float | str | bool | None] = {
-                "price": _num(c["close"][i]),
-                "rvol": _num(c["rvol"][i]),
-                "time": datetime.fromtimestamp(int(minute.time[i]) + 60, UTC).isoformat(),
-            }
-            j = where.get(sym)
-            if daily is not None and j is not None:
-                d = daily.columns
-                score = float(d["score"][j])
-                state.update(
-                    score=_num(score), label=label(score), rsi14=_num(d["rsi14"][j]),
-                    atr_pct=_num(d["atr_pct"][j]), rs_roc20=_num(d["rs_roc20"][j]),
-                )  # fmt: skip
-            last = self.stats.breakouts.get(sym)
-            state["breakout"] = (
-                last is not None and int(minute.time[i]) + 60 - last < BREAKOUT_FLAG_S
-            )
-            out[sym] = state
-        return out
-
-
-def _num(x: float) -> float | None:
-    return None if math.isnan(x) else float(x)
+    def states(self, step: Step) -> dict[str, State]:
+        """Per symbol: what MQTT publishes as `<base>/<SYMBOL>/state` (`daemon.symbol_state`)."""
+        return self.symbol_states.compose(step, self.stats.breakouts)
 
 
 def warm_up(pipeline: Pipeline, warmup: Warmup) -> None:

@@ -3,12 +3,17 @@
 Topics under the base topic (default `iwm-alerts`):
 
 - `<base>/status`: `online` / `offline`, retained (last will).
-- `<base>/<SYMBOL>/state`: JSON object with the `STATE_FIELDS` keys, retained.
+- `<base>/<SYMBOL>/state`: JSON object with the `STATE_FIELDS` keys, retained. The
+  daily values keep their last known numbers after the close (`daily_time` names
+  the session they belong to), and `last_alert` is the symbol's latest alert.
 - `<base>/alerts` and `<base>/<SYMBOL>/alerts`: alert JSON, not retained.
 
 Discovery configs go to `<prefix>/<component>/<unique_id>/config` (HA's advice:
 object id = unique id, no node id). One device per base topic; per symbol six
-sensors, a `breakout` binary sensor and an `event` entity fed by the alerts.
+number sensors, a `last alert` text sensor, a `breakout` binary sensor and an
+`event` entity fed by the alerts. The node (the slug of the base topic) prefixes
+every unique id and is the device's identifier, so a second base topic (the
+demo's `iwm-alerts-demo`) is a second device that shares nothing with the first.
 """
 
 from __future__ import annotations
@@ -32,6 +37,12 @@ STATE_FIELDS: tuple[str, ...] = (
     "atr_pct",
     "rs_roc20",
     "breakout",
+    "daily_time",
+    "daily_closed",
+    "last_alert",
+    "last_alert_rule",
+    "last_alert_severity",
+    "last_alert_time",
 )
 
 _SYMBOL = re.compile(r"[A-Z0-9][A-Z0-9.\-]*")
@@ -47,15 +58,24 @@ class _Sensor(NamedTuple):
     precision: int
     icon: str
     scale: float = 1.0
+    daily: bool = False  # a value of the daily bar: attributes say which one
 
 
 _SENSORS: tuple[_Sensor, ...] = (
     _Sensor("price", "price", "price", "USD", 2, "mdi:currency-usd"),
-    _Sensor("score", "score", "score", None, 0, "mdi:gauge"),
-    _Sensor("rsi", "RSI", "rsi14", None, 1, "mdi:chart-line"),
+    _Sensor("score", "score", "score", None, 0, "mdi:gauge", daily=True),
+    _Sensor("rsi", "RSI", "rsi14", None, 1, "mdi:chart-line", daily=True),
     _Sensor("rvol", "RVOL", "rvol", None, 2, "mdi:chart-bar"),
-    _Sensor("atr_pct", "ATR %", "atr_pct", "%", 2, "mdi:arrow-expand-vertical"),
-    _Sensor("rs", "relative strength", "rs_roc20", "%", 2, "mdi:scale-balance", 100.0),
+    _Sensor("atr_pct", "ATR %", "atr_pct", "%", 2, "mdi:arrow-expand-vertical", daily=True),
+    _Sensor("rs", "relative strength", "rs_roc20", "%", 2, "mdi:scale-balance", 100.0, True),
+)
+
+# Attributes of the daily sensors and of the last alert sensor, read from the state.
+_DAILY_ATTRIBUTES = ("daily_time", "daily_closed")
+_LAST_ALERT_ATTRIBUTES = (
+    ("rule", "last_alert_rule"),
+    ("severity", "last_alert_severity"),
+    ("time", "last_alert_time"),
 )
 
 # What the event entity exposes as attributes besides `event_type`.
@@ -124,6 +144,15 @@ def _number_template(field: str, scale: float) -> str:
 _BREAKOUT_TEMPLATE = (
     "{{ ('ON' if value_json.breakout else 'OFF') if value_json.breakout is boolean else 'None' }}"
 )
+
+
+def _attributes_template(pairs: Sequence[tuple[str, str]]) -> str:
+    # `.get`: a state published before the field existed renders null, not an error.
+    items = ", ".join(f"'{attr}': value_json.get('{key}')" for attr, key in pairs)
+    return f"{{{{ {{{items}}} | tojson }}}}"
+
+
+_LAST_ALERT_TEMPLATE = "{{ value_json.last_alert if value_json.last_alert is string else None }}"
 
 
 def _event_template() -> str:
@@ -196,7 +225,26 @@ def discovery_messages(
             }
             if sensor.unit is not None:
                 config["unit_of_measurement"] = sensor.unit
+            if sensor.daily:
+                config["json_attributes_topic"] = state
+                config["json_attributes_template"] = _attributes_template(
+                    [(key, key) for key in _DAILY_ATTRIBUTES]
+                )
             messages.append(entry("sensor", f"{node}_{slug}_{sensor.key}", config))
+        messages.append(
+            entry(
+                "sensor",
+                f"{node}_{slug}_last_alert",
+                {
+                    "name": f"{symbol} last alert",
+                    "state_topic": state,
+                    "value_template": _LAST_ALERT_TEMPLATE,
+                    "json_attributes_topic": state,
+                    "json_attributes_template": _attributes_template(_LAST_ALERT_ATTRIBUTES),
+                    "icon": "mdi:bell-ring",
+                },
+            )
+        )
         messages.append(
             entry(
                 "binary_sensor",

@@ -40,13 +40,13 @@ def _by_uid() -> dict[str, ha.JsonObject]:
     return {config["unique_id"]: config for _, config in _messages()}
 
 
-def test_one_device_and_eight_entities_per_symbol() -> None:
+def test_one_device_and_nine_entities_per_symbol() -> None:
     messages = _messages()
-    assert len(messages) == len(SYMBOLS) * 8
+    assert len(messages) == len(SYMBOLS) * 9
     components = [DISCOVERY_TOPIC.fullmatch(topic) for topic, _ in messages]
     assert all(components), [t for t, _ in messages]
     kinds = [m.group(1) for m in components if m]
-    assert kinds.count("sensor") == 6 * len(SYMBOLS)
+    assert kinds.count("sensor") == 7 * len(SYMBOLS)
     assert kinds.count("binary_sensor") == kinds.count("event") == len(SYMBOLS)
     devices = {tuple(config["device"]["identifiers"]) for _, config in messages}
     assert devices == {("iwm_alerts",)}
@@ -105,6 +105,53 @@ def test_templates_render_missing_or_null_fields_as_none() -> None:
     )
 
 
+@pytest.mark.parametrize(("key", "daily"), [("score", True), ("rsi", True), ("atr_pct", True),
+                                           ("rs", True), ("price", False), ("rvol", False)])  # fmt: skip
+def test_daily_sensors_say_which_daily_bar_their_value_belongs_to(key: str, daily: bool) -> None:
+    config = _by_uid()[f"iwm_alerts_iwm_{key}"]
+    if not daily:
+        assert "json_attributes_topic" not in config
+        return
+    assert config["json_attributes_topic"] == "iwm-alerts/IWM/state"
+    assert config["json_attributes_template"] == (
+        "{{ {'daily_time': value_json.get('daily_time'), "
+        "'daily_closed': value_json.get('daily_closed')} | tojson }}"
+    )
+    assert {"daily_time", "daily_closed"} <= set(ha.STATE_FIELDS)
+
+
+def test_last_alert_sensor_shows_the_text_with_rule_severity_and_time() -> None:
+    config = _by_uid()["iwm_alerts_iwm_last_alert"]
+    assert config.keys() >= COMMON_KEYS | {"value_template", "json_attributes_template"}
+    assert "state_class" not in config  # text, not a measurement
+    assert config["state_topic"] == config["json_attributes_topic"] == "iwm-alerts/IWM/state"
+    assert (
+        config["value_template"]
+        == "{{ value_json.last_alert if value_json.last_alert is string else None }}"
+    )
+    template = config["json_attributes_template"]
+    for attr, field in (
+        ("rule", "last_alert_rule"),
+        ("severity", "last_alert_severity"),
+        ("time", "last_alert_time"),
+    ):
+        assert f"'{attr}': value_json.get('{field}')" in template
+        assert field in ha.STATE_FIELDS
+    assert config["default_entity_id"] == "sensor.iwm_alerts_iwm_last_alert"
+
+
+def test_another_base_topic_is_another_device_sharing_no_id_or_topic() -> None:
+    main = ha.discovery_messages(symbols=SYMBOLS, rule_names=RULES)
+    demo = ha.discovery_messages(symbols=SYMBOLS, rule_names=RULES, base_topic="iwm-alerts-demo")
+    assert len(main) == len(demo)
+    assert not {t for t, _ in main} & {t for t, _ in demo}
+    assert not {c["unique_id"] for _, c in main} & {c["unique_id"] for _, c in demo}
+    assert {tuple(c["device"]["identifiers"]) for _, c in demo} == {("iwm_alerts_demo",)}
+    assert {c["device"]["name"] for _, c in demo} == {"iwm-alerts-demo"}
+    assert all(c["unique_id"].startswith("iwm_alerts_demo_") for _, c in demo)
+    assert all(c["availability_topic"] == "iwm-alerts-demo/status" for _, c in demo)
+
+
 def test_breakout_binary_sensor() -> None:
     config = _by_uid()["iwm_alerts_iwm_breakout"]
     assert config.keys() >= BINARY_SENSOR_KEYS
@@ -143,7 +190,7 @@ def test_custom_base_topic_and_prefix() -> None:
 def test_no_rules_no_event_entity() -> None:
     messages = ha.discovery_messages(symbols=["IWM"], rule_names=[])
     assert [t for t, _ in messages if "/event/" in t] == []
-    assert len(messages) == 7
+    assert len(messages) == 8
 
 
 @pytest.mark.parametrize("symbol", ["iwm", "IW/M", "IWM+", "#", "", "IWM "])
