@@ -262,6 +262,7 @@ def build_sinks(
                 cert_file=m.cert_file,
                 key_file=m.key_file,
                 qos=m.qos,
+                protocol=m.protocol,
                 symbols=config.feed.symbols,
                 rule_names=rule_names,
             )

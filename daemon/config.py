@@ -221,6 +221,7 @@ class MqttSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     cert_file: Path | None = None
     key_file: Path | None = None
     qos: Literal[0, 1, 2] = 2
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
 
     def __post_init__(self) -> None:
         _check_url(self.url, ("mqtt", "mqtts"), "url")

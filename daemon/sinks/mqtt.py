@@ -29,108 +29,52 @@ import contextlib
 import importlib.metadata
 import math
 import os
-import random
 import ssl
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Self
-from urllib.parse import urlsplit
+from typing import Any, Self
 
 import aiomqtt
 import msgspec
+import paho.mqtt.client as paho
 import structlog
-from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from daemon.aio import keep_cancel
 from daemon.secrets import Secret
 from daemon.sinks import ha_discovery as ha
 from daemon.sinks.base import SinkAuthFailed, SinkRejected, SinkUnavailable
+from daemon.sinks.mqtt_client import (
+    SessionClient,
+    backoff_delays,
+    login_refused,
+    parse_url,
+    properties,
+    reason_value,
+)
 from signals.alerts import Alert, encode_alert
 
 _log = structlog.get_logger(__name__)
 
-_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
-
-
 _INFLIGHT_KEPT = 4096  # (alert, topic) publishes remembered for the outbox's retries
 STABLE_SESSION_S = 5.0
 """A session that lasted this long resets the reconnect backoff."""
+QOS2_REFUSED_WITHIN_S = 10.0
+"""A connection lost this soon after a QoS 2 publish still unacknowledged, twice with no QoS 2
+publish completed in between: the broker refuses QoS 2 (some close at once, some after a
+silent wait)."""
+SESSION_EXPIRY_S = 86_400
+"""MQTT 5: how long the broker keeps our session (and its in-flight messages) while we are away."""
 
 
-def backoff_delays(initial_s: float, max_s: float) -> Iterator[float]:
-    """Reconnect delays: doubling from `initial_s` up to `max_s`, each drawn from
-    [d/2, d] so that many clients cut off together do not come back together."""
-    if not 0 < initial_s <= max_s:
-        raise ValueError(f"need 0 < initial_s <= max_s, got {initial_s} and {max_s}")
+class _Denied(Exception):
+    """The broker answered a publish with a failure reason code (MQTT 5), e.g. its ACL."""
 
-    def delays() -> Iterator[float]:
-        ceiling = initial_s
-        while True:
-            yield random.uniform(ceiling / 2, ceiling)
-            ceiling = min(ceiling * 2, max_s)
-
-    return delays()
-
-
-class _SessionClient(aiomqtt.Client):
-    """An `aiomqtt.Client` that can be entered again after the broker dropped it.
-
-    aiomqtt (2.5) leaves its `_connected` future resolved after an unexpected
-    disconnect, so a second `async with` would return before the CONNACK and
-    ignore it. Re-arming it here keeps one paho client, and with it the
-    in-flight QoS 1/2 messages that paho retransmits on reconnect.
-    """
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await super().__aexit__(exc_type, exc, tb)
-        if self._connected.done():
-            self._connected = asyncio.get_running_loop().create_future()
-
-    @property
-    def is_connected(self) -> bool:
-        """Whether paho's session is up now (not merely not yet noticed as lost)."""
-        return self._client.is_connected()
-
-
-def _parse_url(url: str) -> tuple[str, int, bool]:
-    """(host, port, tls) of `mqtt://host[:port]` or `mqtts://host[:port]`.
-
-    Error messages never echo the URL: a user may have put a password in it.
-    """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError("url is not a valid mqtt:// or mqtts:// URL") from exc
-    if parts.scheme not in _DEFAULT_PORTS:
-        raise ValueError("url scheme must be mqtt:// or mqtts://")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("url must not carry credentials: use username= and password=")
-    if not parts.hostname:
-        raise ValueError("url needs a host, as in mqtt://host:1883")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("url must be just mqtt[s]://host[:port]")
-    return parts.hostname, port or _DEFAULT_PORTS[parts.scheme], parts.scheme == "mqtts"
-
-
-_LOGIN_REFUSED = (4, 5, 134, 135)  # MQTT 3.1.1 CONNACK 4/5; MQTT 5 reason codes 0x86/0x87
-
-
-def _login_refused(err: BaseException) -> str | None:
-    """For a CONNACK that refuses the credentials: the line naming what to check."""
-    if not isinstance(err, aiomqtt.MqttCodeError):
-        return None
-    rc = err.rc
-    value = rc.value if isinstance(rc, ReasonCode) else rc
-    if value not in _LOGIN_REFUSED:
-        return None
-    return f"the broker refused the login ({rc}): check sinks.mqtt.username and MQTT_PASSWORD"
+    def __init__(self, topic: str, reason: int) -> None:
+        super().__init__(f"the broker refused the publish to {topic} (reason {reason:#04x})")
+        self.topic, self.reason = topic, reason
 
 
 def _package_version() -> str | None:
@@ -169,6 +113,8 @@ class MqttSink:
         cert_file: str | os.PathLike[str] | None = None,
         key_file: str | os.PathLike[str] | None = None,
         qos: int = 2,
+        protocol: str = "3.1.1",
+        alert_expiry_s: int = 1800,
         symbols: Sequence[str] = (),
         rule_names: Sequence[str] = (),
         keepalive_s: int = 30,
@@ -177,7 +123,7 @@ class MqttSink:
         reconnect_max_s: float = 30.0,
         max_payload_bytes: int = 128 * 1024,
     ) -> None:
-        self._host, self._port, self._tls = _parse_url(url)
+        self._host, self._port, self._tls = parse_url(url)
         if not self._tls and (ca_file or cert_file or key_file):
             raise ValueError("ca_file/cert_file/key_file need an mqtts:// url")
         if key_file and not cert_file:
@@ -186,6 +132,8 @@ class MqttSink:
             raise ValueError("password needs username")
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, got {qos}")
+        if protocol not in ("3.1.1", "5"):
+            raise ValueError(f'protocol must be "3.1.1" or "5", got {protocol!r}')
         if publish_timeout_s <= 0 or keepalive_s <= 0 or max_payload_bytes <= 0:
             raise ValueError("publish_timeout_s, keepalive_s and max_payload_bytes must be > 0")
         backoff_delays(reconnect_initial_s, reconnect_max_s)  # a bad range fails here, not later
@@ -206,6 +154,14 @@ class MqttSink:
             None if f is None else os.fspath(f) for f in (ca_file, cert_file, key_file)
         )
         self._qos = qos
+        # The QoS alerts go at this process: `qos`, unless the broker refuses it.
+        self._session_qos = qos
+        self._qos2_suspect = 0
+        self._last_qos2_at = -math.inf
+        self._v5 = protocol == "5"
+        self._alert_expiry_s = alert_expiry_s
+        self.problem: str | None = "not connected yet"
+        """Why the sink is not connected (one line, no secrets); None while it is."""
         self._keepalive_s = keepalive_s
         self._publish_timeout_s = publish_timeout_s
         self._reconnect = (reconnect_initial_s, reconnect_max_s)
@@ -213,7 +169,7 @@ class MqttSink:
         # Fails here, not at the first connect, on a bad symbol or base topic.
         self._discovery: list[tuple[str, bytes]] = self._encode_discovery(None)
         self._states: dict[str, bytes] = {}
-        self._client: _SessionClient | None = None  # set while connected and announced
+        self._client: SessionClient | None = None  # set while connected and announced
         self._ready = asyncio.Event()
         # Serialises retained publishes so a republish never overwrites a newer state.
         self._publish_lock = asyncio.Lock()
@@ -317,8 +273,23 @@ class MqttSink:
                     await keep_cancel(
                         asyncio.shield(self._publishing(client, alert.id, topic, payload))
                     )
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled: that goes on
+            # The publish was abandoned (a fresh session after a QoS downgrade, shutdown).
+            raise SinkUnavailable(self.name, "publish abandoned with its session") from None
         except TimeoutError as exc:
             raise SinkUnavailable(self.name, "publish not acknowledged yet") from exc
+        except _Denied as exc:
+            _log.warning(
+                "mqtt.publish_denied", alert_id=alert.id, topic=exc.topic, reason=exc.reason
+            )
+            raise SinkRejected(
+                self.name,
+                f"alert {alert.id}: {exc}: the broker's ACL must allow "
+                f"'topic write {self._base}/#' for this user",
+            ) from None
         except aiomqtt.MqttError as exc:
             raise SinkUnavailable(self.name, self._redact(str(exc))) from exc
         except ValueError as exc:  # paho refuses the payload itself (beyond the MQTT limit)
@@ -327,7 +298,7 @@ class MqttSink:
             self._inflight.pop((alert.id, topic), None)
 
     def _publishing(
-        self, client: _SessionClient, alert_id: str, topic: str, payload: bytes
+        self, client: SessionClient, alert_id: str, topic: str, payload: bytes
     ) -> asyncio.Task[None]:
         """The publish of `payload` to `topic` for this alert: the one under way, or a new one."""
         key = (alert_id, topic)
@@ -340,14 +311,29 @@ class MqttSink:
             self._inflight.pop(next(iter(self._inflight)))
         return task
 
-    async def _publish_once(self, client: _SessionClient, topic: str, payload: bytes) -> None:
+    async def _publish_once(self, client: SessionClient, topic: str, payload: bytes) -> None:
         # Checked in the same step as the publish: paho queues a QoS > 0 message it
         # cannot send (and aiomqtt reports an error), and a copy it would send on
         # the next connect must not get a twin from the outbox's retry.
         if not client.is_connected:
             raise aiomqtt.MqttError("not connected to the broker")
+        qos = self._session_qos
+        if qos == 2:
+            self._last_qos2_at = asyncio.get_running_loop().time()
         # No timeout: the acknowledgement may come after a reconnect, and `send` bounds its wait.
-        await client.publish(topic, payload, qos=self._qos, retain=False, timeout=math.inf)
+        code = await client.publish_checked(
+            topic, payload, qos=qos, retain=False, properties=self._expiry(), timeout=math.inf
+        )
+        if code >= 0x80:
+            raise _Denied(topic, code)
+        if qos == 2:
+            self._qos2_suspect = 0  # the broker completed a QoS 2 flow: it takes QoS 2
+
+    def _expiry(self) -> Properties | None:
+        """MQTT 5: an alert older than the daemon would send is not delivered late either."""
+        if not self._v5:
+            return None
+        return properties(PacketTypes.PUBLISH, MessageExpiryInterval=self._alert_expiry_s)
 
     async def publish_state(
         self, symbol: str, state: Mapping[str, float | str | bool | None]
@@ -372,6 +358,38 @@ class MqttSink:
                 )
         except (aiomqtt.MqttError, TimeoutError) as err:
             _log.info("mqtt.state_deferred", symbol=symbol, error=self._redact(str(err)))
+
+    async def clear_retained(self) -> int:
+        """Delete every retained message this sink publishes, on a sink that is not running
+        (never entered, or after `__aexit__`, whose retained `offline` this deletes too).
+
+        Publishes an empty retained payload (QoS 1 at most) to each discovery config
+        (Home Assistant then removes the entities and the device), to the state topic of
+        each configured or published symbol, and last to the status topic, over a
+        connection of its own: a clean session and no last will, so a connection lost
+        meanwhile leaves nothing behind either. Returns how many topics it cleared.
+        Raises `SinkAuthFailed` when the broker refuses the login, `aiomqtt.MqttError`
+        when it cannot be reached; each step is bounded by `publish_timeout_s`.
+        """
+        if self._task is not None:
+            raise RuntimeError("clear_retained needs a stopped sink: call it after __aexit__")
+        symbols = dict.fromkeys((*self._symbols, *self._states))
+        topics = [topic for topic, _ in self._discovery]
+        topics += [ha.state_topic(self._base, symbol) for symbol in symbols]
+        topics.append(ha.status_topic(self._base))
+        client = await self._new_client(persistent=False)
+        client._client.will_clear()
+        try:
+            async with client:
+                for topic in topics:
+                    await client.publish(topic, b"", qos=min(self._qos, 1), retain=True)
+        except aiomqtt.MqttError as err:
+            refused = login_refused(err)
+            if refused is None:
+                raise
+            raise SinkAuthFailed(self.name, refused) from None
+        _log.info("mqtt.retained_cleared", host=self._host, port=self._port, topics=len(topics))
+        return len(topics)
 
     def _encode_discovery(self, sw_version: str | None) -> list[tuple[str, bytes]]:
         messages = ha.discovery_messages(
@@ -399,16 +417,30 @@ class MqttSink:
             context.load_cert_chain(self._cert_file, self._key_file)
         return context
 
-    async def _new_client(self, *, persistent: bool) -> _SessionClient:
+    def _session_options(self, persistent: bool) -> dict[str, Any]:
+        """MQTT 3.1.1: `clean_session`. MQTT 5: clean start, and a session the broker
+        keeps for a day while we are away (so a publish cut off is completed after)."""
+        if not self._v5:
+            return {"clean_session": not persistent}
+        props = properties(
+            PacketTypes.CONNECT, SessionExpiryInterval=SESSION_EXPIRY_S if persistent else 0
+        )
+        return {
+            "protocol": aiomqtt.ProtocolVersion.V5,
+            "clean_start": paho.MQTT_CLEAN_START_FIRST_ONLY if persistent else True,
+            "properties": props,
+        }
+
+    async def _new_client(self, *, persistent: bool) -> SessionClient:
         tls_context = await asyncio.to_thread(self._tls_context) if self._tls else None
-        return _SessionClient(
+        return SessionClient(
             self._host,
             self._port,
             username=self._username,
             password=None if self._password is None else self._password.reveal(),
             identifier=self._client_id,
             will=aiomqtt.Will(ha.status_topic(self._base), ha.PAYLOAD_OFFLINE, qos=1, retain=True),
-            clean_session=not persistent,
+            **self._session_options(persistent),
             keepalive=self._keepalive_s,
             timeout=self._publish_timeout_s,
             tls_context=tls_context,
@@ -417,7 +449,7 @@ class MqttSink:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         delays = backoff_delays(*self._reconnect)
-        client: _SessionClient | None = None
+        client: SessionClient | None = None
         while True:
             since: float | None = None
             try:
@@ -429,11 +461,19 @@ class MqttSink:
                     client = await self._new_client(persistent=True)
                 async with client:
                     since = loop.time()
+                    self.problem = None
                     if self._first is not None and not self._first.done():
                         self._first.set_result(None)
+                    if client.max_qos is not None and client.max_qos < self._session_qos:
+                        self._downgrade(
+                            client.max_qos,
+                            f"the broker's CONNACK says Maximum QoS {client.max_qos}",
+                        )
                     # Alert publishes cut off by the last loss: paho completes them now.
                     resumed = sum(not t.done() for t in self._inflight.values())
                     self.resumed += resumed
+                    if resumed and self._session_qos == 2:
+                        self._last_qos2_at = loop.time()  # paho resends them right away
                     _log.info(
                         "mqtt.connected",
                         host=self._host,
@@ -446,9 +486,20 @@ class MqttSink:
                 # MqttError: refused, TLS handshake, connection lost; OSError: CA/cert files.
                 self._client = None
                 self._ready.clear()
-                fields = {"host": self._host, "port": self._port, "error": self._redact(str(err))}
-                refused = _login_refused(err)
+                error = self._redact(str(err))
+                fields = {"host": self._host, "port": self._port, "error": error}
+                self.problem = error
+                if since is not None and self._refuses_qos2(loop.time()):
+                    # Paho's session holds the QoS 2 publish the broker refuses and would
+                    # resend it on every reconnect: start a fresh session at QoS 1 instead.
+                    self._downgrade(1, "the broker drops the connection on QoS 2 publishes")
+                    for waiting in self._inflight.values():
+                        waiting.cancel()  # the outbox resends these at QoS 1
+                    self._inflight.clear()
+                    client = None
+                refused = login_refused(err)
                 if refused is not None:
+                    self.problem = refused
                     _log.error("mqtt.login_refused", reason=refused, **fields)
                     if self._first is not None and not self._first.done():
                         self._first.set_exception(SinkAuthFailed(self.name, refused))
@@ -468,16 +519,51 @@ class MqttSink:
             _log.info("mqtt.reconnect", delay_s=round(delay, 3))
             await asyncio.sleep(delay)
 
-    async def _session(self, client: _SessionClient) -> None:
+    def _refuses_qos2(self, now: float) -> bool:
+        """Whether this loss looks like a broker refusing QoS 2 (NATS, Mosquitto with
+        `max_qos 1`, AWS IoT): it came right after a QoS 2 publish that is still
+        unacknowledged, for the second time in a row. A broker restarted under a
+        publish does it once; paho's resend then completes and resets the count."""
+        if self._session_qos != 2:
+            return False
+        pending = any(not t.done() for t in self._inflight.values())
+        if not (pending and now - self._last_qos2_at < QOS2_REFUSED_WITHIN_S):
+            return False  # a loss unrelated to QoS 2; only a completed QoS 2 flow clears
+        self._qos2_suspect += 1
+        return self._qos2_suspect >= 2
+
+    def _downgrade(self, qos: int, reason: str) -> None:
+        """Alerts go at `qos` for the rest of this process; one warning says why."""
+        self._session_qos = qos
+        self._qos2_suspect = 0
+        _log.warning(
+            "mqtt.qos_downgraded",
+            configured=self._qos,
+            used=qos,
+            reason=reason,
+            hint=f"set sinks.mqtt.qos = {qos} for this broker to silence this; alerts carry "
+            "an id to drop repeats by",
+        )
+
+    async def _session(self, client: SessionClient) -> None:
         """Announce, publish the retained topics, then follow Home Assistant's status."""
         async with self._publish_lock:
             await keep_cancel(
-                client.publish(ha.status_topic(self._base), ha.PAYLOAD_ONLINE, qos=1, retain=True)
+                client.publish_checked(
+                    ha.status_topic(self._base), ha.PAYLOAD_ONLINE, qos=1, retain=True
+                )
             )
             await self._publish_retained(client, reason="connect")
             # Only now may publish_state go direct: anything older is already out.
             self._client = client
-        await keep_cancel(client.subscribe(ha.ha_status_topic(self._prefix), qos=1))
+        granted = await keep_cancel(client.subscribe(ha.ha_status_topic(self._prefix), qos=1))
+        if any(reason_value(code) >= 0x80 for code in granted):
+            _log.warning(
+                "mqtt.subscribe_denied",
+                topic=ha.ha_status_topic(self._prefix),
+                hint=f"the broker's ACL must allow 'topic read {self._prefix}/status': "
+                "without it discovery is not republished when Home Assistant restarts",
+            )
         self._ready.set()
         self.on_connected()
         async for message in client.messages:
@@ -488,21 +574,38 @@ class MqttSink:
             async with self._publish_lock:
                 await self._publish_retained(client, reason="ha_online")
 
-    async def _publish_retained(self, client: aiomqtt.Client, *, reason: str) -> None:
+    @property
+    def retained_qos(self) -> int:
+        """Status, discovery and state are retained and idempotent: QoS 1 at most, which
+        every broker takes (QoS 2 would buy nothing for a message that replaces itself)."""
+        return min(self._session_qos, 1)
+
+    async def _publish_retained(self, client: SessionClient, *, reason: str) -> None:
+        denied: list[str] = []
+        qos = self.retained_qos
         for topic, payload in self._discovery:
-            await keep_cancel(client.publish(topic, payload, qos=self._qos, retain=True))
+            code = await keep_cancel(client.publish_checked(topic, payload, qos=qos, retain=True))
+            if code >= 0x80:
+                denied.append(topic)
         for symbol in list(self._states):  # publish_state may add symbols meanwhile
-            await keep_cancel(
-                client.publish(
-                    ha.state_topic(self._base, symbol),
-                    self._states[symbol],
-                    qos=self._qos,
-                    retain=True,
-                )
+            topic = ha.state_topic(self._base, symbol)
+            code = await keep_cancel(
+                client.publish_checked(topic, self._states[symbol], qos=qos, retain=True)
+            )
+            if code >= 0x80:
+                denied.append(topic)
+        if denied:
+            _log.warning(
+                "mqtt.publish_denied",
+                topics=len(denied),
+                first=denied[0],
+                hint=f"the broker's ACL must allow 'topic write {self._prefix}/#' and "
+                f"'topic write {self._base}/#' for this user",
             )
         _log.info(
             "mqtt.discovery_published",
             reason=reason,
-            configs=len(self._discovery),
-            states=len(self._states),
+            configs=len(self._discovery) - sum(t.startswith(self._prefix + "/") for t in denied),
+            states=len(self._states) - sum(t.startswith(self._base + "/") for t in denied),
+            denied=len(denied),
         )

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -114,12 +115,15 @@ class Mosquitto:
     republished).
     """
 
+    name = "mosquitto"
+
     def __init__(
         self,
         directory: Path,
         *,
         passwords: dict[str, str] | None = None,
         tls: TlsFiles | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         self._binary = _binary("mosquitto", "/usr/sbin/mosquitto")
         self.directory = directory
@@ -145,6 +149,7 @@ class Mosquitto:
             lines.append("allow_anonymous true")
         if tls is not None:
             lines += [f"cafile {tls.ca}", f"certfile {tls.cert}", f"keyfile {tls.key}"]
+        lines += extra  # e.g. "max_qos 1", "acl_file PATH"
         self.config_path = directory / "mosquitto.conf"
         self.config_path.write_text("\n".join(lines) + "\n")
 
@@ -175,7 +180,7 @@ class Mosquitto:
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                pytest.fail(f"mosquitto exited at start:\n{self.log()}", pytrace=False)
+                pytest.fail(f"{self.name} exited at start:\n{self.log()}", pytrace=False)
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
@@ -183,7 +188,7 @@ class Mosquitto:
                 time.sleep(0.02)
         self.stop()
         pytest.fail(
-            f"mosquitto did not listen on {self.port} within {_START_TIMEOUT_S} s:\n{self.log()}"
+            f"{self.name} did not listen on {self.port} within {_START_TIMEOUT_S} s:\n{self.log()}"
         )
 
     def stop(self) -> None:
@@ -224,3 +229,29 @@ class Mosquitto:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class NatsMqtt(Mosquitto):
+    """A NATS server (Debian's nats-server 2.9) with its MQTT listener on a free port.
+
+    NATS speaks MQTT 3.1.1 at QoS 0 and 1 only: a QoS 2 publish gets the
+    connection closed ("publish QoS=2 not supported"). Retained messages live in
+    JetStream under `directory`, so they survive `stop()` / `start()`.
+    """
+
+    name = "nats-server"
+
+    def __init__(self, directory: Path) -> None:
+        self._binary = _binary("nats-server", "/usr/sbin/nats-server")
+        self.directory = directory
+        self.port = free_port()
+        self.log_path = directory / "nats.log"
+        self._process = None
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config_path = directory / "nats.conf"
+        self.config_path.write_text(
+            f"listen: 127.0.0.1:{free_port()}\n"
+            "server_name: iwm-alerts-test\n"
+            f'jetstream {{ store_dir: "{directory / "js"}" }}\n'
+            f"mqtt {{ host: 127.0.0.1, port: {self.port} }}\n"
+        )

@@ -21,7 +21,8 @@ import structlog
 
 from daemon.secrets import Secret
 from daemon.sinks.base import SinkAuthFailed, SinkRejected, SinkUnavailable
-from daemon.sinks.mqtt import MqttSink, backoff_delays
+from daemon.sinks.mqtt import MqttSink
+from daemon.sinks.mqtt_client import backoff_delays
 from signals.alerts import Alert, alert_id, decode_alert
 from tests.daemon.sinks.mosquitto import Mosquitto, TlsFiles, free_port, make_tls_files
 
@@ -550,13 +551,15 @@ class _FlakyClient:
         self.fail_on: str | None = fail_on
         self.published: list[str] = []
 
-    async def publish(
-        self, topic: str, payload: bytes, qos: int, retain: bool, timeout: float | None = None
-    ) -> None:
+    async def publish_checked(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool, properties: object = None,
+        timeout: float | None = None,
+    ) -> int:  # fmt: skip
         if topic == self.fail_on:
             self.fail_on = None
             raise aiomqtt.MqttError("connection lost")
         self.published.append(topic)
+        return 0
 
 
 async def test_a_retry_sends_only_the_topics_the_broker_did_not_acknowledge(
