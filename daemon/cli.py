@@ -118,14 +118,24 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="the embedded default: a synthetic session, no keys, no network",
         description="Replay a bundled synthetic IWM/SPY/QQQ session through the whole daemon "
-        "over a local websocket and print its alerts.",
+        "over a local websocket, print its alerts and how many each sink delivered. Exits 2 "
+        "when a sink delivered none of them, 3 when the broker refused the login. With --mqtt "
+        "it publishes under its own base topic and Home Assistant device (iwm-alerts-demo) "
+        "and removes every retained message it published when it ends.",
     )
     dm.add_argument("--speed", type=float, default=30.0, help="bar-minutes per second (default 30)")
     dm.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     dm.add_argument(
         "--mqtt", metavar="URL", help="also publish to this broker, e.g. mqtt://127.0.0.1:1883"
     )
-    dm.add_argument("--out", type=Path, metavar="DIR", help="keep alerts.jsonl and the state here")
+    dm.add_argument(
+        "--mqtt-user", metavar="NAME", help="log in to the broker as NAME (password: MQTT_PASSWORD)"
+    )
+    dm.add_argument("--mqtt-qos", type=int, choices=(0, 1, 2), help="QoS of the alerts (default 2)")
+    dm.add_argument(
+        "--mqtt-ca", type=Path, metavar="FILE", help="CA certificate of an mqtts:// broker"
+    )
+    dm.add_argument("--out", type=Path, metavar="DIR", help="keep alerts.jsonl here")
     return p
 
 
@@ -158,6 +168,17 @@ def _backtest(args: argparse.Namespace) -> int:
         print(line)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _demo_mqtt(args: argparse.Namespace) -> runner.DemoMqtt | None:
+    if args.mqtt is None:
+        given = [f for f, v in (("--mqtt-user", args.mqtt_user), ("--mqtt-qos", args.mqtt_qos),
+                                ("--mqtt-ca", args.mqtt_ca)) if v is not None]  # fmt: skip
+        if given:
+            verb = "needs" if len(given) == 1 else "need"
+            raise Fatal(f"demo: {' and '.join(given)} {verb} --mqtt URL", ExitCode.CONFIG)
+        return None
+    return runner.DemoMqtt(args.mqtt, args.mqtt_user, args.mqtt_qos, args.mqtt_ca)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,7 +214,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "replay":
         return asyncio.run(runner.replay(args.config, args.bars, args.speed))
     if args.command == "demo":
-        return asyncio.run(runner.demo(args.speed, args.duration, args.mqtt, args.out))
+        return asyncio.run(runner.demo(args.speed, args.duration, _demo_mqtt(args), args.out))
     raise AssertionError(f"unhandled command {args.command}")
 
 

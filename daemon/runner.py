@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+import aiomqtt
 import msgspec
 import structlog
 
-from daemon.app import SESSIONS_FROM, Ingest, IngestStats, Warmup
+from daemon.app import SESSIONS_FROM, Ingest, IngestStats, Warmup, build_sinks
 from daemon.bars import load_bars
 from daemon.calendar import xnys_sessions
 from daemon.config import Config, load_config
 from daemon.config_errors import ConfigError
+from daemon.fatal import ExitCode, Fatal, find_fatal
 from daemon.feeds.replay import ReplayServer
 from daemon.logs import configure_logging
+from daemon.outbox import Outbox
+from daemon.rules_file import load_rules
 from daemon.sample import demo_market
-from daemon.secrets import Secrets
+from daemon.secrets import SecretError, Secrets
 from daemon.service import run_daemon
+from daemon.sinks.base import SinkAuthFailed
+from daemon.sinks.mqtt import MqttSink
 from daemon.warmup import fetch_alpaca_warmup, fetch_massive_warmup
 from signals.sessions import SessionTable
 
@@ -173,38 +181,83 @@ symbols = ["IWM", "SPY", "QQQ"]
 enabled = true
 
 [sinks.jsonl]
-path = "{out}/alerts.jsonl"
+path = {jsonl}
 
 [state]
-dir = "{out}/state"
+dir = {state}
 
 [health]
 enabled = false
 
 [log]
 level = "{level}"
-{mqtt}
 """
+
+# The demo's own MQTT identity: a device "iwm-alerts-demo" in Home Assistant next to
+# (never instead of) the daemon's "iwm-alerts", and a client id that cannot take over
+# the daemon's session on the same broker.
+DEMO_MQTT_NAME = "iwm-alerts-demo"
+CLEAR_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class DemoMqtt:
+    """`demo --mqtt URL [--mqtt-user U] [--mqtt-qos Q] [--mqtt-ca FILE]`; the password
+    comes from MQTT_PASSWORD, as for the daemon."""
+
+    url: str
+    username: str | None = None
+    qos: int | None = None
+    ca_file: Path | None = None
+
+    def toml(self) -> str:
+        lines = [
+            "[sinks.mqtt]",
+            f"url = {_toml_str(self.url)}",
+            f"base_topic = {_toml_str(DEMO_MQTT_NAME)}",
+            f"client_id = {_toml_str(DEMO_MQTT_NAME)}",
+        ]
+        if self.username is not None:
+            lines.append(f"username = {_toml_str(self.username)}")
+        if self.qos is not None:
+            lines.append(f"qos = {self.qos}")
+        if self.ca_file is not None:
+            lines.append(f"ca_file = {_toml_str(self.ca_file.resolve().as_posix())}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a TOML basic string
 
 
 async def demo(
     speed: float,
     duration_s: float | None,
-    mqtt_url: str | None,
+    mqtt: DemoMqtt | None,
     out: Path | None,
     log_level: str = "warning",
 ) -> int:
-    """The embedded default: a synthetic IWM/SPY/QQQ session replayed through the whole daemon."""
+    """The embedded default: a synthetic IWM/SPY/QQQ session replayed through the whole daemon.
+
+    Every run starts from a fresh state (the session's alerts are new each time); `out`
+    keeps `alerts.jsonl`. With `mqtt` it publishes under its own base topic and Home
+    Assistant device (`iwm-alerts-demo`) and removes every retained message it left
+    (discovery, states, status) on the way out. Prints how many alerts each sink
+    delivered; a sink that delivered none of them raises `Fatal` (exit 2), a refused
+    broker login ends it with exit 3.
+    """
     with tempfile.TemporaryDirectory(prefix="iwm-alerts-demo-") as tmp:
         out_dir = out or Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
-        mqtt = f'\n[sinks.mqtt]\nurl = "{mqtt_url}"\n' if mqtt_url else ""
+        state_dir = Path(tmp) / "state"
         config_path = Path(tmp) / "demo.toml"
-        config_path.write_text(
-            DEMO_CONFIG.format(out=out_dir.as_posix(), mqtt=mqtt, level=log_level)
+        text = DEMO_CONFIG.format(
+            jsonl=_toml_str((out_dir / "alerts.jsonl").as_posix()),
+            state=_toml_str(state_dir.as_posix()),
+            level=log_level,
         )
-        config = load_config(config_path)
-        secrets = Secrets.load(config)
+        config_path.write_text(text + ("" if mqtt is None else "\n" + mqtt.toml()))
+        config, secrets = _demo_config(config_path)
         _setup_logging(config, secrets)
         market = demo_market()
         print(
@@ -212,14 +265,131 @@ async def demo(
             f"at {speed:g} bar-minutes per second (no keys, no network)...",
             file=sys.stderr,
         )
-        async with ReplayServer(market.today, speed=speed) as server:
-            config = _pointed_at(config, server)
-            last = int(market.today["time"].max())  # type: ignore[arg-type]
-            warmup = Warmup(market.daily, market.history)
-            stats = await _replay_until_done(config, secrets, server, last, warmup, duration_s)
+        failure: Fatal | None = None
+        stats = IngestStats()
+        try:
+            async with ReplayServer(market.today, speed=speed) as server:
+                config = _pointed_at(config, server)
+                last = int(market.today["time"].max())  # type: ignore[arg-type]
+                warmup = Warmup(market.daily, market.history)
+                stats = await _replay_until_done(config, secrets, server, last, warmup, duration_s)
+        except (Fatal, BaseExceptionGroup) as exc:
+            failure = exc if isinstance(exc, Fatal) else find_fatal(exc)
+            if failure is None:
+                raise
         print(
             f"iwm-alerts demo: {stats.bars} bars, {stats.alerts_emitted} alerts"
             + (f"; alerts also in {out_dir / 'alerts.jsonl'}" if out else ""),
             file=sys.stderr,
         )
+        delivered = _delivered(state_dir / "outbox.sqlite", config)
+        if delivered:
+            counts = ", ".join(f"{name} {n}" for name, n in delivered.items())
+            print(f"iwm-alerts demo: {counts} alerts delivered", file=sys.stderr)
+        if mqtt is not None and (failure is None or failure.code != ExitCode.CREDENTIALS):
+            # Also the deterministic check of the login: the sink's own start-up check can
+            # miss a refusal while the warm-up holds the event loop, and then the run just
+            # delivers nothing to MQTT.
+            refused = await _clear_mqtt(config, secrets)
+            if refused is not None and failure is None:
+                failure = Fatal(str(refused), ExitCode.CREDENTIALS)
+    if failure is not None:
+        if failure.code == ExitCode.CREDENTIALS and mqtt is not None:
+            raise Fatal(
+                f"{failure} (for the demo: --mqtt-user, the password in MQTT_PASSWORD)",
+                failure.code,
+            )
+        raise failure
+    silent = [name for name, n in delivered.items() if n == 0]
+    if stats.alerts_emitted and silent:
+        raise Fatal(
+            f"demo: {' and '.join(silent)} delivered none of the {stats.alerts_emitted} alerts;"
+            f"{_hints(silent)} the warnings above say why",
+            ExitCode.CONFIG,
+        )
     return 0
+
+
+# The demo's command-line flags, by the config key they set.
+_DEMO_FLAGS = {
+    "sinks.mqtt.url": "--mqtt",
+    "sinks.mqtt.username": "--mqtt-user",
+    "sinks.mqtt.qos": "--mqtt-qos",
+    "sinks.mqtt.ca_file": "--mqtt-ca",
+}
+
+
+def _demo_config(path: Path) -> tuple[Config, Secrets]:
+    """The generated config and its secrets; a problem is named by the flag behind it."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        key = _DEMO_FLAGS.get(exc.key or "", exc.key)
+        raise Fatal(f"demo: {key}: {exc.detail}", ExitCode.CONFIG) from None
+    try:
+        return config, Secrets.load(config)
+    except SecretError:
+        raise Fatal(
+            "demo: --mqtt-user needs the password in the MQTT_PASSWORD environment variable",
+            ExitCode.CONFIG,
+        ) from None
+
+
+def _delivered(outbox_path: Path, config: Config) -> dict[str, int]:
+    """Alerts each configured sink delivered, from the run's outbox (in sink order)."""
+    s = config.sinks
+    names = [
+        name
+        for name, on in (
+            ("console", s.console.enabled),
+            ("jsonl", s.jsonl is not None),
+            ("mqtt", s.mqtt is not None),
+        )
+        if on
+    ]
+    if not outbox_path.exists():
+        return dict.fromkeys(names, 0)
+    with Outbox.open(outbox_path, names) as outbox:
+        stats = outbox.stats()
+    return {name: stats[name]["delivered"] for name in names}
+
+
+def _hints(silent: Sequence[str]) -> str:
+    hints = {
+        "mqtt": "is a broker listening at the --mqtt URL (for mqtts://, with --mqtt-ca)?",
+        "jsonl": "can --out be written?",
+    }
+    return "".join(f" {hints[name]}" for name in silent if name in hints)
+
+
+async def _clear_mqtt(config: Config, secrets: Secrets) -> SinkAuthFailed | None:
+    """Remove every retained message the demo's MQTT sink left on the broker; the broker's
+    refusal of the login, if it refused it."""
+    settings = config.sinks.mqtt
+    assert settings is not None
+    specs = load_rules(config.rules.file)
+    sinks = build_sinks(config, secrets, [spec.name for spec in specs if spec.enabled])
+    mqtt = next(sink for sink in sinks if isinstance(sink, MqttSink))
+    try:
+        async with asyncio.timeout(CLEAR_TIMEOUT_S):
+            cleared = await mqtt.clear_retained()
+    except SinkAuthFailed as exc:
+        return exc  # then it published nothing either
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        why = str(exc) or "timed out"
+        password = secrets.get("MQTT_PASSWORD")
+        if password is not None and password.reveal():
+            why = why.replace(password.reveal(), "***")
+        node = DEMO_MQTT_NAME.replace("-", "_")
+        print(
+            f"iwm-alerts demo: could not remove the retained MQTT messages it may have left "
+            f"({why}): they would be under {settings.base_topic}/ and "
+            f"{settings.discovery_prefix}/+/{node}_*/config",
+            file=sys.stderr,
+        )
+        return None
+    print(
+        f"iwm-alerts demo: removed its {cleared} retained MQTT messages (nothing left behind)",
+        file=sys.stderr,
+    )
+    return None

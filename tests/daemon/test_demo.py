@@ -44,3 +44,4 @@ def test_demo_prints_volume_rsi_and_score_alerts(tmp_path: Path) -> None:
     rules = {json.loads(line)["rule"] for line in lines}
     assert {"volume_breakout", "rsi_entry_zone", "score_cross_up"} <= rules
     assert "3 alerts" in proc.stderr
+    assert "iwm-alerts demo: console 3, jsonl 3 alerts delivered" in proc.stderr
