@@ -354,7 +354,7 @@ class MqttSink:
                     return
                 # The latest, not necessarily ours: a newer one may have come in meanwhile.
                 await keep_cancel(
-                    client.publish(topic, self._states[symbol], qos=self._qos, retain=True)
+                    client.publish(topic, self._states[symbol], qos=self.retained_qos, retain=True)
                 )
         except (aiomqtt.MqttError, TimeoutError) as err:
             _log.info("mqtt.state_deferred", symbol=symbol, error=self._redact(str(err)))

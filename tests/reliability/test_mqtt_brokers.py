@@ -1,0 +1,187 @@
+"""The MQTT sink against the brokers people run, not only a default Mosquitto.
+
+- Mosquitto with `max_qos 1` (like AWS IoT Core and Azure IoT Hub): a QoS 2
+  publish gets the connection closed ("Too high QoS").
+- NATS 2.9's MQTT listener: QoS 0/1 only, retained messages in JetStream; a
+  QoS 2 publish gets the connection closed ("publish QoS=2 not supported").
+
+At the default `qos = 2` the daemon must fall back to QoS 1 with one warning
+and deliver every alert; status `online` while running and `offline` after;
+discovery and state retained. The broker-restart test runs against both. With
+`protocol = "5"`, Mosquitto's Maximum QoS is honoured without a single refused
+publish, and an ACL denial is reported per topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import aiomqtt
+import pytest
+import structlog
+
+from daemon.app import Ingest
+from daemon.sinks.base import SinkRejected
+from daemon.sinks.mqtt import MqttSink
+from tests.daemon.sinks.mosquitto import Mosquitto, NatsMqtt
+from tests.daemon.sinks.test_mqtt import _alert
+from tests.reliability.startkit import alerts
+from tests.reliability.test_hostile_sinks import Subscriber, _run_demo
+
+pytestmark = pytest.mark.reliability
+
+BROKERS: dict[str, tuple[Callable[[Path], Mosquitto], str]] = {
+    # name: (factory, what the broker logs when it refuses a QoS 2 publish)
+    "mosquitto-max-qos-1": (lambda d: Mosquitto(d, extra=["max_qos 1"]), "QoS"),
+    "nats": (NatsMqtt, "QoS=2 not supported"),
+}
+
+
+async def _retained(port: int, *topics: str, quiet_s: float = 1.0) -> dict[str, bytes]:
+    """What a new subscriber finds retained on `topics`."""
+    found: dict[str, bytes] = {}
+    async with aiomqtt.Client("127.0.0.1", port, identifier="retained-reader") as client:
+        for topic in topics:
+            await client.subscribe(topic, qos=1)
+        while True:
+            try:
+                async with asyncio.timeout(quiet_s):
+                    message = await anext(aiter(client.messages))
+            except TimeoutError:
+                return found
+            if message.retain and isinstance(message.payload, bytes) and message.payload:
+                found[message.topic.value] = message.payload
+
+
+@pytest.mark.parametrize("kind", sorted(BROKERS))
+async def test_every_alert_arrives_on_a_broker_without_qos_2(tmp_path: Path, kind: str) -> None:
+    factory, refusal = BROKERS[kind]
+    with factory(tmp_path / "broker") as broker:
+        sub = Subscriber(broker.port)
+        status_seen: list[bytes] = []
+
+        def done(ingest: Ingest) -> bool:
+            n = ingest.stats.alerts_emitted
+            return n > 0 and len(set(sub.ids)) >= n
+
+        async def watch_status() -> None:
+            while not status_seen:  # once the sink has connected (after the warm-up)
+                got = await _retained(broker.port, "iwm-alerts/status", quiet_s=0.5)
+                if got:
+                    status_seen.append(got["iwm-alerts/status"])
+
+        extra = f'[sinks.mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\n'  # qos 2: the default
+        with structlog.testing.capture_logs() as logs:
+            async with asyncio.TaskGroup() as tg:
+                listener = tg.create_task(sub.run())
+                tg.create_task(watch_status())
+                ingest = await _run_demo(tmp_path, extra, done, 60)
+                listener.cancel()
+        after = await _retained(
+            broker.port, "iwm-alerts/status", "iwm-alerts/+/state", "homeassistant/#"
+        )
+        log = broker.log()
+    ids = [a[0] for a in alerts(tmp_path / "alerts.jsonl")]
+    assert len(ids) >= 3 and set(sub.ids) == set(ids)
+    # The fault happened (the broker refused QoS 2) and was answered with one warning.
+    assert refusal in log, log[-2000:]
+    downgraded = [e for e in logs if e["event"] == "mqtt.qos_downgraded"]
+    assert len(downgraded) == 1 and "sinks.mqtt.qos" in downgraded[0]["hint"]
+    assert status_seen == [b"online"]
+    assert after["iwm-alerts/status"] == b"offline"
+    states = {t: json.loads(p) for t, p in after.items() if t.endswith("/state")}
+    assert set(states) == {f"iwm-alerts/{s}/state" for s in ("IWM", "SPY", "QQQ")}
+    configs = [t for t in after if t.startswith("homeassistant/") and t.endswith("/config")]
+    assert len(configs) >= 8
+    assert ingest.stats.alerts_emitted == len(ids)
+
+
+@pytest.mark.parametrize("kind", sorted(BROKERS))
+async def test_broker_restarted_twice_mid_run_loses_no_alert(tmp_path: Path, kind: str) -> None:
+    factory, _ = BROKERS[kind]
+    broker = factory(tmp_path / "broker")
+    sub = Subscriber(broker.port)
+    restarts: list[int] = []
+
+    def done(ingest: Ingest) -> bool:
+        n = ingest.stats.alerts_emitted
+        return len(restarts) == 2 and n > 0 and len(set(sub.ids)) >= n
+
+    async def restart_twice() -> None:
+        while len(restarts) < 2:
+            while len(set(sub.ids)) < len(restarts) + 1:  # an alert went through first
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(broker.stop)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(broker.start)
+            restarts.append(1)
+
+    broker.start()
+    try:
+        extra = f'[sinks.mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
+        async with asyncio.TaskGroup() as tg:
+            listener = tg.create_task(sub.run())
+            tg.create_task(restart_twice())
+            ingest = await _run_demo(tmp_path, extra, done, 90)
+            listener.cancel()
+    finally:
+        broker.stop()
+    ids = [a[0] for a in alerts(tmp_path / "alerts.jsonl")]
+    assert len(restarts) == 2 and set(sub.ids) == set(ids) == set(
+        ids[: ingest.stats.alerts_emitted]
+    )
+    with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
+        (left,) = db.execute(
+            "select count(*) from deliveries where status != 'delivered'"
+        ).fetchone()
+    assert left == 0
+
+
+async def test_mqtt_5_honours_maximum_qos_without_a_refused_publish(tmp_path: Path) -> None:
+    with Mosquitto(tmp_path / "broker", extra=["max_qos 1"]) as broker:
+        with structlog.testing.capture_logs() as logs:
+            async with MqttSink(
+                f"mqtt://127.0.0.1:{broker.port}", protocol="5", symbols=["IWM"]
+            ) as sink:
+                async with asyncio.timeout(5):
+                    await sink.wait_connected()
+                for i in range(3):
+                    await sink.send(_alert(title=f"alert {i}"))
+        log = broker.log()
+    downgraded = [e for e in logs if e["event"] == "mqtt.qos_downgraded"]
+    assert len(downgraded) == 1 and "Maximum QoS 1" in downgraded[0]["reason"]
+    assert "Too high QoS" not in log  # not one QoS 2 publish reached the broker
+    assert not [e for e in logs if e["event"] == "mqtt.disconnected" and e.get("reason") == "lost"]
+
+
+async def test_mqtt_5_reports_an_acl_denial_per_topic(tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "# anonymous: may publish everything but per-symbol alerts, and may not read HA's status\n"
+        "topic write iwm-alerts/status\n"
+        "topic write iwm-alerts/alerts\n"
+        "topic write iwm-alerts/+/state\n"
+        "topic write homeassistant/+/+/config\n"
+        "topic read iwm-alerts/#\n"
+    )
+    with (
+        Mosquitto(tmp_path / "broker", extra=[f"acl_file {acl}"]) as broker,
+        structlog.testing.capture_logs() as logs,
+    ):
+        async with MqttSink(
+            f"mqtt://127.0.0.1:{broker.port}", protocol="5", qos=1, symbols=["IWM"]
+        ) as sink:
+            async with asyncio.timeout(5):
+                await sink.wait_connected()
+            with pytest.raises(SinkRejected) as denied:
+                await sink.send(_alert())
+    assert "iwm-alerts/IWM/alerts" in str(denied.value) and "0x87" in str(denied.value)
+    assert "topic write iwm-alerts/#" in str(denied.value)
+    published = [e for e in logs if e["event"] == "mqtt.publish_denied"]
+    assert published and published[0]["topic"] == "iwm-alerts/IWM/alerts"
+    # Mosquitto 2.0 grants a subscription its ACL will not serve (SUBACK 1, reads are
+    # filtered at delivery), so `mqtt.subscribe_denied` cannot be shown against it.
