@@ -110,6 +110,7 @@ class Startup:
     feed_started_at: float | None = 0.0
     sinks_up: Mapping[str, bool] = field(default_factory=dict)
     sink_start_failures: Mapping[str, int] = field(default_factory=dict)
+    sink_problems: Mapping[str, str | None] = field(default_factory=dict)
 
 
 class HealthSource(Protocol):
@@ -156,6 +157,7 @@ class SinkHealth:
     rejected: int = 0
     up: bool = True
     start_failures: int = 0
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,7 @@ def take_snapshot(
             loop.rejected,
             up=startup.sinks_up.get(loop.name, True),
             start_failures=startup.sink_start_failures.get(loop.name, 0),
+            problem=startup.sink_problems.get(loop.name),
         )
     return Snapshot(
         now=now,
@@ -275,6 +278,7 @@ def health_report(snap: Snapshot) -> tuple[int, dict[str, object]]:
                 "failures": s.failed,
                 "rejected": s.rejected,
                 "start_failures": s.start_failures,
+                **({"problem": s.problem} if s.problem else {}),
             }
             for name, s in sorted(snap.sinks.items())
         },

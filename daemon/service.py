@@ -172,6 +172,7 @@ class _Daemon:
             feed_started_at=self.feed_started_at,
             sinks_up={s.name: s.up for s in self.sinks},
             sink_start_failures={s.name: s.start_failures for s in self.sinks},
+            sink_problems={s.name: s.problem for s in self.sinks},
         )
 
     def status(self) -> str:

@@ -205,6 +205,16 @@ class SupervisedSink:
         return f"SupervisedSink({self.inner!r}, up={self.up})"
 
     @property
+    def problem(self) -> str | None:
+        """Why the sink is not up, one line (a sink that says, e.g. MQTT's last error)."""
+        if self.up:
+            return None
+        if not self.started:
+            return self._waits.as_dict().get(f"sink {self.name}", "starting")
+        said = getattr(self.inner, "problem", None)
+        return said if isinstance(said, str) else "not connected"
+
+    @property
     def up(self) -> bool:
         """Started, and connected for a sink that says (MQTT keeps reconnecting itself)."""
         return self.started and bool(getattr(self.inner, "connected", True))

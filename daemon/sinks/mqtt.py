@@ -25,7 +25,6 @@ broker forwards a DUP again), and at most the alert in flight repeats.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import math
 import os
@@ -205,9 +204,11 @@ class MqttSink:
         async with AsyncExitStack() as stack:
             tg = await stack.enter_async_context(asyncio.TaskGroup())
             self._task = tg.create_task(self._run(), name="mqtt.connection")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._publish_timeout_s):
-                    await asyncio.wait([first])
+            await asyncio.wait([first], timeout=self._publish_timeout_s)
+            if not first.done():
+                # Loop time: a loop blocked meanwhile (a synchronous warm-up) may hold the
+                # CONNACK unread. One more short wait lets the I/O it missed come through.
+                await asyncio.wait([first], timeout=1.0)
             if first.done() and isinstance(first.exception(), SinkAuthFailed):
                 refused = first.exception()  # type: ignore[assignment]
             else:

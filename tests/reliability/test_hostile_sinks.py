@@ -241,6 +241,7 @@ async def test_jsonl_path_not_writable_fails_alone_and_is_named(tmp_path: Path) 
     jsonl = health["sinks"]["jsonl"]
     assert jsonl["up"] is False and jsonl["start_failures"] >= 1, jsonl
     assert jsonl["depth"] == ingest.stats.alerts_emitted
+    assert "NotADirectoryError" in jsonl["problem"] or "FileExistsError" in jsonl["problem"]
     waiting = health["waiting"]
     assert (
         "NotADirectoryError" in waiting["sink jsonl"] or "FileExistsError" in waiting["sink jsonl"]
