@@ -102,18 +102,33 @@ async def test_every_alert_arrives_on_a_broker_without_qos_2(tmp_path: Path, kin
 
 @pytest.mark.parametrize("kind", sorted(BROKERS))
 async def test_broker_restarted_twice_mid_run_loses_no_alert(tmp_path: Path, kind: str) -> None:
+    """The broker goes away twice while the session plays: what the daemon decides meanwhile
+    waits in the outbox and reaches the subscriber once the broker is back, none twice.
+
+    Each stop comes once the subscriber has everything the broker acknowledged so far:
+    neither broker here keeps a QoS 1 message in flight to a subscriber across its own
+    restart (Mosquitto runs without persistence), and that loss is not the sink's."""
     factory, _ = BROKERS[kind]
     broker = factory(tmp_path / "broker")
     sub = Subscriber(broker.port)
     restarts: list[int] = []
+    ingests: list[Ingest] = []
 
     def done(ingest: Ingest) -> bool:
+        if not ingests:
+            ingests.append(ingest)
         n = ingest.stats.alerts_emitted
         return len(restarts) == 2 and n > 0 and len(set(sub.ids)) >= n
 
+    def caught_up(alerts_seen: int) -> bool:
+        if not ingests:
+            return False
+        acknowledged = ingests[0].outbox.stats()["mqtt"]["delivered"]
+        return len(set(sub.ids)) >= max(acknowledged, alerts_seen)
+
     async def restart_twice() -> None:
         while len(restarts) < 2:
-            while len(set(sub.ids)) < len(restarts) + 1:  # an alert went through first
+            while not caught_up(len(restarts) + 1):  # an alert went through first
                 await asyncio.sleep(0.05)
             await asyncio.to_thread(broker.stop)
             await asyncio.sleep(1.0)
@@ -131,9 +146,8 @@ async def test_broker_restarted_twice_mid_run_loses_no_alert(tmp_path: Path, kin
     finally:
         broker.stop()
     ids = [a[0] for a in alerts(tmp_path / "alerts.jsonl")]
-    assert len(restarts) == 2 and set(sub.ids) == set(ids) == set(
-        ids[: ingest.stats.alerts_emitted]
-    )
+    assert len(restarts) == 2 and len(ids) == ingest.stats.alerts_emitted
+    assert set(sub.ids) == set(ids)
     with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
         (left,) = db.execute(
             "select count(*) from deliveries where status != 'delivered'"
