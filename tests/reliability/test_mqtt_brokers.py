@@ -27,6 +27,7 @@ import structlog
 from daemon.app import Ingest
 from daemon.sinks.base import SinkRejected
 from daemon.sinks.mqtt import MqttSink
+from daemon.startup import SupervisedSink, Waits
 from tests.daemon.sinks.mosquitto import Mosquitto, NatsMqtt
 from tests.daemon.sinks.test_mqtt import _alert
 from tests.reliability.startkit import alerts
@@ -199,3 +200,39 @@ async def test_mqtt_5_reports_an_acl_denial_per_topic(tmp_path: Path) -> None:
     assert published and published[0]["topic"] == "iwm-alerts/IWM/alerts"
     # Mosquitto 2.0 grants a subscription its ACL will not serve (SUBACK 1, reads are
     # filtered at delivery), so `mqtt.subscribe_denied` cannot be shown against it.
+
+
+async def test_a_login_refused_while_running_is_retried_and_named(tmp_path: Path) -> None:
+    """The broker's password changes under a running daemon: the sink keeps trying with
+    backoff (the daemon does not stop) and says why, for `/healthz`."""
+    broker = Mosquitto(tmp_path / "broker", passwords={"alice": "first-password"})
+    broker.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            inner = MqttSink(
+                f"mqtt://127.0.0.1:{broker.port}", username="alice", password="first-password",
+                symbols=["IWM"], reconnect_initial_s=0.1, reconnect_max_s=0.5,
+            )  # fmt: skip
+            sink = SupervisedSink(inner, Waits())
+            closing = asyncio.Event()
+            runner = asyncio.create_task(sink.run(closing))
+            async with asyncio.timeout(10):
+                while not sink.up:
+                    await asyncio.sleep(0.05)
+            assert sink.problem is None
+            await asyncio.to_thread(broker.stop)
+            broker._password_file({"alice": "rotated-password"})  # the broker's admin rotates it
+            await asyncio.to_thread(broker.start)
+            async with asyncio.timeout(10):
+                while sum(e["event"] == "mqtt.login_refused" for e in logs) < 3:
+                    await asyncio.sleep(0.05)
+            problem = sink.problem
+            assert not runner.done()  # still trying, not ended
+            closing.set()
+            await runner
+    finally:
+        broker.stop()
+    assert problem == (
+        "the broker refused the login (Not authorized): check sinks.mqtt.username and MQTT_PASSWORD"
+    )
+    assert "first-password" not in repr(logs)
