@@ -11,13 +11,14 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
+
+from signals.rules.errors import EXPECTED, MISSING_FIELD, UNKNOWN_FIELD, strip_optional, type_words
 
 DecHook = Callable[[type, Any], Any]
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -56,39 +57,11 @@ def dotted(parts: Iterable[str | int]) -> str:
 
 _AT = re.compile(r"^(?P<message>.*) - at `(?P<path>\$[^`]*)`$", re.DOTALL)
 _SEGMENT = re.compile(r"\.(?P<field>[A-Za-z_][A-Za-z0-9_]*)|\[(?P<index>\d+)\]|(?P<any>\[\.\.\.\])")
-_UNKNOWN = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`")
-_MISSING = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
-_EXPECTED = re.compile(r"Expected `(?P<want>[^`]*)`(?P<bound>[^,]*)(?:, got `(?P<got>[^`]*)`)?")
-_TYPE_WORDS = {
-    "int": "an integer",
-    "float": "a number",
-    "str": "a string",
-    "bool": "a boolean",
-    "array": "a list",
-    "object": "a table",
-    "datetime": "a date-time",
-    "date": "a date",
-    "time": "a time",
-}
-
-
-def _words(names: str) -> str:
-    return " or ".join(_TYPE_WORDS.get(n, n) for n in names.split(" | ") if n != "null")
-
-
-def _strip(tp: Any) -> Any:
-    """`tp` without `Annotated[...]` and without the `None` of an optional."""
-    if typing.get_origin(tp) is Annotated:
-        tp = typing.get_args(tp)[0]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        arms = [a for a in typing.get_args(tp) if a is not type(None)]
-        tp = _strip(arms[0]) if len(arms) == 1 else tp
-    return tp
 
 
 def _child(tp: Any, part: str | int) -> Any:
     """The declared type one key or index below `tp` (None when unknown)."""
-    tp = _strip(tp)
+    tp = strip_optional(tp)
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         fields = {f.encode_name: f.type for f in msgspec.structs.fields(tp)}
         return fields.get(part) if isinstance(part, str) else None
@@ -143,22 +116,22 @@ def translate(
     cause = exc.__cause__
     if isinstance(cause, Invalid):
         return ConfigError(file, dotted([*parts, *cause.key]), cause.detail)
-    if u := _UNKNOWN.match(message):
+    if u := UNKNOWN_FIELD.match(message):
         name = u["name"]
-        struct = _strip(tp)
+        struct = strip_optional(tp)
         is_struct = isinstance(struct, type) and issubclass(struct, msgspec.Struct)
         fields = [f.encode_name for f in msgspec.structs.fields(struct)] if is_struct else []
         close = difflib.get_close_matches(name, fields, n=1)
         hint = f" (did you mean {close[0]}?)" if close else f"; expected one of {', '.join(fields)}"
         return ConfigError(file, dotted([*parts, name]), f"unknown key{hint}")
-    if r := _MISSING.match(message):
+    if r := MISSING_FIELD.match(message):
         return ConfigError(file, dotted([*parts, r["name"]]), "required but missing")
     if message.startswith("Invalid enum value"):
-        choices = ", ".join(json.dumps(c) for c in typing.get_args(_strip(tp)))
+        choices = ", ".join(json.dumps(c) for c in typing.get_args(strip_optional(tp)))
         return ConfigError(file, dotted(parts), f"expected one of {choices}")
-    if e := _EXPECTED.match(message):
-        detail = f"expected {_words(e['want'])}{e['bound']}"
+    if e := EXPECTED.match(message):
+        detail = f"expected {type_words(e['want'])}{e['bound']}"
         if e["got"]:
-            detail += f", got {_words(e['got'])}"
+            detail += f", got {type_words(e['got'])}"
         return ConfigError(file, dotted(parts), detail)
     return ConfigError(file, dotted(parts), message)

@@ -229,12 +229,8 @@ class _Daemon:
             async with RatesFetcher(self.config.rates.url) as fetcher:
                 self.pipeline.set_rates(await fetcher.fetch())
 
-        def never(_exc: Exception) -> Fatal | None:
-            return None  # FRED failing costs one signal, never the daemon
-
-        await keep_trying(
-            fetch, what="rates (FRED)", waits=self.waits, fatal=never, backoff=RATES_BACKOFF
-        )
+        # FRED failing costs one signal, never the daemon: nothing here is fatal.
+        await keep_trying(fetch, what="rates (FRED)", waits=self.waits, backoff=RATES_BACKOFF)
 
 
 async def run_daemon(

@@ -106,7 +106,7 @@ async def keep_trying(
     *,
     what: str,
     waits: Waits,
-    fatal: Callable[[Exception], Fatal | None],
+    fatal: Callable[[Exception], Fatal | None] = lambda exc: None,
     backoff: Backoff = Backoff(),
     attempt_timeout_s: float | None = None,
     on_failure: Callable[[Exception], None] = lambda exc: None,
@@ -114,7 +114,7 @@ async def keep_trying(
     rng: random.Random | None = None,
 ) -> T:
     """`await call()` until it returns, waiting `backoff` between tries; `fatal(exc)`
-    names the errors that end the daemon instead. Each try is bounded by
+    names the errors that end the daemon instead (by default none). Each try is bounded by
     `attempt_timeout_s` when given. While failing, `waits` says why."""
     rng = rng if rng is not None else random.Random()
     attempt = 0

@@ -53,6 +53,7 @@ from daemon.sinks.mqtt_client import (
     properties,
     reason_value,
 )
+from daemon.sinks.mqtt_qos import SessionQos
 from signals.alerts import Alert, encode_alert
 
 _log = structlog.get_logger(__name__)
@@ -60,10 +61,6 @@ _log = structlog.get_logger(__name__)
 _INFLIGHT_KEPT = 4096  # (alert, topic) publishes remembered for the outbox's retries
 STABLE_SESSION_S = 5.0
 """A session that lasted this long resets the reconnect backoff."""
-QOS2_REFUSED_WITHIN_S = 10.0
-"""A connection lost this soon after a QoS 2 publish still unacknowledged, twice with no QoS 2
-publish completed in between: the broker refuses QoS 2 (some close at once, some after a
-silent wait)."""
 SESSION_EXPIRY_S = 86_400
 """MQTT 5: how long the broker keeps our session (and its in-flight messages) while we are away."""
 
@@ -154,9 +151,7 @@ class MqttSink:
         )
         self._qos = qos
         # The QoS alerts go at this process: `qos`, unless the broker refuses it.
-        self._session_qos = qos
-        self._qos2_suspect = 0
-        self._last_qos2_at = -math.inf
+        self._session_qos = SessionQos(qos)
         self._v5 = protocol == "5"
         self._alert_expiry_s = alert_expiry_s
         self.problem: str | None = "not connected yet"
@@ -318,9 +313,8 @@ class MqttSink:
         # the next connect must not get a twin from the outbox's retry.
         if not client.is_connected:
             raise aiomqtt.MqttError("not connected to the broker")
-        qos = self._session_qos
-        if qos == 2:
-            self._last_qos2_at = asyncio.get_running_loop().time()
+        qos = self._session_qos.qos
+        self._session_qos.sending(asyncio.get_running_loop().time())
         # No timeout: the acknowledgement may come after a reconnect, and `send` bounds its wait.
         code = await client.publish_checked(
             topic, payload, qos=qos, retain=False, properties=self._expiry(), timeout=math.inf
@@ -328,7 +322,7 @@ class MqttSink:
         if code >= 0x80:
             raise _Denied(topic, code)
         if qos == 2:
-            self._qos2_suspect = 0  # the broker completed a QoS 2 flow: it takes QoS 2
+            self._session_qos.completed()
 
     def _expiry(self) -> Properties | None:
         """MQTT 5: an alert older than the daemon would send is not delivered late either."""
@@ -465,16 +459,16 @@ class MqttSink:
                     self.problem = None
                     if self._first is not None and not self._first.done():
                         self._first.set_result(None)
-                    if client.max_qos is not None and client.max_qos < self._session_qos:
-                        self._downgrade(
+                    if client.max_qos is not None and client.max_qos < self._session_qos.qos:
+                        self._session_qos.downgrade(
                             client.max_qos,
                             f"the broker's CONNACK says Maximum QoS {client.max_qos}",
                         )
                     # Alert publishes cut off by the last loss: paho completes them now.
                     resumed = sum(not t.done() for t in self._inflight.values())
                     self.resumed += resumed
-                    if resumed and self._session_qos == 2:
-                        self._last_qos2_at = loop.time()  # paho resends them right away
+                    if resumed:
+                        self._session_qos.sending(loop.time())  # paho resends them now
                     _log.info(
                         "mqtt.connected",
                         host=self._host,
@@ -490,10 +484,15 @@ class MqttSink:
                 error = self._redact(str(err))
                 fields = {"host": self._host, "port": self._port, "error": error}
                 self.problem = error
-                if since is not None and self._refuses_qos2(loop.time()):
+                pending = any(not t.done() for t in self._inflight.values())
+                if since is not None and self._session_qos.refused_on_loss(
+                    loop.time(), pending=pending
+                ):
                     # Paho's session holds the QoS 2 publish the broker refuses and would
                     # resend it on every reconnect: start a fresh session at QoS 1 instead.
-                    self._downgrade(1, "the broker drops the connection on QoS 2 publishes")
+                    self._session_qos.downgrade(
+                        1, "the broker drops the connection on QoS 2 publishes"
+                    )
                     for waiting in self._inflight.values():
                         waiting.cancel()  # the outbox resends these at QoS 1
                     self._inflight.clear()
@@ -519,32 +518,6 @@ class MqttSink:
             delay = next(delays)
             _log.info("mqtt.reconnect", delay_s=round(delay, 3))
             await asyncio.sleep(delay)
-
-    def _refuses_qos2(self, now: float) -> bool:
-        """Whether this loss looks like a broker refusing QoS 2 (NATS, Mosquitto with
-        `max_qos 1`, AWS IoT): it came right after a QoS 2 publish that is still
-        unacknowledged, for the second time in a row. A broker restarted under a
-        publish does it once; paho's resend then completes and resets the count."""
-        if self._session_qos != 2:
-            return False
-        pending = any(not t.done() for t in self._inflight.values())
-        if not (pending and now - self._last_qos2_at < QOS2_REFUSED_WITHIN_S):
-            return False  # a loss unrelated to QoS 2; only a completed QoS 2 flow clears
-        self._qos2_suspect += 1
-        return self._qos2_suspect >= 2
-
-    def _downgrade(self, qos: int, reason: str) -> None:
-        """Alerts go at `qos` for the rest of this process; one warning says why."""
-        self._session_qos = qos
-        self._qos2_suspect = 0
-        _log.warning(
-            "mqtt.qos_downgraded",
-            configured=self._qos,
-            used=qos,
-            reason=reason,
-            hint=f"set sinks.mqtt.qos = {qos} for this broker to silence this; alerts carry "
-            "an id to drop repeats by",
-        )
 
     async def _session(self, client: SessionClient) -> None:
         """Announce, publish the retained topics, then follow Home Assistant's status."""
@@ -577,9 +550,8 @@ class MqttSink:
 
     @property
     def retained_qos(self) -> int:
-        """Status, discovery and state are retained and idempotent: QoS 1 at most, which
-        every broker takes (QoS 2 would buy nothing for a message that replaces itself)."""
-        return min(self._session_qos, 1)
+        """The QoS of status, discovery and state (see `SessionQos.retained`)."""
+        return self._session_qos.retained
 
     async def _publish_retained(self, client: SessionClient, *, reason: str) -> None:
         denied: list[str] = []

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import random
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -94,29 +94,18 @@ class SessionClient(aiomqtt.Client):
         userdata: Any,
         sock: Any,
     ) -> None:
-        fd = sock.fileno()
-        self._open_fd = fd
+        self._open_fd = sock.fileno()
 
-        def callback() -> None:
-            try:
-                while True:
-                    client.loop_read()
-                    pending = getattr(client._sock, "pending", None)  # SSL buffers (paho #131)
-                    if pending is not None and pending() > 0:
-                        continue
-                    break
-            except Exception as exc:  # a broken connection: aiomqtt's own handling
-                if not self._disconnected.done():
-                    self._disconnected.set_exception(exc)
-
-        def add() -> None:
-            if self._open_fd == fd:  # not closed meanwhile
-                self._loop.add_reader(fd, callback)
+        def read() -> None:
+            client.loop_read()
+            pending = getattr(client._sock, "pending", None)  # SSL buffers (paho #131)
+            while pending is not None and pending() > 0:
+                client.loop_read()
 
         def create_misc_task() -> None:
             self._misc_task = self._loop.create_task(self._misc_loop())
 
-        self._loop.call_soon_threadsafe(add)
+        self._register(self._open_fd, self._loop.add_reader, read)
         self._loop.call_soon_threadsafe(create_misc_task)
 
     def _on_socket_close(
@@ -137,20 +126,26 @@ class SessionClient(aiomqtt.Client):
         userdata: Any,
         sock: Any,
     ) -> None:
-        fd = sock.fileno()
+        self._register(sock.fileno(), self._loop.add_writer, client.loop_write)
+
+    def _register(
+        self, fd: int, add: Callable[[int, Callable[[], None]], object], io: Callable[[], object]
+    ) -> None:
+        """`add(fd, ...)` on the loop, unless the socket closed before that turn came; an
+        error of `io` (paho's read or write) is a broken connection, as aiomqtt has it."""
 
         def callback() -> None:
             try:
-                client.loop_write()
-            except Exception as exc:  # a broken connection: aiomqtt's own handling
+                io()
+            except Exception as exc:
                 if not self._disconnected.done():
                     self._disconnected.set_exception(exc)
 
-        def add() -> None:
+        def register() -> None:
             if self._open_fd == fd:  # not closed meanwhile
-                self._loop.add_writer(fd, callback)
+                add(fd, callback)
 
-        self._loop.call_soon_threadsafe(add)
+        self._loop.call_soon_threadsafe(register)
 
     def _on_socket_unregister_write(
         self,

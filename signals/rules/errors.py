@@ -13,7 +13,7 @@ import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -21,10 +21,10 @@ Path = list[str | int]
 
 _AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
 _SEGMENT = re.compile(r"\.(?P<field>[A-Za-z_][A-Za-z0-9_]*)|\[(?P<index>\d+)\]")
-_UNKNOWN = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`")
-_MISSING = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
+UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`")
+MISSING_FIELD = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
 _INVALID_ENUM = re.compile(r"Invalid enum value ")
-_EXPECTED = re.compile(r"Expected `(?P<want>[^`]*)`(?P<bound>[^,]*)(?:, got `(?P<got>[^`]*)`)?")
+EXPECTED = re.compile(r"Expected `(?P<want>[^`]*)`(?P<bound>[^,]*)(?:, got `(?P<got>[^`]*)`)?")
 _TYPE_WORDS = {
     "int": "an integer",
     "float": "a number",
@@ -78,46 +78,49 @@ def describe(exc: msgspec.ValidationError, data: Any, root: type) -> tuple[Path,
         path.append(s["field"] if s["field"] is not None else int(s["index"]))
     tp = _type_at(root, path)
     value = _value_at(data, path)
-    if u := _UNKNOWN.match(message):
+    if u := UNKNOWN_FIELD.match(message):
         fields = _fields(tp)
         close = difflib.get_close_matches(u["name"], fields, n=1)
         hint = f" (did you mean {close[0]}?)" if close else f"; expected one of {', '.join(fields)}"
         return [*path, u["name"]], f"unknown key{hint}"
-    if r := _MISSING.match(message):
+    if r := MISSING_FIELD.match(message):
         return [*path, r["name"]], "required but missing"
     choices = literal_choices(tp)
-    if choices is not None and (_INVALID_ENUM.match(message) or _EXPECTED.match(message)):
+    if choices is not None and (_INVALID_ENUM.match(message) or EXPECTED.match(message)):
         return path, one_of(choices, value)
-    if e := _EXPECTED.match(message):
-        detail = f"expected {_words(e['want'])}{e['bound']}"
+    if e := EXPECTED.match(message):
+        detail = f"expected {type_words(e['want'])}{e['bound']}"
         if e["got"]:
-            detail += f", got {_words(e['got'])}"
+            detail += f", got {type_words(e['got'])}"
         if path == ["rule"] and e["got"] == "object":
             detail += " (write each rule as a [[rule]] table)"
         return path, detail
     return path, message
 
 
-def _words(names: str) -> str:
+def type_words(names: str) -> str:
+    """msgspec's `int | str` in words: `an integer or a string`."""
     return " or ".join(_TYPE_WORDS.get(n, n) for n in names.split(" | ") if n != "null")
 
 
-def _strip(tp: Any) -> Any:
-    """`tp` without the `None` of an optional."""
+def strip_optional(tp: Any) -> Any:
+    """`tp` without `Annotated[...]` and without the `None` of an optional."""
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         arms = [a for a in typing.get_args(tp) if a is not type(None)]
-        tp = _strip(arms[0]) if len(arms) == 1 else tp
+        tp = strip_optional(arms[0]) if len(arms) == 1 else tp
     return tp
 
 
 def literal_choices(tp: Any) -> tuple[object, ...] | None:
     """The values of a `Literal` type, else None."""
-    tp = _strip(tp)
+    tp = strip_optional(tp)
     return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
 
 def _fields(tp: Any) -> list[str]:
-    tp = _strip(tp)
+    tp = strip_optional(tp)
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         return [f.encode_name for f in msgspec.structs.fields(tp)]
     return []
@@ -127,7 +130,7 @@ def _type_at(root: type, path: Path) -> Any:
     """The declared type at `path` below `root` (None once unknown)."""
     tp: Any = root
     for part in path:
-        tp = _strip(tp)
+        tp = strip_optional(tp)
         if isinstance(tp, type) and issubclass(tp, msgspec.Struct) and isinstance(part, str):
             tp = {f.encode_name: f.type for f in msgspec.structs.fields(tp)}.get(part)
         elif typing.get_origin(tp) in (tuple, list) and typing.get_args(tp):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from daemon.fatal import ExitCode
 from daemon.secrets import SECRET_NAMES
 from tests.deploy.test_unit_file import UNIT, one, parse_unit
 
@@ -23,8 +24,7 @@ def test_exit_codes_a_restart_cannot_fix_stop_the_restarts(unit: Unit) -> None:
 
 
 def test_the_exit_codes_are_the_daemons() -> None:
-    fatal = pytest.importorskip("daemon.fatal")
-    codes = {code.name: int(code) for code in fatal.ExitCode}
+    codes = {code.name: int(code) for code in ExitCode}
     assert codes == {
         "OK": 0,
         "BUG": 1,

@@ -75,6 +75,21 @@ async def _run(
     return seen, ingest.stats.bars, holder[0]
 
 
+def _in(directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run directory, whose `notify.sock` stands in for systemd's."""
+    directory.mkdir()
+    monkeypatch.setenv("NOTIFY_SOCKET", str(directory / "notify.sock"))
+
+
+async def _clean_run(
+    tmp: Path, m: DemoMarket, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, list[tuple[str, str, str, object]]]:
+    """Bars and alerts of a run that never saw a fault."""
+    _in(tmp / "clean", monkeypatch)
+    _, bars, _ = await _run(tmp / "clean", m)
+    return bars, alerts(tmp / "clean" / "alerts.jsonl")
+
+
 def _assert_waited_and_said_so(seen: Seen, needle: str) -> None:
     starting = [h for h in seen.health if h["status"] == "starting"]
     assert starting, f"/healthz never said starting: {seen.health[:3]}"
@@ -92,14 +107,9 @@ async def test_provider_refusing_connections_for_45_s_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = market()
-    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "clean" / "notify.sock"))
-    (tmp_path / "clean").mkdir()
-    _, clean_bars, _ = await _run(tmp_path / "clean", m)
-    clean = alerts(tmp_path / "clean" / "alerts.jsonl")
+    clean_bars, clean = await _clean_run(tmp_path, m, monkeypatch)
     assert clean, "the demo session alerts: a clean run must show some"
-
-    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "faulty" / "notify.sock"))
-    (tmp_path / "faulty").mkdir()
+    _in(tmp_path / "faulty", monkeypatch)
     seen, bars, _ = await _run(tmp_path / "faulty", m, down_s=OUTAGE_S)
     # The fault happened: every try during the outage was refused at the TCP level.
     assert len(seen.warmup_failures) >= 5, seen.warmup_failures
@@ -114,13 +124,8 @@ async def test_provider_rest_answering_503_for_45_s_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = market()
-    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "clean" / "notify.sock"))
-    (tmp_path / "clean").mkdir()
-    _, clean_bars, _ = await _run(tmp_path / "clean", m)
-    clean = alerts(tmp_path / "clean" / "alerts.jsonl")
-
-    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "faulty" / "notify.sock"))
-    (tmp_path / "faulty").mkdir()
+    clean_bars, clean = await _clean_run(tmp_path, m, monkeypatch)
+    _in(tmp_path / "faulty", monkeypatch)
     seen, bars, srv = await _run(tmp_path / "faulty", m, rest_503_s=OUTAGE_S)
     # The fault happened: the server answered 503, many times, and the daemon saw it.
     assert srv.rest_failures_served >= 10, srv.rest_failures_served

@@ -20,7 +20,6 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-import aiomqtt
 import pytest
 import structlog
 
@@ -28,6 +27,7 @@ from daemon.app import Ingest
 from daemon.sinks.base import SinkRejected
 from daemon.sinks.mqtt import MqttSink
 from daemon.startup import SupervisedSink, Waits
+from tests.daemon.retained import retained
 from tests.daemon.sinks.mosquitto import Mosquitto, NatsMqtt
 from tests.daemon.sinks.test_mqtt import _alert
 from tests.reliability.startkit import alerts
@@ -40,22 +40,6 @@ BROKERS: dict[str, tuple[Callable[[Path], Mosquitto], str]] = {
     "mosquitto-max-qos-1": (lambda d: Mosquitto(d, extra=["max_qos 1"]), "QoS"),
     "nats": (NatsMqtt, "QoS=2 not supported"),
 }
-
-
-async def _retained(port: int, *topics: str, quiet_s: float = 1.0) -> dict[str, bytes]:
-    """What a new subscriber finds retained on `topics`."""
-    found: dict[str, bytes] = {}
-    async with aiomqtt.Client("127.0.0.1", port, identifier="retained-reader") as client:
-        for topic in topics:
-            await client.subscribe(topic, qos=1)
-        while True:
-            try:
-                async with asyncio.timeout(quiet_s):
-                    message = await anext(aiter(client.messages))
-            except TimeoutError:
-                return found
-            if message.retain and isinstance(message.payload, bytes) and message.payload:
-                found[message.topic.value] = message.payload
 
 
 @pytest.mark.parametrize("kind", sorted(BROKERS))
@@ -71,7 +55,7 @@ async def test_every_alert_arrives_on_a_broker_without_qos_2(tmp_path: Path, kin
 
         async def watch_status() -> None:
             while not status_seen:  # once the sink has connected (after the warm-up)
-                got = await _retained(broker.port, "iwm-alerts/status", quiet_s=0.5)
+                got = await retained(broker.port, "iwm-alerts/status")
                 if got:
                     status_seen.append(got["iwm-alerts/status"])
 
@@ -82,9 +66,7 @@ async def test_every_alert_arrives_on_a_broker_without_qos_2(tmp_path: Path, kin
                 tg.create_task(watch_status())
                 ingest = await _run_demo(tmp_path, extra, done, 60)
                 listener.cancel()
-        after = await _retained(
-            broker.port, "iwm-alerts/status", "iwm-alerts/+/state", "homeassistant/#"
-        )
+        after = await retained(broker.port, quiet_s=1.0)
         log = broker.log()
     ids = [a[0] for a in alerts(tmp_path / "alerts.jsonl")]
     assert len(ids) >= 3 and set(sub.ids) == set(ids)
