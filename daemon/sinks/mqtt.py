@@ -321,7 +321,13 @@ class MqttSink:
         )
         if code >= 0x80:
             raise _Denied(topic, code)
-        if qos == 2:
+        if qos != 2:
+            return
+        if client.qos2_downgraded and self._session_qos.qos == 2:
+            self._session_qos.downgrade(
+                1, "the broker acknowledged a QoS 2 publish as QoS 1 (PUBACK): no exactly-once"
+            )
+        else:
             self._session_qos.completed()
 
     def _expiry(self) -> Properties | None:
@@ -547,6 +553,11 @@ class MqttSink:
                 continue
             async with self._publish_lock:
                 await self._publish_retained(client, reason="ha_online")
+
+    @property
+    def alert_qos(self) -> int:
+        """The QoS alerts go at now: the configured one, until the broker refused it."""
+        return self._session_qos.qos
 
     @property
     def retained_qos(self) -> int:

@@ -28,6 +28,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _REASONS_KEPT = 4096
 
+_PUBACK_LOG = "Received PUBACK (Mid: "
+
 NOT_AUTHORIZED = 0x87
 """MQTT 5 reason code of a publish or subscription the broker's ACL denies."""
 
@@ -58,13 +60,27 @@ class SessionClient(aiomqtt.Client):
     `max_qos` is the broker's Maximum QoS from its last CONNACK (MQTT 5; None
     when it did not say, as MQTT 3.1.1 brokers never do). `publish_checked`
     returns the publish's reason code (0 on MQTT 3.1.1, which has none).
+    `qos2_downgraded` turns true once the broker answers a QoS 2 publish with a
+    PUBACK, the QoS 1 acknowledgement (RabbitMQ does): it took the message, but
+    not for exactly-once delivery.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_qos: int | None = None
+        self.qos2_downgraded = False
         self._reasons: OrderedDict[int, int] = OrderedDict()
+        self._qos2_mids: set[int] = set()
         self._open_fd: int | None = None
+        # paho hands each publish's acknowledgement to `on_publish` without saying which
+        # packet it was; its protocol log line does, just before (public callback).
+        self._client.on_log = self._on_log
+
+    def _on_log(self, client: paho.Client, userdata: Any, level: int, buf: str) -> None:
+        if buf.startswith(_PUBACK_LOG):
+            mid = int(buf[len(_PUBACK_LOG) :].rstrip(")"))
+            if mid in self._qos2_mids:
+                self.qos2_downgraded = True
 
     async def __aexit__(
         self,
@@ -223,10 +239,15 @@ class SessionClient(aiomqtt.Client):
         info = self._client.publish(topic, payload, qos, retain, properties)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        if not info.is_published():
-            confirmation = asyncio.Event()
-            with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                await self._wait_for(confirmation.wait(), timeout=timeout)
+        if qos == 2:
+            self._qos2_mids.add(info.mid)
+        try:
+            if not info.is_published():
+                confirmation = asyncio.Event()
+                with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                    await self._wait_for(confirmation.wait(), timeout=timeout)
+        finally:
+            self._qos2_mids.discard(info.mid)
         return self._reasons.pop(info.mid, 0)
 
 

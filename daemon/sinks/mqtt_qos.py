@@ -5,8 +5,10 @@ Azure IoT Hub) closes the connection on a QoS 2 publish, and again when paho
 resends it after the reconnect. A broker restarted under a publish does that
 once, then the resend completes. So two losses in a row right after an
 unacknowledged QoS 2 publish, with no QoS 2 flow completed in between, mean
-"refused"; an MQTT 5 CONNACK says it outright (Maximum QoS). Either way alerts
-go at the lower QoS for the rest of the process, after one warning.
+"refused"; an MQTT 5 CONNACK says it outright (Maximum QoS). A broker that
+takes QoS 2 but acknowledges it as QoS 1 (PUBACK: RabbitMQ) is downgraded too,
+since exactly-once does not hold there. Either way alerts go at the lower QoS
+for the rest of the process, after one warning.
 """
 
 from __future__ import annotations

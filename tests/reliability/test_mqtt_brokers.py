@@ -4,10 +4,12 @@
   publish gets the connection closed ("Too high QoS").
 - NATS 2.9's MQTT listener: QoS 0/1 only, retained messages in JetStream; a
   QoS 2 publish gets the connection closed ("publish QoS=2 not supported").
+- aedes (Node.js, from npm): QoS 2 granted, retained messages in memory, and a
+  forbidden subscription answered with SUBACK 0x80.
 
 At the default `qos = 2` the daemon must fall back to QoS 1 with one warning
 and deliver every alert; status `online` while running and `offline` after;
-discovery and state retained. The broker-restart test runs against both. With
+discovery and state retained. The broker-restart test runs against all three. With
 `protocol = "5"`, Mosquitto's Maximum QoS is honoured without a single refused
 publish, and an ACL denial is reported per topic.
 """
@@ -28,17 +30,18 @@ from daemon.sinks.base import SinkRejected
 from daemon.sinks.mqtt import MqttSink
 from daemon.startup import SupervisedSink, Waits
 from tests.daemon.retained import retained
-from tests.daemon.sinks.mosquitto import Mosquitto, NatsMqtt
+from tests.daemon.sinks.mosquitto import Aedes, Mosquitto, NatsMqtt, RabbitMqtt
 from tests.daemon.sinks.test_mqtt import _alert
 from tests.reliability.startkit import alerts
 from tests.reliability.test_hostile_sinks import Subscriber, _run_demo
 
 pytestmark = pytest.mark.reliability
 
-BROKERS: dict[str, tuple[Callable[[Path], Mosquitto], str]] = {
-    # name: (factory, what the broker logs when it refuses a QoS 2 publish)
+BROKERS: dict[str, tuple[Callable[[Path], Mosquitto], str | None]] = {
+    # name: (factory, what the broker logs when it refuses a QoS 2 publish; None: it grants QoS 2)
     "mosquitto-max-qos-1": (lambda d: Mosquitto(d, extra=["max_qos 1"]), "QoS"),
     "nats": (NatsMqtt, "QoS=2 not supported"),
+    "aedes": (Aedes, None),
 }
 
 
@@ -70,10 +73,13 @@ async def test_every_alert_arrives_on_a_broker_without_qos_2(tmp_path: Path, kin
         log = broker.log()
     ids = [a[0] for a in alerts(tmp_path / "alerts.jsonl")]
     assert len(ids) >= 3 and set(sub.ids) == set(ids)
-    # The fault happened (the broker refused QoS 2) and was answered with one warning.
-    assert refusal in log, log[-2000:]
     downgraded = [e for e in logs if e["event"] == "mqtt.qos_downgraded"]
-    assert len(downgraded) == 1 and "sinks.mqtt.qos" in downgraded[0]["hint"]
+    if refusal is None:  # the broker granted QoS 2: nothing to fall back from
+        assert "qos=2 retain=false iwm-alerts/alerts" in log, log[-2000:]
+        assert downgraded == []
+    else:  # the fault happened (the broker refused QoS 2) and was answered with one warning
+        assert refusal in log, log[-2000:]
+        assert len(downgraded) == 1 and "sinks.mqtt.qos" in downgraded[0]["hint"]
     assert status_seen == [b"online"]
     assert after["iwm-alerts/status"] == b"offline"
     states = {t: json.loads(p) for t, p in after.items() if t.endswith("/state")}
@@ -138,6 +144,36 @@ async def test_broker_restarted_twice_mid_run_loses_no_alert(tmp_path: Path, kin
     assert left == 0
 
 
+async def test_a_qos_2_publish_acknowledged_as_qos_1_downgrades_once(tmp_path: Path) -> None:
+    """RabbitMQ takes a QoS 2 publish but answers PUBACK (QoS 1): exactly-once does not
+    hold, so the sink says so once and sends at QoS 1 from then on; every alert arrives."""
+    with RabbitMqtt(tmp_path / "broker") as broker:
+        sub = Subscriber(broker.port)
+        with structlog.testing.capture_logs() as logs:
+            async with asyncio.TaskGroup() as tg:
+                listener = tg.create_task(sub.run())
+                async with MqttSink(
+                    f"mqtt://127.0.0.1:{broker.port}",
+                    symbols=["IWM"],  # qos 2: the default
+                ) as sink:
+                    async with asyncio.timeout(20):
+                        await sink.wait_connected()
+                        while not sub.ids:  # again until the subscriber has subscribed
+                            await sink.send(_alert(title="first"))
+                            await asyncio.sleep(0.2)
+                        assert sink.alert_qos == 1
+                        for i in range(3):
+                            await sink.send(_alert(symbol=("SPY", "QQQ", "IWM")[i]))
+                        while len(set(sub.ids)) < 3:
+                            await asyncio.sleep(0.05)
+                listener.cancel()
+    downgraded = [e for e in logs if e["event"] == "mqtt.qos_downgraded"]
+    assert len(downgraded) == 1 and "PUBACK" in downgraded[0]["reason"]
+    assert "sinks.mqtt.qos" in downgraded[0]["hint"]
+    expected = {_alert(title="first").id, *(_alert(symbol=s).id for s in ("SPY", "QQQ"))}
+    assert set(sub.ids) == expected
+
+
 async def test_mqtt_5_honours_maximum_qos_without_a_refused_publish(tmp_path: Path) -> None:
     with Mosquitto(tmp_path / "broker", extra=["max_qos 1"]) as broker:
         with structlog.testing.capture_logs() as logs:
@@ -181,7 +217,32 @@ async def test_mqtt_5_reports_an_acl_denial_per_topic(tmp_path: Path) -> None:
     published = [e for e in logs if e["event"] == "mqtt.publish_denied"]
     assert published and published[0]["topic"] == "iwm-alerts/IWM/alerts"
     # Mosquitto 2.0 grants a subscription its ACL will not serve (SUBACK 1, reads are
-    # filtered at delivery), so `mqtt.subscribe_denied` cannot be shown against it.
+    # filtered at delivery): the refused subscription is shown against aedes, below.
+
+
+async def test_a_refused_subscription_to_home_assistant_status_names_the_acl_line(
+    tmp_path: Path,
+) -> None:
+    """aedes answers the SUBSCRIBE to HA's birth topic with 0x80, as an ACL that forbids
+    reading it does: one warning naming the missing line, and the sink still publishes."""
+    with Aedes(tmp_path / "broker", deny_subscribe=["homeassistant/status"]) as broker:
+        sub = Subscriber(broker.port)
+        with structlog.testing.capture_logs() as logs:
+            async with asyncio.TaskGroup() as tg:
+                listener = tg.create_task(sub.run())
+                async with MqttSink(f"mqtt://127.0.0.1:{broker.port}", symbols=["IWM"]) as sink:
+                    async with asyncio.timeout(5):
+                        await sink.wait_connected()
+                        while not sub.ids:  # again until the subscriber has subscribed
+                            await sink.send(_alert())
+                            await asyncio.sleep(0.2)
+                listener.cancel()
+        log = broker.log()
+    assert "denied subscription of iwm-alerts to homeassistant/status" in log, log[-2000:]
+    denied = [e for e in logs if e["event"] == "mqtt.subscribe_denied"]
+    assert len(denied) == 1 and denied[0]["topic"] == "homeassistant/status"
+    assert "topic read homeassistant/status" in denied[0]["hint"]
+    assert set(sub.ids) == {_alert().id}
 
 
 async def test_a_login_refused_while_running_is_retried_and_named(tmp_path: Path) -> None:

@@ -116,6 +116,8 @@ class Mosquitto:
     """
 
     name = "mosquitto"
+    start_timeout_s = _START_TIMEOUT_S
+    env: dict[str, str] | None = None
 
     def __init__(
         self,
@@ -166,18 +168,22 @@ class Mosquitto:
         """Whether the process is alive."""
         return self._process is not None and self._process.poll() is None
 
+    def _command(self) -> list[str]:
+        return [self._binary, "-c", str(self.config_path)]
+
     def start(self) -> None:
         """Start on the same port as before and return once it accepts TCP connections."""
         if self.running:
             return
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [self._binary, "-c", str(self.config_path)],
+                self._command(),
+                env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        deadline = time.monotonic() + _START_TIMEOUT_S
+        deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 pytest.fail(f"{self.name} exited at start:\n{self.log()}", pytrace=False)
@@ -188,7 +194,7 @@ class Mosquitto:
                 time.sleep(0.02)
         self.stop()
         pytest.fail(
-            f"{self.name} did not listen on {self.port} within {_START_TIMEOUT_S} s:\n{self.log()}"
+            f"{self.name} did not listen on {self.port} within {self.start_timeout_s} s:\n{self.log()}"
         )
 
     def stop(self) -> None:
@@ -199,7 +205,7 @@ class Mosquitto:
         process.send_signal(signal.SIGCONT)  # a paused broker cannot handle SIGTERM
         process.terminate()
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=self.start_timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
@@ -255,3 +261,101 @@ class NatsMqtt(Mosquitto):
             f'jetstream {{ store_dir: "{directory / "js"}" }}\n'
             f"mqtt {{ host: 127.0.0.1, port: {self.port} }}\n"
         )
+
+
+_BROKERS_DIR = Path(__file__).resolve().parents[2] / "brokers"
+
+
+class Aedes(Mosquitto):
+    """aedes (npm, pinned in `tests/brokers/package-lock.json`), a Node.js MQTT 3.1.1 broker.
+
+    It grants QoS 2, keeps retained messages in memory (a restart forgets them)
+    and, unlike Mosquitto 2.0, answers a SUBSCRIBE its ACL forbids with SUBACK
+    0x80: `deny_subscribe` names such topics. `passwords` switches anonymous
+    access off. Installed by the README's test command (`npm ci --prefix tests/brokers`).
+    """
+
+    name = "aedes"
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        passwords: dict[str, str] | None = None,
+        deny_subscribe: Sequence[str] = (),
+    ) -> None:
+        self._binary = _binary("node", "/usr/bin/node")
+        if not (_BROKERS_DIR / "node_modules" / "aedes" / "package.json").exists():
+            pytest.fail(
+                "aedes is not installed: run `npm ci --prefix tests/brokers` (the README's "
+                "test command does)",
+                pytrace=False,
+            )
+        self.directory = directory
+        self.port = free_port()
+        self.log_path = directory / "aedes.log"
+        self._process = None
+        directory.mkdir(parents=True, exist_ok=True)
+        self._options: list[str] = []
+        for user, password in (passwords or {}).items():
+            self._options += ["--user", f"{user}:{password}"]
+        for topic in deny_subscribe:
+            self._options += ["--deny-subscribe", topic]
+
+    def _command(self) -> list[str]:
+        script = _BROKERS_DIR / "aedes_broker.js"
+        return [self._binary, str(script), str(self.port), *self._options]
+
+
+class RabbitMqtt(Mosquitto):
+    """A private RabbitMQ 3.10 node (Debian's rabbitmq-server) with its MQTT plugin on a
+    free port: its own node name, data directory and Erlang cookie, never the machine's.
+
+    It answers a QoS 2 publish with PUBACK, the QoS 1 acknowledgement, and keeps no
+    retained message for a wildcard subscription. Boots in about ten seconds.
+    """
+
+    name = "rabbitmq"
+    start_timeout_s = 60.0
+
+    def __init__(self, directory: Path) -> None:
+        # Not /usr/sbin/rabbitmq-server: as root, Debian's wrapper switches to the
+        # `rabbitmq` user and the machine's data directory.
+        self._binary = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+        if not os.access(self._binary, os.X_OK):
+            pytest.fail(
+                f"{self._binary} not found: install it (Debian/Ubuntu: apt-get install "
+                "rabbitmq-server)",
+                pytrace=False,
+            )
+        self.directory = directory
+        self.port = free_port()
+        self.log_path = directory / "rabbitmq.log"
+        self._process = None
+        directory.mkdir(parents=True, exist_ok=True)
+        amqp, dist = free_port(), free_port()
+        (directory / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{amqp}\n"
+            f"mqtt.listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            "mqtt.allow_anonymous = true\n"
+            "loopback_users = none\n"
+        )
+        (directory / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        self.env = {
+            **os.environ,
+            "HOME": str(directory),  # its own Erlang cookie
+            "RABBITMQ_NODENAME": f"iwm-alerts-test-{self.port}@localhost",
+            "RABBITMQ_NODE_PORT": str(amqp),
+            "RABBITMQ_DIST_PORT": str(dist),
+            "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(directory / "log"),
+            "RABBITMQ_PLUGINS_EXPAND_DIR": str(directory / "plugins"),
+            "RABBITMQ_PID_FILE": str(directory / "pid"),
+            "RABBITMQ_LOGS": "-",
+            "RUNNING_UNDER_SYSTEMD": "1",  # exec the Erlang VM: SIGTERM stops the node
+        }
+
+    def _command(self) -> list[str]:
+        return [self._binary]

@@ -549,6 +549,7 @@ class _FlakyClient:
     publish to `fail_on` loses the connection (the broker died between two topics)."""
 
     is_connected = True
+    qos2_downgraded = False
 
     def __init__(self, fail_on: str) -> None:
         self.fail_on: str | None = fail_on
