@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from daemon.feeds.wserrors import retry_after_s
 from daemon.retry import RetryPolicy, parse_retry_after
 
 # The policy: exact values with the draw pinned.
@@ -213,3 +214,12 @@ def test_any_header_value_is_a_wait_or_none(value: str) -> None:
 def test_seconds_and_the_same_instant_as_a_date_agree(seconds: int) -> None:
     date = datetime.fromtimestamp(NOW + seconds, UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert parse_retry_after(date, NOW) == parse_retry_after(str(seconds), NOW) == seconds
+
+
+def test_the_feeds_header_reader_uses_the_one_parser() -> None:
+    date = "Wed, 21 Oct 2015 07:28:30 GMT"
+    assert retry_after_s([("Retry-After", date)], NOW) == 30.0
+    assert retry_after_s([("retry-after", "7")]) == 7.0
+    assert retry_after_s([("Retry-After", "soon"), ("X-RateLimit-Reset", "0")], NOW) is None
+    assert retry_after_s([("X-RateLimit-Reset", str(NOW + 12))], NOW) == 12.0
+    assert retry_after_s([("X-RateLimit-Reset", str(NOW + 12))]) is None  # no clock given
