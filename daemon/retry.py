@@ -68,7 +68,7 @@ class RetryPolicy:
         try:
             grown = self.base_s * self.factor ** max(attempt - 1, 0)
         except OverflowError:  # factor**n beyond a float: far above any cap
-            grown = math.inf
+            grown = math.inf if self.base_s > 0 else 0.0
         return max(self.floor_s, min(self.cap_s, grown))
 
     def delay_s(
