@@ -53,6 +53,7 @@ def test_a_huge_attempt_or_factor_never_overflows() -> None:
     unbounded = RetryPolicy(base_s=1.0, cap_s=math.inf, jitter=0.5)
     assert unbounded.delay_s(5_000, rand=lambda: 0.9) == math.inf
     assert unbounded.delay_s(3, rand=lambda: 0.0) == 4.0
+    assert RetryPolicy(base_s=0.0, cap_s=5.0).delay_s(5_000) == 0.0
 
 
 def test_delays_is_delay_s_by_attempt() -> None:
