@@ -14,7 +14,8 @@ chat in its own task, retried there:
 - `TimedOut` after the request went out (read/write timeout): Telegram may
   well have delivered it, so record `maybe` and do not resend
   (`alert.maybe_delivered`); a connect or pool timeout never left: retry;
-- other `NetworkError`s: retry with backoff.
+- other `NetworkError`s: retry with backoff (the daemon's `RetryPolicy`:
+  `backoff_s` doubling, no jitter, bounded by `max_attempts`).
 
 A chat still failing after `max_attempts` (or told to wait longer than
 `max_wait_s`) makes `send` raise `SinkUnavailable`: the outbox retries later,
@@ -25,6 +26,7 @@ time (a lock), which keeps each chat's messages in order.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import warnings
 from collections import Counter
@@ -51,6 +53,7 @@ from telegram.error import (
 from telegram.warnings import PTBDeprecationWarning
 
 from daemon.logs import redact
+from daemon.retry import RetryPolicy
 from daemon.sinks.base import SinkRejected, SinkUnavailable
 from daemon.sinks.render import render_html, render_text
 from daemon.telegram.ratelimit import RateLimiter
@@ -137,7 +140,8 @@ class TelegramSink:
         )
         self._max_attempts = max_attempts
         self._max_wait_s = max_wait_s
-        self._backoff_s = backoff_s
+        # Uncapped: `max_attempts` bounds it (1, 2, 4, 8 s with the defaults).
+        self._retry = RetryPolicy(base_s=backoff_s, cap_s=math.inf)
         self._send_timeout_s = send_timeout_s
         self._keep_deliveries_s = keep_deliveries_s
         self._render_html = render_html
@@ -290,7 +294,7 @@ class TelegramSink:
         _log.warning("telegram.send_failed", chat_id=chat_id, attempt=attempt, error=detail)
         if attempt >= self._max_attempts:
             return _Outcome(chat_id, "retry", detail=detail)
-        await self._sleep(self._backoff_s * 2.0 ** (attempt - 1))
+        await self._sleep(self._retry.delay_s(attempt))
         return None
 
     def _prune(self, now: float) -> None:
