@@ -6,7 +6,8 @@ alert by alert and settles each one in the outbox:
 
 - sent: `delivered`;
 - `SinkUnavailable`: `retry` after max(the peer's `retry_after_s`, an
-  exponential, jittered, capped backoff by attempt), and stop for this round:
+  exponential, jittered, capped backoff by attempt: the daemon's
+  `RetryPolicy`, by the attempt count the outbox keeps), and stop for this round:
   the alerts behind it wait, so the sink sees them in order;
 - `SinkRejected`: `rejected`, and on to the next alert.
 
@@ -28,6 +29,7 @@ from typing import Any, Final
 import structlog
 
 from daemon.outbox import Outbox
+from daemon.retry import RetryPolicy
 from daemon.sinks.base import Sender, SinkRejected, SinkUnavailable
 from signals.alerts import Alert
 
@@ -41,21 +43,12 @@ _BLOCKED: Final = "blocked"
 _SKIPPED: Final = "skipped"
 
 
-def backoff_s(
-    attempt: int, initial_s: float, max_s: float, jitter: float, rng: random.Random
-) -> float:
-    """The delay after failed attempt number `attempt` (1-based): `initial_s` doubling per
-    attempt, capped at `max_s`, less up to `jitter` of itself at random so that alerts held
-    back by one outage do not all come back at the same instant."""
-    ceiling = min(max_s, initial_s * 2.0 ** min(max(attempt - 1, 0), 64))
-    return ceiling * (1.0 - jitter * rng.random())
-
-
 class DeliveryLoop:
     """Delivers one sink's alerts from the outbox, in order, with retries.
 
     Backoff after failed attempt n is `backoff_initial_s * 2**(n-1)`, capped
-    at `backoff_max_s`, less up to `jitter` of itself at random; a peer's
+    at `backoff_max_s`, less up to `jitter` of itself at random (so that alerts
+    held back by one outage do not all come back at the same instant); a peer's
     `retry_after_s` is honoured when longer. `max_attempts` (None: retry
     forever) turns a sink that stays unavailable for one alert into a
     rejection, so the rest of its queue can move. Alerts are claimed `batch`
@@ -99,7 +92,7 @@ class DeliveryLoop:
         self.outbox = outbox
         self.sink = sink
         self.name: str = sink.name
-        self._backoff = (backoff_initial_s, backoff_max_s, jitter)
+        self._retry = RetryPolicy(base_s=backoff_initial_s, cap_s=backoff_max_s, jitter=jitter)
         self._max_attempts = max_attempts
         self._batch = batch
         self._idle_s = idle_s
@@ -272,9 +265,7 @@ class DeliveryLoop:
                 "alert.rejected", alert_id=alert.id, sink=self.name, attempt=attempt, error=reason
             )
             return _SKIPPED
-        delay = backoff_s(attempt, *self._backoff, self._rng)
-        if retry_after_s is not None and math.isfinite(retry_after_s):
-            delay = max(delay, retry_after_s)
+        delay = self._retry.delay_s(attempt, self._rng.random, retry_after_s)
         self.outbox.retry(alert.id, self.name, now, delay, error)
         # A flapping sink fails on every alert: one line per log_every_s, with a count.
         if now - self._last_failure_log >= self._log_every_s:

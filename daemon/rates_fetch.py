@@ -18,12 +18,10 @@ would sit in the query).
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import math
 import random
 import time
 from collections.abc import Callable, Coroutine
-from datetime import UTC
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -33,6 +31,7 @@ import structlog
 
 from daemon.config import FRED_DGS2_URL
 from daemon.fred import RatesFileError, parse_fred_csv
+from daemon.retry import RetryPolicy, parse_retry_after
 from signals.rates import RatesSeries
 
 _log = structlog.get_logger(__name__)
@@ -66,31 +65,16 @@ def _safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
-def _retry_after_s(value: str | None, now: float) -> float | None:
-    """A `Retry-After` header (seconds or an HTTP date) as seconds from `now`."""
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(when.timestamp() - now, 0.0)
-
-
 class RatesFetcher:
     """Fetches a FRED series CSV. Use as `async with RatesFetcher(url) as f: series = await f.fetch()`.
 
     `attempts` is the total number of tries; between them the delay doubles
     from `backoff_initial_s` up to `backoff_max_s`, less up to half of itself
     at random, and a server's `Retry-After` is honoured when longer (up to
-    `backoff_max_s`). `timeout_s` bounds each phase of one request (connect,
-    read...). `transport` swaps the network for tests; `sleep` the waiting.
+    `backoff_max_s`): the daemon's `RetryPolicy` with a jitter of 0.5.
+    `timeout_s` bounds each phase of one request (connect, read...).
+    `transport` swaps the network for tests; `sleep` the waiting, `clock` the
+    epoch time an HTTP-date `Retry-After` is counted from.
     """
 
     def __init__(
@@ -104,6 +88,7 @@ class RatesFetcher:
         backoff_max_s: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         if urlsplit(url).scheme not in ("http", "https"):
@@ -118,9 +103,15 @@ class RatesFetcher:
         self.series = series
         self._timeout_s = timeout_s
         self._attempts = attempts
-        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._retry = RetryPolicy(
+            base_s=backoff_initial_s,
+            cap_s=backoff_max_s,
+            jitter=0.5,
+            retry_after_max_s=backoff_max_s,
+        )
         self._transport = transport
         self._sleep = sleep
+        self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._client: httpx.AsyncClient | None = None
 
@@ -159,7 +150,7 @@ class RatesFetcher:
                     raise RatesUnavailable(
                         where, f"{exc.detail} (after {attempt} attempts)"
                     ) from exc.__cause__
-                delay = self._delay(attempt, exc.retry_after_s)
+                delay = self._retry.delay_s(attempt, self._rng.random, exc.retry_after_s)
                 _log.warning(
                     "rates.fetch_retry",
                     url=where,
@@ -188,7 +179,7 @@ class RatesFetcher:
             async with client.stream("GET", self.url) as response:
                 status = response.status_code
                 if status == 429 or status >= 500:
-                    retry = _retry_after_s(response.headers.get("Retry-After"), time.time())
+                    retry = parse_retry_after(response.headers.get("Retry-After"), self._clock())
                     raise _Retryable(f"HTTP {status}", retry)
                 if status != 200:
                     raise RatesRejected(where, f"HTTP {status}")
@@ -209,13 +200,6 @@ class RatesFetcher:
             return body.decode(encoding)
         except (UnicodeDecodeError, LookupError) as exc:
             raise RatesRejected(where, f"body is not {encoding} text") from exc
-
-    def _delay(self, attempt: int, retry_after_s: float | None) -> float:
-        initial, cap = self._backoff
-        delay = min(cap, initial * 2.0 ** (attempt - 1)) * (1.0 - 0.5 * self._rng.random())
-        if retry_after_s is not None:
-            delay = max(delay, min(retry_after_s, cap))
-        return delay
 
 
 class _Retryable(Exception):

@@ -52,12 +52,13 @@ from daemon.feeds.base import Feed, FeedBatch, FeedError
 from daemon.health import HealthServer, SourceFuncs, Startup, observer
 from daemon.outbox import Outbox
 from daemon.rates_fetch import RatesFetcher
+from daemon.retry import RetryPolicy
 from daemon.scheduler import Scheduler, SessionCalendar
 from daemon.sdnotify import Notifier, WatchdogGate, watchdog_interval_s, watchdog_loop
 from daemon.secrets import Secrets
 from daemon.sinks.mqtt import MqttSink
 from daemon.snapshot import FeedTimeSnapshots, last_minute, load_snapshot
-from daemon.startup import Backoff, SupervisedSink, Waits, feed_fatal, keep_trying
+from daemon.startup import SupervisedSink, Waits, feed_fatal, keep_trying
 from signals.alerts import Alert
 from signals.pipeline import Pipeline
 
@@ -65,8 +66,8 @@ _log = structlog.get_logger(__name__)
 
 States = dict[str, dict[str, float | str | bool | None]]
 
-SINK_START_BACKOFF = Backoff(initial_s=1.0, max_s=30.0)
-RATES_BACKOFF = Backoff(initial_s=30.0, max_s=1800.0)
+SINK_START_BACKOFF = RetryPolicy(base_s=1.0, cap_s=30.0, jitter=0.5)
+RATES_BACKOFF = RetryPolicy(base_s=30.0, cap_s=1800.0, jitter=0.5)
 
 
 def _open_state_dir(config: Config) -> None:
@@ -198,7 +199,7 @@ class _Daemon:
                 what="feed warm-up",
                 waits=self.waits,
                 fatal=_logged_feed_fatal,
-                backoff=Backoff(initial_s=f.backoff_initial_s, max_s=f.backoff_max_s),
+                backoff=RetryPolicy(base_s=f.backoff_initial_s, cap_s=f.backoff_max_s, jitter=0.5),
             )
         else:
             history = warmup
@@ -244,7 +245,7 @@ async def run_daemon(
     drain_timeout_s: float = 10.0,
     on_ingest: Callable[[Ingest], None] = lambda ingest: None,
     snapshots: bool | None = None,
-    sink_backoff: Backoff = SINK_START_BACKOFF,
+    sink_backoff: RetryPolicy = SINK_START_BACKOFF,
 ) -> IngestStats:
     """Run until `stop` is set; returns the ingest counters. Raises `Fatal` for an
     expected failure (refused credentials, the health port in use, a feed that gave up).
@@ -280,7 +281,7 @@ async def _run(
     drain_timeout_s: float,
     on_ingest: Callable[[Ingest], None],
     snapshots: bool,
-    sink_backoff: Backoff,
+    sink_backoff: RetryPolicy,
 ) -> IngestStats:
     pipeline = build_pipeline(config, datetime.now(UTC))
     backend = DaemonBackend(pipeline, config.feed.symbols, config.rules.file)

@@ -3,7 +3,7 @@
 Everything the daemon talks to (the provider's REST and websocket, the Bot
 API, the broker, FRED) may be down, slow or misbehaving when it starts. The
 daemon therefore comes up without them: each dependency is tried on its own,
-with capped, jittered backoff, until it answers, and what the daemon still
+with capped, jittered backoff (a `RetryPolicy`), until it answers, and what the daemon still
 waits for is kept in one `Waits` table that `/healthz` and systemd's
 `STATUS=` show. Only an answer that retrying cannot change (refused
 credentials) ends the daemon, as a `Fatal` with its exit code.
@@ -19,15 +19,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 import structlog
 
-from daemon.delivery import backoff_s
 from daemon.fatal import ExitCode, Fatal
 from daemon.feeds.base import FeedAuthFailed, FeedError, FeedFatal, FeedForbidden
+from daemon.retry import RetryPolicy
 from daemon.secrets import PROVIDER_SECRETS
 from daemon.sinks.base import Sink, SinkAuthFailed, SinkUnavailable
 from daemon.telegram.start import TelegramAuthError
@@ -37,6 +36,9 @@ _log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Sleep = Callable[[float], Coroutine[Any, Any, None]]
+
+START_RETRY = RetryPolicy(base_s=1.0, cap_s=30.0, jitter=0.5)
+"""Delays between start-up tries: 1 s doubling up to 30 s, less up to half of itself."""
 
 
 class Waits:
@@ -79,19 +81,6 @@ class Waits:
         return "waiting for " + "; ".join(parts)
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Delays between tries: `initial_s` doubling up to `max_s`, less up to `jitter` of itself."""
-
-    initial_s: float = 1.0
-    max_s: float = 30.0
-    jitter: float = 0.5
-
-    def delay_s(self, attempt: int, rng: random.Random) -> float:
-        """The delay after failed try number `attempt` (1-based)."""
-        return backoff_s(attempt, self.initial_s, self.max_s, self.jitter, rng)
-
-
 def describe(exc: BaseException) -> str:
     """One line for a failed try. Feed and sink errors never carry secrets; the log
     redacts registered secrets from anything else."""
@@ -107,7 +96,7 @@ async def keep_trying(
     what: str,
     waits: Waits,
     fatal: Callable[[Exception], Fatal | None] = lambda exc: None,
-    backoff: Backoff = Backoff(),
+    backoff: RetryPolicy = START_RETRY,
     attempt_timeout_s: float | None = None,
     on_failure: Callable[[Exception], None] = lambda exc: None,
     sleep: Sleep = asyncio.sleep,
@@ -129,7 +118,7 @@ async def keep_trying(
                 raise end from None  # the one line; the cause may quote what we never print
             on_failure(exc)
             reason = describe(exc)
-            delay = backoff.delay_s(attempt, rng)
+            delay = backoff.delay_s(attempt, rng.random)
             waits.waiting(what, reason)
             _log.warning(
                 "startup.waiting",
@@ -188,7 +177,7 @@ class SupervisedSink:
         sink: Sink,
         waits: Waits,
         *,
-        backoff: Backoff = Backoff(),
+        backoff: RetryPolicy = START_RETRY,
         start_timeout_s: float = 60.0,
         on_up: Callable[[], None] = lambda: None,
     ) -> None:

@@ -5,8 +5,9 @@
 a body or a `FeedError`: network errors and oversized bodies are
 `FeedUnavailable`, an invalid URL is `FeedFatal`, and a status other than 200
 is whatever the provider's `_status_error` says. `FeedUnavailable` and
-`FeedThrottled` are retried `max_retries` times, waiting `Retry-After` when
-the server gave one, else 1, 2, 4... seconds, capped at `max_retry_wait_s`.
+`FeedThrottled` are retried `max_retries` times, waiting 1, 2, 4... seconds, or
+the server's `Retry-After` when longer, capped at `max_retry_wait_s` (the
+daemon's `RetryPolicy`, without jitter).
 What differs per provider (URLs, pagination, auth headers, which statuses are
 fatal, where the error message sits) stays in the provider's module.
 """
@@ -28,6 +29,7 @@ from daemon.feeds.base import (
     FeedUnavailable,
 )
 from daemon.feeds.wserrors import retry_after_s
+from daemon.retry import RetryPolicy
 
 _ERROR_BODY_BYTES = 64 << 10
 _DETAIL_CHARS = 160
@@ -51,7 +53,10 @@ class RestClient(ABC):
     ) -> None:
         """`limits`: (max_retries, max_retry_wait_s, max_body_bytes)."""
         self._http, self._name, self._headers, self._sleep = http, name, headers, sleep
-        self._max_retries, self._max_retry_wait_s, self._max_body_bytes = limits
+        self._max_retries, max_retry_wait_s, self._max_body_bytes = limits
+        self._retry = RetryPolicy(
+            base_s=1.0, cap_s=max_retry_wait_s, retry_after_max_s=max_retry_wait_s
+        )
 
     @abstractmethod
     def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> FeedError:
@@ -70,11 +75,9 @@ class RestClient(ABC):
             except (FeedUnavailable, FeedThrottled) as exc:
                 if attempt >= self._max_retries:
                     raise
-                wait = exc.retry_after_s if isinstance(exc, FeedThrottled) else None
-                await self._sleep(
-                    min(self._max_retry_wait_s, wait if wait is not None else 2.0**attempt)
-                )
                 attempt += 1
+                wait = exc.retry_after_s if isinstance(exc, FeedThrottled) else None
+                await self._sleep(self._retry.delay_s(attempt, retry_after_s=wait))
 
     async def _get_once(self, url: str, params: Mapping[str, str] | None) -> bytes:
         try:

@@ -1,6 +1,7 @@
 """When and how soon a feed tries again: backoff delays, the retry policy, what an error means.
 
-`backoff` is a plain generator of delays (exponential, full jitter, capped);
+`backoff` is an endless sequence of delays (exponential, full jitter, capped):
+the daemon's one `RetryPolicy`, with the floor the feeds need when throttled;
 `classify` is a plain function that says what an exception means for the
 reconnect loop (retry soon, retry much later, give up). No I/O, no clock.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from daemon.feeds.base import FeedAuthFailed, FeedError, FeedFatal, FeedThrottled
+from daemon.retry import RetryPolicy
 
 
 def backoff(
@@ -27,7 +29,8 @@ def backoff(
 
     Attempt n waits a uniform draw from `[min_s, max(min_s, min(max_s, initial_s * factor**n)))`.
     With `min_s = 0` this is AWS's "full jitter"; a positive `min_s` sets a floor
-    (e.g. 60 s after "connection limit exceeded"). `rand` returns floats in [0, 1).
+    (e.g. 60 s after "connection limit exceeded"). `rand` returns floats in [0, 1):
+    0 gives the floor, towards 1 the ceiling.
     """
     if not (initial_s > 0 and math.isfinite(initial_s)):
         raise ValueError(f"initial_s must be > 0 and finite, got {initial_s}")
@@ -35,12 +38,9 @@ def backoff(
         raise ValueError(f"factor must be >= 1, got {factor}")
     if not (0.0 <= min_s <= max_s and math.isfinite(max_s)):
         raise ValueError(f"need 0 <= min_s <= max_s < inf, got min_s={min_s} max_s={max_s}")
-    ceiling = initial_s
-    while True:
-        high = max(min_s, min(max_s, ceiling))
-        yield min_s + rand() * (high - min_s)
-        if ceiling < max_s:
-            ceiling *= factor
+    policy = RetryPolicy(base_s=initial_s, cap_s=max_s, jitter=1.0, factor=factor, floor_s=min_s)
+    # The policy's draw takes jitter off the ceiling; `rand` here measures up from the floor.
+    return policy.delays(lambda: 1.0 - rand())
 
 
 @dataclass(frozen=True)

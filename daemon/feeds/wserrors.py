@@ -8,6 +8,7 @@ library or the server sent (keys can sit in URLs and echoed frames).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
@@ -21,14 +22,16 @@ from daemon.feeds.base import (
     FeedUnavailable,
     FrameRejected,
 )
+from daemon.retry import parse_retry_after
 
 
 def retry_after_s(headers: Iterable[tuple[str, str]], now_s: float | None = None) -> float | None:
-    """Seconds to wait from `Retry-After` (seconds), or `X-RateLimit-Reset` (epoch) given `now_s`."""
+    """Seconds to wait from `Retry-After` (the daemon's one parser: seconds or an HTTP date,
+    counted from `now_s` or else the wall clock), or `X-RateLimit-Reset` (epoch) given `now_s`."""
     values = {k.lower(): v for k, v in headers}
+    if "retry-after" in values:
+        return parse_retry_after(values["retry-after"], time.time() if now_s is None else now_s)
     try:
-        if "retry-after" in values:
-            return max(0.0, float(values["retry-after"]))
         if "x-ratelimit-reset" in values and now_s is not None:
             return max(0.0, float(values["x-ratelimit-reset"]) - now_s)
     except ValueError:

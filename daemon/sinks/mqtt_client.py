@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -25,6 +24,8 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from daemon.retry import RetryPolicy
+
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _REASONS_KEPT = 4096
 
@@ -36,17 +37,11 @@ NOT_AUTHORIZED = 0x87
 
 def backoff_delays(initial_s: float, max_s: float) -> Iterator[float]:
     """Reconnect delays: doubling from `initial_s` up to `max_s`, each drawn from
-    [d/2, d] so that many clients cut off together do not come back together."""
+    [d/2, d] so that many clients cut off together do not come back together
+    (the daemon's `RetryPolicy` with a jitter of 0.5)."""
     if not 0 < initial_s <= max_s:
         raise ValueError(f"need 0 < initial_s <= max_s, got {initial_s} and {max_s}")
-
-    def delays() -> Iterator[float]:
-        ceiling = initial_s
-        while True:
-            yield random.uniform(ceiling / 2, ceiling)
-            ceiling = min(ceiling * 2, max_s)
-
-    return delays()
+    return RetryPolicy(base_s=initial_s, cap_s=max_s, jitter=0.5).delays()
 
 
 class SessionClient(aiomqtt.Client):

@@ -3,7 +3,7 @@
 The menu is a nicety: a Bot API that fails to take it (5xx, timeout,
 network, 429) must not keep the bot from starting. `CommandMenu.start`
 publishes it in a task that retries with capped, jittered backoff
-(`daemon.delivery.backoff_s`) until Telegram takes it or `stop` cancels the
+(`daemon.retry.RetryPolicy`) until Telegram takes it or `stop` cancels the
 task. The first failure is one warning; later ones are debug lines, and
 success after failures is an info line. A 400 means the menu itself is
 wrong: retrying cannot fix it, so the task ends with an error line.
@@ -19,8 +19,8 @@ import structlog
 from telegram import Bot, BotCommand
 from telegram.error import BadRequest, RetryAfter, TelegramError
 
-from daemon.delivery import backoff_s
 from daemon.logs import redact
+from daemon.retry import RetryPolicy
 from daemon.telegram.sink import retry_after_s
 from daemon.telegram.start import describe
 
@@ -47,9 +47,7 @@ class CommandMenu:
     ) -> None:
         self._bot = bot
         self._commands = list(commands)
-        self._retry_s = retry_s
-        self._retry_max_s = retry_max_s
-        self._jitter = jitter
+        self._retry = RetryPolicy(base_s=retry_s, cap_s=retry_max_s, jitter=jitter)
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._task: asyncio.Task[None] | None = None
@@ -84,7 +82,7 @@ class CommandMenu:
     async def _publish(self) -> None:
         while True:
             self.attempts += 1
-            wait_s = 0.0
+            wait_s: float | None = None
             try:
                 await self._bot.set_my_commands(self._commands)
             except BadRequest as exc:  # subclasses NetworkError: caught before it
@@ -99,10 +97,7 @@ class CommandMenu:
                 if self.attempts > 1:
                     _log.info("telegram.menu_set", attempts=self.attempts)
                 return
-            delay = max(
-                wait_s,
-                backoff_s(self.attempts, self._retry_s, self._retry_max_s, self._jitter, self._rng),
-            )
+            delay = self._retry.delay_s(self.attempts, self._rng.random, retry_after_s=wait_s)
             if self.attempts == 1:
                 _log.warning("telegram.menu_failed", error=detail, retry_in_s=round(delay, 3))
             else:

@@ -14,7 +14,8 @@ chat in its own task, retried there:
 - `TimedOut` after the request went out (read/write timeout): Telegram may
   well have delivered it, so record `maybe` and do not resend
   (`alert.maybe_delivered`); a connect or pool timeout never left: retry;
-- other `NetworkError`s: retry with backoff.
+- other `NetworkError`s: retry with backoff (the daemon's `RetryPolicy`:
+  `backoff_s` doubling, no jitter, bounded by `max_attempts`).
 
 A chat still failing after `max_attempts` (or told to wait longer than
 `max_wait_s`) makes `send` raise `SinkUnavailable`: the outbox retries later,
@@ -25,6 +26,7 @@ time (a lock), which keeps each chat's messages in order.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import warnings
 from collections import Counter
@@ -51,6 +53,7 @@ from telegram.error import (
 from telegram.warnings import PTBDeprecationWarning
 
 from daemon.logs import redact
+from daemon.retry import RetryPolicy
 from daemon.sinks.base import SinkRejected, SinkUnavailable
 from daemon.sinks.render import render_html, render_text
 from daemon.telegram.ratelimit import RateLimiter
@@ -97,6 +100,18 @@ class _Outcome:
         return self.result if self.result in ("sent", "maybe", "rejected") else None
 
 
+@dataclass
+class _Send:
+    """One chat's delivery in progress: the chat may move, the text fall back to plain."""
+
+    alert_id: str
+    chat_id: int
+    text: str
+    plain: str
+    mode: ParseMode | None = ParseMode.HTML
+    attempt: int = 0
+
+
 class TelegramSink:
     """Delivers alerts to the subscribers in `store` through `bot` (initialised by its owner).
 
@@ -137,7 +152,8 @@ class TelegramSink:
         )
         self._max_attempts = max_attempts
         self._max_wait_s = max_wait_s
-        self._backoff_s = backoff_s
+        # Uncapped: `max_attempts` bounds it (1, 2, 4, 8 s with the defaults).
+        self._retry = RetryPolicy(base_s=backoff_s, cap_s=math.inf)
         self._send_timeout_s = send_timeout_s
         self._keep_deliveries_s = keep_deliveries_s
         self._render_html = render_html
@@ -226,63 +242,70 @@ class TelegramSink:
 
     async def _deliver(self, alert: Alert, chat_id: int, html: str, plain: str) -> _Outcome:
         """One chat's delivery, with its retries; never raises for a Telegram error."""
-        text = html
-        mode: ParseMode | None = ParseMode.HTML
-        attempt = 0
+        send = _Send(alert.id, chat_id, html, plain)
         while True:
-            attempt += 1
-            await self._limiter.acquire(chat_id)
+            send.attempt += 1
+            await self._limiter.acquire(send.chat_id)
             try:
                 await self._bot.send_message(
-                    chat_id=chat_id,
-                    text=text,
-                    parse_mode=mode,
+                    chat_id=send.chat_id,
+                    text=send.text,
+                    parse_mode=send.mode,
                     link_preview_options=_NO_PREVIEW,
                     read_timeout=self._send_timeout_s,
                 )
-            except RetryAfter as exc:  # flood control: everybody waits, then this chat again
-                wait_s = retry_after_s(exc)
-                self._limiter.pause(wait_s)
-                _log.warning("telegram.flood_wait", chat_id=chat_id, retry_after_s=wait_s)
-                if attempt >= self._max_attempts or wait_s > self._max_wait_s:
-                    return _Outcome(chat_id, "retry", wait_s, "flood control")
-            except ChatMigrated as exc:  # group became a supergroup: follow it
-                self._store.migrate(chat_id, exc.new_chat_id)
-                _log.info("telegram.chat_migrated", chat_id=chat_id, new_chat_id=exc.new_chat_id)
-                chat_id = exc.new_chat_id
-                if attempt >= self._max_attempts:
-                    return _Outcome(chat_id, "retry", detail="chat migrated again")
-            except Forbidden as exc:  # blocked or kicked: stop writing to this chat
-                self._store.unsubscribe(chat_id)
-                _log.info("telegram.subscriber_deactivated", chat_id=chat_id, reason=exc.message)
-                return _Outcome(chat_id, "deactivated")
-            except BadRequest as exc:  # subclasses NetworkError: caught before it
-                if mode is not None and _PARSE_ERROR in exc.message.lower():
-                    _log.warning("telegram.parse_fallback", chat_id=chat_id, alert_id=alert.id)
-                    text, mode = plain, None
-                    continue
-                _log.warning(
-                    "alert.rejected", chat_id=chat_id, alert_id=alert.id, error=exc.message
-                )
-                return _Outcome(chat_id, "rejected", detail=_detail(exc))
-            except TimedOut as exc:  # subclasses NetworkError too
-                if not isinstance(exc.__cause__, _NOT_SENT):
-                    _log.warning(
-                        "alert.maybe_delivered",
-                        chat_id=chat_id,
-                        alert_id=alert.id,
-                        timeout_s=self._send_timeout_s,
-                    )
-                    return _Outcome(chat_id, "maybe")
-                if outcome := await self._backoff(attempt, chat_id, exc):
+            except TelegramError as exc:
+                if outcome := await self._failed(send, exc):
                     return outcome
-            except (InvalidToken, NetworkError) as exc:
-                if outcome := await self._backoff(attempt, chat_id, exc):
-                    return outcome
-            except TelegramError as exc:  # anything else PTB may add: retry later, never crash
-                return _Outcome(chat_id, "retry", detail=_detail(exc))
             else:
-                return _Outcome(chat_id, "sent")
+                return _Outcome(send.chat_id, "sent")
+
+    async def _failed(self, send: _Send, exc: TelegramError) -> _Outcome | None:
+        """What a failed send comes to: an outcome, or None to try the chat again."""
+        if isinstance(exc, ChatMigrated | Forbidden | BadRequest):  # BadRequest is a NetworkError
+            return self._refused(send, exc)
+        if isinstance(exc, RetryAfter):  # flood control: everybody waits, then this chat again
+            wait_s = retry_after_s(exc)
+            self._limiter.pause(wait_s)
+            _log.warning("telegram.flood_wait", chat_id=send.chat_id, retry_after_s=wait_s)
+            if send.attempt >= self._max_attempts or wait_s > self._max_wait_s:
+                return _Outcome(send.chat_id, "retry", wait_s, "flood control")
+            return None
+        # TimedOut subclasses NetworkError: one that may have reached Telegram is not resent.
+        if isinstance(exc, TimedOut) and not isinstance(exc.__cause__, _NOT_SENT):
+            _log.warning(
+                "alert.maybe_delivered",
+                chat_id=send.chat_id,
+                alert_id=send.alert_id,
+                timeout_s=self._send_timeout_s,
+            )
+            return _Outcome(send.chat_id, "maybe")
+        if isinstance(exc, InvalidToken | NetworkError):
+            return await self._backoff(send.attempt, send.chat_id, exc)
+        # Anything else PTB may add: retry later, never crash.
+        return _Outcome(send.chat_id, "retry", detail=_detail(exc))
+
+    def _refused(self, send: _Send, exc: ChatMigrated | Forbidden | BadRequest) -> _Outcome | None:
+        """The chat moved (follow it), blocked us (deactivate it) or refused this message."""
+        if isinstance(exc, ChatMigrated):  # group became a supergroup: follow it
+            self._store.migrate(send.chat_id, exc.new_chat_id)
+            _log.info("telegram.chat_migrated", chat_id=send.chat_id, new_chat_id=exc.new_chat_id)
+            send.chat_id = exc.new_chat_id
+            if send.attempt >= self._max_attempts:
+                return _Outcome(send.chat_id, "retry", detail="chat migrated again")
+            return None
+        if isinstance(exc, Forbidden):  # blocked or kicked: stop writing to this chat
+            self._store.unsubscribe(send.chat_id)
+            _log.info("telegram.subscriber_deactivated", chat_id=send.chat_id, reason=exc.message)
+            return _Outcome(send.chat_id, "deactivated")
+        if send.mode is not None and _PARSE_ERROR in exc.message.lower():
+            _log.warning("telegram.parse_fallback", chat_id=send.chat_id, alert_id=send.alert_id)
+            send.text, send.mode = send.plain, None
+            return None
+        _log.warning(
+            "alert.rejected", chat_id=send.chat_id, alert_id=send.alert_id, error=exc.message
+        )
+        return _Outcome(send.chat_id, "rejected", detail=_detail(exc))
 
     async def _backoff(self, attempt: int, chat_id: int, exc: TelegramError) -> _Outcome | None:
         """Wait before the next attempt, or the giving-up outcome after the last one."""
@@ -290,7 +313,7 @@ class TelegramSink:
         _log.warning("telegram.send_failed", chat_id=chat_id, attempt=attempt, error=detail)
         if attempt >= self._max_attempts:
             return _Outcome(chat_id, "retry", detail=detail)
-        await self._sleep(self._backoff_s * 2.0 ** (attempt - 1))
+        await self._sleep(self._retry.delay_s(attempt))
         return None
 
     def _prune(self, now: float) -> None:

@@ -26,8 +26,8 @@ from typing import Final, TypeVar
 import structlog
 from telegram.error import InvalidToken, RetryAfter, TelegramError
 
-from daemon.delivery import backoff_s
 from daemon.logs import redact
+from daemon.retry import RetryPolicy
 from daemon.telegram.sink import retry_after_s
 
 _log = structlog.get_logger(__name__)
@@ -66,7 +66,7 @@ def describe(exc: TelegramError) -> str:
 @dataclass
 class StartTries:
     """At most `attempts` tries over a whole start, `backoff_s` apart (doubling, capped at
-    `backoff_max_s`, less up to `jitter` of itself at random)."""
+    `backoff_max_s`, less up to `jitter` of itself at random: a `RetryPolicy`)."""
 
     attempts: int
     backoff_s: float
@@ -75,6 +75,13 @@ class StartTries:
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     failures: int = 0
+    _retry: RetryPolicy = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Telegram's wait is honoured uncapped here: one longer than the cap ends the start.
+        self._retry = RetryPolicy(
+            base_s=self.backoff_s, cap_s=self.backoff_max_s, jitter=self.jitter
+        )
 
     async def call(self, name: str, action: Callable[[], Awaitable[T]]) -> T:
         """`await action()`, retried; `name` is the Bot API method, for the messages."""
@@ -93,11 +100,7 @@ class StartTries:
             if refused:
                 raise TelegramAuthError(call=name)
             self.failures += 1
-            delay = backoff_s(
-                self.failures, self.backoff_s, self.backoff_max_s, self.jitter, self.rng
-            )
-            if wait_s is not None:
-                delay = max(delay, wait_s)
+            delay = self._retry.delay_s(self.failures, self.rng.random, retry_after_s=wait_s)
             if self.failures >= self.attempts or delay > self.backoff_max_s:
                 tries = f"{self.failures} {'try' if self.failures == 1 else 'tries'}"
                 raise TelegramStartError(

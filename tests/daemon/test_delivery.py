@@ -19,8 +19,9 @@ from typing import Self
 import pytest
 import structlog
 
-from daemon.delivery import DeliveryLoop, backoff_s, drain_all
+from daemon.delivery import DeliveryLoop, drain_all
 from daemon.outbox import Outbox
+from daemon.retry import RetryPolicy
 from daemon.sinks.base import SinkRejected, SinkUnavailable
 from daemon.sinks.jsonl import JsonlSink
 from signals.alerts import Alert, alert_id, decode_alert
@@ -229,10 +230,12 @@ async def test_a_flapping_sink_logs_rate_limited(outbox: Outbox) -> None:
 
 def test_backoff_doubles_caps_and_jitters_downwards() -> None:
     rng = random.Random(7)
-    assert [backoff_s(n, 1.0, 30.0, 0.0, rng) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
-    assert backoff_s(10_000, 1.0, 30.0, 0.0, rng) == 30.0
+    flat = RetryPolicy(base_s=1.0, cap_s=30.0, jitter=0.0)
+    assert [flat.delay_s(n, rng.random) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    assert flat.delay_s(10_000, rng.random) == 30.0
+    jittered = RetryPolicy(base_s=0.5, cap_s=20.0, jitter=0.5)
     for n in range(1, 20):
-        d = backoff_s(n, 0.5, 20.0, 0.5, rng)
+        d = jittered.delay_s(n, rng.random)
         ceiling = min(20.0, 0.5 * 2 ** (n - 1))
         assert ceiling / 2 <= d <= ceiling
 

@@ -20,8 +20,8 @@ from daemon.rates_fetch import (
     RatesFetcher,
     RatesRejected,
     RatesUnavailable,
-    _retry_after_s,
 )
+from daemon.retry import parse_retry_after
 
 FRED_CSV = """observation_date,DGS2
 2024-07-01,4.75
@@ -144,6 +144,20 @@ async def test_429_honours_retry_after_up_to_the_cap() -> None:
     assert sleeps.delays == [20.0]
 
 
+async def test_503_honours_an_http_date_retry_after_on_the_injected_clock() -> None:
+    sleeps = Sleeps()
+    now = datetime(2024, 7, 8, 12, 0, 0, tzinfo=UTC).timestamp()
+    date = "Mon, 08 Jul 2024 12:00:15 GMT"
+    async with (
+        fred(Reply(503, "", [("Retry-After", date)]), Reply(200, FRED_CSV)) as server,
+        RatesFetcher(
+            server.url, backoff_initial_s=1.0, backoff_max_s=20.0, sleep=sleeps, clock=lambda: now
+        ) as fetcher,
+    ):
+        await fetcher.fetch()
+    assert sleeps.delays == [15.0]
+
+
 @pytest.mark.parametrize("status", [400, 403, 404])
 async def test_4xx_is_rejected_at_once(status: int) -> None:
     sleeps = Sleeps()
@@ -223,7 +237,7 @@ def test_constructor_checks() -> None:
 
 
 def test_retry_after_forms() -> None:
-    assert _retry_after_s("12", 0.0) == 12.0
-    assert _retry_after_s("Wed, 21 Oct 2015 07:28:30 GMT", 1445412480.0) == 30.0
-    assert _retry_after_s("soon", 0.0) is None
-    assert _retry_after_s(None, 0.0) is None
+    assert parse_retry_after("12", 0.0) == 12.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", 1445412480.0) == 30.0
+    assert parse_retry_after("soon", 0.0) is None
+    assert parse_retry_after(None, 0.0) is None

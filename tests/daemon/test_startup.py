@@ -12,8 +12,9 @@ import pytest
 from daemon.fatal import ExitCode, Fatal, find_fatal
 from daemon.feeds.base import FeedAuthFailed, FeedFatal, FeedForbidden, FeedUnavailable
 from daemon.health import Snapshot, Startup, health_report
+from daemon.retry import RetryPolicy
 from daemon.sinks.base import SinkAuthFailed, SinkUnavailable
-from daemon.startup import Backoff, SupervisedSink, Waits, feed_fatal, keep_trying, sink_fatal
+from daemon.startup import SupervisedSink, Waits, feed_fatal, keep_trying, sink_fatal
 from daemon.telegram.start import TelegramAuthError
 from signals.alerts import Alert
 
@@ -41,7 +42,7 @@ async def test_keep_trying_retries_with_capped_backoff_and_says_why() -> None:
     sleep = _Sleeps()
     got = await keep_trying(
         flaky, what="feed warm-up", waits=waits, fatal=feed_fatal,
-        backoff=Backoff(initial_s=1.0, max_s=8.0, jitter=0.0), sleep=sleep,
+        backoff=RetryPolicy(base_s=1.0, cap_s=8.0, jitter=0.0), sleep=sleep,
     )  # fmt: skip
     assert got == "history" and len(calls) == 8
     assert sleep.delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
@@ -60,7 +61,7 @@ async def test_keep_trying_jitter_stays_within_half_of_the_delay() -> None:
 
     await keep_trying(
         fails_29_times, what="x", waits=Waits(), fatal=lambda e: None,
-        backoff=Backoff(initial_s=1.0, max_s=30.0, jitter=0.5), sleep=sleep,
+        backoff=RetryPolicy(base_s=1.0, cap_s=30.0, jitter=0.5), sleep=sleep,
         rng=random.Random(1),
     )  # fmt: skip
     assert all(0 < d <= 30.0 for d in sleep.delays)
@@ -154,7 +155,7 @@ class _Sink:
 async def test_supervised_sink_is_unavailable_until_it_starts_then_closes_at_shutdown() -> None:
     inner, waits = _Sink(failures=3), Waits()
     ups: list[int] = []
-    sink = SupervisedSink(inner, waits, backoff=Backoff(initial_s=0.01, max_s=0.02))
+    sink = SupervisedSink(inner, waits, backoff=RetryPolicy(base_s=0.01, cap_s=0.02, jitter=0.5))
     sink.on_up = lambda: ups.append(1)
     closing = asyncio.Event()
     task = asyncio.create_task(sink.run(closing))

@@ -15,16 +15,16 @@ import httpx
 from daemon.app import Ingest, Warmup
 from daemon.config import load_config
 from daemon.feeds.replay import ReplayServer
+from daemon.retry import RetryPolicy
 from daemon.sample import DemoMarket, demo_market
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
-from daemon.startup import Backoff
 from daemon.warmup import fetch_alpaca_warmup
 from tests.daemon.daemon_config import write_config
 from tests.daemon.sinks.mosquitto import free_port
 
 KEY, SECRET = "PKTESTKEY", "test-secret-value"
-FAST = Backoff(initial_s=0.5, max_s=5.0)
+FAST = RetryPolicy(base_s=0.5, cap_s=5.0, jitter=0.5)
 SPEED = 120.0  # bar-minutes per second: the demo session in about 3 s
 
 
@@ -123,7 +123,7 @@ async def run_until_played(
     *,
     timeout_s: float,
     env: dict[str, str] | None = None,
-    sink_backoff: Backoff = FAST,
+    sink_backoff: RetryPolicy = FAST,
 ) -> Ingest:
     """`run_daemon` until the server (started by the test when it likes) has played
     everything and the daemon ingested the last minute."""
