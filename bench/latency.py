@@ -58,12 +58,12 @@ from bench.common import (
     yes_no,
 )
 from bench.latency_probe import Probe, clock
-from daemon.app import Warmup
 from daemon.config import load_config
 from daemon.feeds.replay import ReplayServer, frame_from_rows
 from daemon.logs import configure_logging
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
+from daemon.warmup import Warmup
 from tests.daemon.sinks.mosquitto import Mosquitto
 
 PACE_S = 0.020  # one minute-batch (3 bars) every 20 ms

@@ -23,6 +23,7 @@ from daemon.feeds.alpaca_wire import RestBar, bar_or_rejection, excerpt, field_p
 from daemon.feeds.base import FeedError
 from daemon.feeds.reconnect import Received, Rejection
 from daemon.feeds.rest import RestClient, http_status_error, status_detail
+from daemon.warmup import Fetched, Warmup, WarmupRequest, fetch_warmup
 from signals.bar import Bar
 
 DEFAULT_REST_URL: Final = "https://data.alpaca.markets"
@@ -161,3 +162,24 @@ class AlpacaRest(RestClient):
 
     def _scrub(self, text: str) -> str:
         return scrub(self._key, self._secret, text)
+
+
+async def fetch_alpaca_warmup(
+    key: str, secret: str, request: WarmupRequest, *, feed: str = "iex"
+) -> Warmup:
+    """The start-up history from `/v2/stocks/bars`: daily bars, then minutes."""
+    now = int(request.now)
+
+    async def fetch(http: httpx.AsyncClient, first_daily: int, first_minute: int) -> Fetched:
+        rest = AlpacaRest(
+            http,
+            key=key,
+            secret=secret,
+            symbols=request.symbols,
+            rest_url=request.rest_url or DEFAULT_REST_URL,
+            feed=feed,
+        )
+        daily = await rest.bars(first_daily, now, timeframe="1Day")
+        return daily, await rest.bars(first_minute, now, timeframe="1Min")
+
+    return await fetch_warmup(fetch, request)

@@ -24,6 +24,7 @@ from daemon.feeds.base import FeedError
 from daemon.feeds.massive_wire import excerpt, field_problem, minute_bar, scrub
 from daemon.feeds.reconnect import Received, Rejection
 from daemon.feeds.rest import RestClient, http_status_error, status_detail
+from daemon.warmup import Fetched, Warmup, WarmupRequest, fetch_warmup
 from signals.bar import Bar
 
 DEFAULT_REST_URL: Final = "https://api.massive.com"
@@ -181,3 +182,20 @@ class MassiveRest(RestClient):
 
     def _scrub(self, text: str) -> str:
         return scrub(self._key, text)
+
+
+async def fetch_massive_warmup(api_key: str, request: WarmupRequest) -> Warmup:
+    """The start-up history from `/v2/aggs`: daily aggregates, then minutes."""
+    now = int(request.now)
+
+    async def fetch(http: httpx.AsyncClient, first_daily: int, first_minute: int) -> Fetched:
+        rest = MassiveRest(
+            http,
+            api_key=api_key,
+            symbols=request.symbols,
+            rest_url=request.rest_url or DEFAULT_REST_URL,
+        )
+        daily = await rest.bars(first_daily, now, timespan="day")
+        return daily, await rest.bars(first_minute, now, timespan="minute")
+
+    return await fetch_warmup(fetch, request)

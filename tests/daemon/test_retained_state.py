@@ -10,12 +10,13 @@ from pathlib import Path
 
 import polars as pl
 
-from daemon.app import Ingest, Warmup
+from daemon.app import Ingest
 from daemon.config import load_config
 from daemon.feeds.replay import ReplayServer
 from daemon.sample import demo_market
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
+from daemon.warmup import Warmup
 from tests.daemon.daemon_config import write_config
 from tests.daemon.retained import retained
 from tests.daemon.sinks.mosquitto import Mosquitto

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import httpx
 
-from daemon.app import Ingest, Warmup
+from daemon.app import Ingest
 from daemon.config import load_config
+from daemon.feeds.alpaca_rest import fetch_alpaca_warmup
 from daemon.feeds.replay import ReplayServer
 from daemon.sample import DemoMarket, demo_market
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
 from daemon.startup import Backoff
-from daemon.warmup import fetch_alpaca_warmup
+from daemon.warmup import Warmup, WarmupRequest
 from tests.daemon.daemon_config import write_config
 from tests.daemon.sinks.mosquitto import free_port
 
@@ -67,10 +68,10 @@ def warmup_from(m: DemoMarket, http_port: int, seen: Seen) -> Callable[[], Await
 
     async def fetch() -> Warmup:
         try:
-            return await fetch_alpaca_warmup(
-                key=KEY, secret=SECRET, symbols=["IWM", "SPY", "QQQ"], sessions=m.sessions,
+            return await fetch_alpaca_warmup(KEY, SECRET, WarmupRequest(
+                symbols=["IWM", "SPY", "QQQ"], sessions=m.sessions,
                 now=now, rest_url=f"http://127.0.0.1:{http_port}", daily_days=120,
-            )  # fmt: skip
+            ))  # fmt: skip
         except Exception as exc:
             seen.warmup_failures.append(f"{type(exc).__name__}: {exc}")
             raise

@@ -34,6 +34,7 @@ from daemon.delivery import DeliveryLoop
 from daemon.feeds.alpaca import AlpacaFeed
 from daemon.feeds.base import FeedBatch
 from daemon.feeds.market_hours import xnys_is_open
+from daemon.feeds.options import FeedOptions
 from daemon.feeds.reconnect import ReconnectPolicy
 from daemon.feeds.replay import ReplayServer
 from daemon.outbox import Outbox
@@ -76,19 +77,21 @@ def _daemon_feed(
     return AlpacaFeed(
         KEY,
         SECRET,
-        SYMBOLS,
-        url=server.url,
-        rest_url=server.rest_url,
-        max_frame_bytes=DEFAULTS.max_frame_bytes,
-        silence_timeout_s=DEFAULTS.silence_timeout_s,
-        policy=ReconnectPolicy(
-            backoff_initial_s=DEFAULTS.backoff_initial_s, backoff_max_s=DEFAULTS.backoff_max_s
+        FeedOptions(
+            SYMBOLS,
+            url=server.url,
+            rest_url=server.rest_url,
+            max_frame_bytes=DEFAULTS.max_frame_bytes,
+            silence_timeout_s=DEFAULTS.silence_timeout_s,
+            policy=ReconnectPolicy(
+                backoff_initial_s=DEFAULTS.backoff_initial_s, backoff_max_s=DEFAULTS.backoff_max_s
+            ),
+            warmup_s=300.0,
+            now=now,
+            sleep=sleep,
+            is_market_open=is_market_open,
+            rand=rand,
         ),
-        warmup_s=300.0,
-        now=now,
-        sleep=sleep,
-        is_market_open=is_market_open,
-        rand=rand,
     )
 
 

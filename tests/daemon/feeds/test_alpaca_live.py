@@ -12,6 +12,7 @@ import structlog
 
 from daemon.feeds.alpaca import AlpacaFeed, rfc3339
 from daemon.feeds.base import Feed, FeedFatal
+from daemon.feeds.options import FeedOptions
 from daemon.feeds.reconnect import ReconnectPolicy
 from daemon.feeds.replay import ReplayServer
 from signals.bar import Bar
@@ -41,7 +42,9 @@ def _feed(server: ReplayServer, **kwargs: Any) -> AlpacaFeed:
         "policy": FAST,
     }
     options.update(kwargs)
-    return AlpacaFeed(options.pop("key", KEY), options.pop("secret", SECRET), SYMBOLS, **options)
+    key, secret = options.pop("key", KEY), options.pop("secret", SECRET)
+    own = {name: options.pop(name) for name in ("stream", "channels") if name in options}
+    return AlpacaFeed(key, secret, FeedOptions(SYMBOLS, **options), **own)
 
 
 async def test_bars_arrive_as_batches_with_epoch_times_and_values() -> None:
@@ -287,12 +290,12 @@ async def test_frames_over_the_size_cap_close_with_1009_are_counted_and_reconnec
 
 def test_constructor_validates_without_echoing_secrets() -> None:
     with pytest.raises(ValueError, match="non-empty"):
-        AlpacaFeed("", SECRET, SYMBOLS)
+        AlpacaFeed("", SECRET, FeedOptions(SYMBOLS))
     with pytest.raises(ValueError, match="symbols"):
-        AlpacaFeed(KEY, SECRET, ["iwm"])
+        AlpacaFeed(KEY, SECRET, FeedOptions(["iwm"]))
     with pytest.raises(ValueError, match="stream"):
-        AlpacaFeed(KEY, SECRET, SYMBOLS, stream="crypto")  # type: ignore[arg-type]
-    feed: Feed = AlpacaFeed(KEY, SECRET, SYMBOLS, stream="sip")
+        AlpacaFeed(KEY, SECRET, FeedOptions(SYMBOLS), stream="crypto")  # type: ignore[arg-type]
+    feed: Feed = AlpacaFeed(KEY, SECRET, FeedOptions(SYMBOLS), stream="sip")
     assert isinstance(feed, AlpacaFeed)
     assert feed.url == "wss://stream.data.alpaca.markets/v2/sip"
     assert KEY not in repr(feed) and SECRET not in repr(feed)
