@@ -10,10 +10,11 @@ calls `advance(minutes)`, to keep step with a fake clock). `GET
 /v2/stocks/bars` serves the same frame in Alpaca's REST shape, up to the
 minute already played, so a client can repair a gap after a reconnect.
 
-Both listen on loopback only, on free ports by default. Test hooks:
-`kill_connections()`, `refuse_with(code)`, `go_silent()`,
-`close_after_subscribe()`, `send_raw(data)`, `fail_rest(status)` and
-`hold_rest()`. The REST side is `replay_rest.ReplayRest`.
+Both listen on loopback only, on free ports by default. The REST side is
+`replay_rest.ReplayRest`. A subclass may refuse a session (`_refusal`),
+hold bars back (`_sending_bars`), close after subscribing
+(`_closes_after_subscribe`) and swap the REST side (`rest_type`); the feed
+tests' fault injection does so.
 
 Used by `iwm-alerts demo` / `replay` and by the feed tests.
 """
@@ -99,6 +100,8 @@ class ReplayServer:
     manager; `url` and `rest_url` are valid inside it.
     """
 
+    rest_type: type[ReplayRest] = ReplayRest
+
     def __init__(
         self,
         bars: pl.DataFrame,
@@ -142,9 +145,6 @@ class ReplayServer:
         self._sent = 0  # minutes whose frames have gone out (or were skipped while silent)
         self._manual = manual
         self._allowed = 0  # manual mode: minutes the test has let the timeline play
-        self._refuse: int | None = None
-        self._silent = False
-        self._close_after_subscribe = False
         self._stack = AsyncExitStack()
         self._player: asyncio.Task[None] | None = None
         self._ws_server: Server | None = None
@@ -153,11 +153,9 @@ class ReplayServer:
         """Websocket connections accepted so far."""
         self.auth_attempts = 0
         """`auth` messages received so far."""
-        self.refused: dict[int, int] = {}
-        """Sessions refused by `refuse_with`, by error code."""
         self.last_subscription: dict[str, list[str]] | None = None
         """The channels of the latest (un)subscribe, as the server now holds them."""
-        self._rest = ReplayRest(
+        self._rest = self.rest_type(
             self._frame, lambda: self.played_until, key=key, secret=secret,
             history=None if history is None else _normalised(history),
             daily=None if daily is None else _normalised(daily),
@@ -259,35 +257,7 @@ class ReplayServer:
             await self._progress.wait_for(lambda: self._sent >= target)
         return self._played
 
-    # Test hooks.
-
-    def kill_connections(self) -> int:
-        """Drop every client at the TCP level, without a close frame. Returns how many."""
-        victims = list(self._clients)
-        for ws in victims:
-            ws.transport.abort()
-        return len(victims)
-
-    def refuse_with(self, code: int | None) -> None:
-        """Answer the `auth` of new sessions with error `code` (e.g. 406) and close; None stops."""
-        self._refuse = code
-
-    def go_silent(self, silent: bool = True) -> None:
-        """Stop (or resume) sending bars; the timeline and control replies go on."""
-        self._silent = silent
-
-    def close_after_subscribe(self, enabled: bool = True) -> None:
-        """Close each new session right after confirming its subscription (accept-then-close)."""
-        self._close_after_subscribe = enabled
-
-    def hold_rest(self, held: bool = True) -> None:
-        """Keep REST requests waiting, once read, until called with False (a slow backfill)."""
-        self._rest.hold(held)
-
-    @property
-    def rest_waiting(self) -> int:
-        """REST requests held by `hold_rest` right now."""
-        return self._rest.waiting
+    # Observation.
 
     @property
     def rest_requests(self) -> int:
@@ -304,29 +274,19 @@ class ReplayServer:
         """Clients subscribed to bars right now."""
         return len(self._subscribed)
 
-    def fail_rest(self, status: int, times: int = 1, retry_after_s: float | None = None) -> None:
-        """Answer the next `times` REST requests with `status` (and `Retry-After` if given)."""
-        self._rest.fail(status, times, retry_after_s)
+    # What a subclass may change: sessions refused, bars held back, early closes.
 
-    def clear_rest_failures(self) -> None:
-        """Let REST answer normally again."""
-        self._rest.clear_failures()
+    def _refusal(self) -> int | None:
+        """The error code to answer a session's `auth` with and close; None: judge the keys."""
+        return None
 
-    @property
-    def rest_failures_served(self) -> int:
-        """REST requests answered with a `fail_rest` status so far."""
-        return self._rest.failures_served
+    def _sending_bars(self) -> bool:
+        """Whether played minutes go out to subscribers (the timeline moves either way)."""
+        return True
 
-    async def send_raw(self, data: str | bytes) -> int:
-        """Send `data` as one message to every subscribed client. Returns how many got it."""
-        sent = 0
-        for ws in list(self._subscribed):
-            try:
-                await ws.send(data)
-                sent += 1
-            except ConnectionClosed:
-                continue
-        return sent
+    def _closes_after_subscribe(self) -> bool:
+        """Whether to close each session right after confirming its subscription."""
+        return False
 
     # Websocket side.
 
@@ -374,10 +334,8 @@ class ReplayServer:
         if already:
             await ws.send(_error(403))
             return True
-        code = self._refuse
-        if code is not None:
-            self.refused[code] = self.refused.get(code, 0) + 1
-        elif (request.key, request.secret) != (self._key, self._secret):
+        code = self._refusal()
+        if code is None and (request.key, request.secret) != (self._key, self._secret):
             code = None if self._key is None else 402
         if code is not None:
             await ws.send(_error(code))
@@ -409,7 +367,7 @@ class ReplayServer:
         }
         await ws.send(client.message())
         self._start.set()
-        if self._close_after_subscribe:
+        if self._closes_after_subscribe():
             await ws.close()
             return False
         return True
@@ -437,7 +395,7 @@ class ReplayServer:
             audience = [(ws, self._clients.get(ws)) for ws in self._subscribed]
             async with self._progress:
                 self._progress.notify_all()
-            if self._silent:
+            if not self._sending_bars():
                 await self._minute_sent(index)
                 continue
             messages = [

@@ -15,13 +15,13 @@ import httpx
 from daemon.app import Ingest
 from daemon.config import load_config
 from daemon.feeds.alpaca_rest import fetch_alpaca_warmup
-from daemon.feeds.replay import ReplayServer
 from daemon.sample import DemoMarket, demo_market
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
 from daemon.startup import Backoff
 from daemon.warmup import Warmup, WarmupRequest
 from tests.daemon.daemon_config import write_config
+from tests.daemon.feeds.replay_harness import ReplayHarness
 from tests.daemon.sinks.mosquitto import free_port
 
 KEY, SECRET = "PKTESTKEY", "test-secret-value"
@@ -42,8 +42,8 @@ def market() -> DemoMarket:
     return demo_market()
 
 
-def server(m: DemoMarket, ws_port: int = 0, http_port: int = 0) -> ReplayServer:
-    return ReplayServer(
+def server(m: DemoMarket, ws_port: int = 0, http_port: int = 0) -> ReplayHarness:
+    return ReplayHarness(
         m.today, speed=SPEED, key=KEY, secret=SECRET, port=ws_port, http_port=http_port,
         history=m.history, daily=m.daily,
     )  # fmt: skip
@@ -119,7 +119,7 @@ def alerts(path: Path) -> list[tuple[str, str, str, object]]:
 async def run_until_played(
     config_path: Path,
     srv_started: asyncio.Event,
-    srv: Callable[[], ReplayServer | None],
+    srv: Callable[[], ReplayHarness | None],
     warmup: Callable[[], Awaitable[Warmup]],
     *,
     timeout_s: float,

@@ -29,7 +29,7 @@ from daemon.feeds.base import FeedStats
 from daemon.feeds.finnhub import FinnhubFeed
 from daemon.feeds.massive import MassiveFeed
 from daemon.feeds.options import FeedOptions
-from daemon.feeds.replay import ReplayServer, frame_from_rows
+from daemon.feeds.replay import frame_from_rows
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
 from signals.bar import Bar
@@ -38,6 +38,7 @@ from tests.daemon.feeds.feedkit import FAST, KEY, SECRET, never_open, wait_until
 from tests.daemon.feeds.finnhub_server import FinnhubServer, make_tape
 from tests.daemon.feeds.massive_server import MassiveServer
 from tests.daemon.feeds.massive_server import running as run_feed
+from tests.daemon.feeds.replay_harness import ReplayHarness
 from tests.reliability.hostile import (
     ALPACA_BAD_UTF8,
     SYMBOLS,
@@ -204,7 +205,7 @@ def _initial_frame(minutes: int) -> list[tuple[str, int, float, float, float, fl
 
 async def test_alpaca_feed_survives_hostile_frames_over_a_real_socket_and_counts_them() -> None:
     rows = _initial_frame(3)
-    async with ReplayServer(frame_from_rows(rows)) as server:
+    async with ReplayHarness(frame_from_rows(rows)) as server:
         feed = AlpacaFeed(KEY, SECRET, FeedOptions(
             SYMBOLS, url=server.url, rest_url=server.rest_url, warmup_s=0.0,
             silence_timeout_s=0.0, is_market_open=never_open, policy=FAST,
@@ -241,7 +242,7 @@ async def test_finnhub_feed_survives_hostile_frames_over_a_real_socket_and_count
 
 
 async def test_alpaca_feed_survives_a_binary_frame_with_invalid_utf8_in_a_string() -> None:
-    async with ReplayServer(frame_from_rows(_initial_frame(1))) as server:
+    async with ReplayHarness(frame_from_rows(_initial_frame(1))) as server:
         feed = AlpacaFeed(KEY, SECRET, FeedOptions(
             SYMBOLS, url=server.url, rest_url=server.rest_url, warmup_s=0.0,
             silence_timeout_s=0.0, is_market_open=never_open, policy=FAST,
@@ -280,7 +281,7 @@ async def test_hostile_frames_into_the_daemon_raise_no_alert_and_one_valid_bar_d
     tmp_path: Path,
 ) -> None:
     (tmp_path / "rules.toml").write_text(ANY_BAR_RULE)
-    async with ReplayServer(frame_from_rows([])) as server:
+    async with ReplayHarness(frame_from_rows([])) as server:
         path = write_config(
             tmp_path,
             feed=f'url = "{server.url}"\nrest_url = "{server.rest_url}"\n'
