@@ -124,11 +124,12 @@ async def _replay_until_done(
     config: Config,
     secrets: Secrets,
     server: ReplayServer,
-    last_minute: int,
-    warmup: Warmup | None,
-    duration_s: float | None,
+    *,
+    warmup: Warmup | None = None,
+    duration_s: float | None = None,
 ) -> IngestStats:
     """Run the daemon against a local replay server until the replay is played and ingested."""
+    last_minute = server.last_minute
     stop = asyncio.Event()
     ingest_ref: list[Ingest] = []
     _install_signal_handlers(stop, ingest_ref)
@@ -159,8 +160,7 @@ async def replay(config_path: Path, bar_files: Sequence[Path], speed: float) -> 
     bars = load_bars(bar_files).frame
     async with ReplayServer(bars, speed=speed) as server:
         config = _pointed_at(config, server)
-        last = int(bars["time"].max())  # type: ignore[arg-type]
-        stats = await _replay_until_done(config, secrets, server, last, None, None)
+        stats = await _replay_until_done(config, secrets, server)
     print(f"replayed {stats.bars} bars, {stats.alerts_emitted} alerts", file=sys.stderr)
     return 0
 
@@ -270,9 +270,10 @@ async def demo(
         try:
             async with ReplayServer(market.today, speed=speed) as server:
                 config = _pointed_at(config, server)
-                last = int(market.today["time"].max())  # type: ignore[arg-type]
                 warmup = Warmup(market.daily, market.history)
-                stats = await _replay_until_done(config, secrets, server, last, warmup, duration_s)
+                stats = await _replay_until_done(
+                    config, secrets, server, warmup=warmup, duration_s=duration_s
+                )
         except (Fatal, BaseExceptionGroup) as exc:
             failure = exc if isinstance(exc, Fatal) else find_fatal(exc)
             if failure is None:

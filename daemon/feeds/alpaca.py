@@ -97,19 +97,7 @@ class AlpacaSettings(StreamSettings):
 
     def source(self, http: httpx.AsyncClient) -> StreamSource:
         """The `Source` of one run: fresh sessions, backfills over `http`."""
-        o = self.options
-        rest = AlpacaRest(
-            http,
-            key=self.key,
-            secret=self.secret,
-            symbols=self.symbols,
-            rest_url=self.rest_url,
-            feed=self.rest_feed,
-            name=self.name,
-            now=o.now,
-            sleep=o.sleep,
-            max_future_s=o.max_future_s,
-        )
+        rest = AlpacaRest(http, self.key, self.secret, self.rest_options(), feed=self.rest_feed)
         return StreamSource(self.name, self.url, lambda: AlpacaConnection(self), rest.bars)
 
 

@@ -9,9 +9,6 @@ symbol then time; 429 when rate limited.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
@@ -23,6 +20,7 @@ from daemon.feeds.alpaca_wire import RestBar, bar_or_rejection, excerpt, field_p
 from daemon.feeds.base import FeedError
 from daemon.feeds.reconnect import Received, Rejection
 from daemon.feeds.rest import RestClient, http_status_error, status_detail
+from daemon.feeds.rest_options import RestOptions
 from daemon.warmup import Fetched, Warmup, WarmupRequest, fetch_warmup
 from signals.bar import Bar
 
@@ -89,32 +87,23 @@ class AlpacaRest(RestClient):
     def __init__(
         self,
         http: httpx.AsyncClient,
-        *,
         key: str,
         secret: str,
-        symbols: Sequence[str],
-        rest_url: str = DEFAULT_REST_URL,
+        options: RestOptions,
+        *,
         feed: str = "iex",
-        name: str = "alpaca",
-        now: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        max_future_s: float = 300.0,
-        page_limit: int = 10_000,
-        max_pages: int = 100,
-        max_retries: int = 3,
-        max_retry_wait_s: float = 60.0,
-        max_body_bytes: int = 32 << 20,
     ) -> None:
+        o = options
         self._key, self._secret = key, secret
-        self._symbols = tuple(symbols)
+        self._symbols = tuple(o.symbols)
         self._symbol_set = frozenset(self._symbols)
-        self._url = f"{rest_url.rstrip('/')}/v2/stocks/bars"
+        self._url = f"{(o.rest_url or DEFAULT_REST_URL).rstrip('/')}/v2/stocks/bars"
         self._feed = feed
-        self._now, self._max_future_s = now, max_future_s
-        self._page_limit, self._max_pages = page_limit, max_pages
+        self._now, self._max_future_s = o.now, o.max_future_s
+        self._page_limit = 10_000 if o.page_limit is None else o.page_limit
+        self._max_pages = 100 if o.max_pages is None else o.max_pages
         headers = {"APCA-API-KEY-ID": key, "APCA-API-SECRET-KEY": secret}
-        limits = (max_retries, max_retry_wait_s, max_body_bytes)
-        super().__init__(http, name, headers, sleep, limits)
+        super().__init__(http, o.name or "alpaca", headers, o.sleep, o.limits(32 << 20))
 
     def __repr__(self) -> str:
         return f"AlpacaRest(url={self._url!r}, symbols={self._symbols!r})"
@@ -171,14 +160,8 @@ async def fetch_alpaca_warmup(
     now = int(request.now)
 
     async def fetch(http: httpx.AsyncClient, first_daily: int, first_minute: int) -> Fetched:
-        rest = AlpacaRest(
-            http,
-            key=key,
-            secret=secret,
-            symbols=request.symbols,
-            rest_url=request.rest_url or DEFAULT_REST_URL,
-            feed=feed,
-        )
+        options = RestOptions(request.symbols, rest_url=request.rest_url)
+        rest = AlpacaRest(http, key, secret, options, feed=feed)
         daily = await rest.bars(first_daily, now, timeframe="1Day")
         return daily, await rest.bars(first_minute, now, timeframe="1Min")
 

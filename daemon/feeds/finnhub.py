@@ -171,20 +171,11 @@ class FinnhubFeed(StreamFeed):
         )
 
     def _source(self, http: httpx.AsyncClient) -> StreamSource:
-        s, o = self._settings, self._settings.options
+        s = self._settings
         # A fresh minute builder per run; within a run the minute being built
         # survives reconnects (the connections share it).
         builder = MinuteBuilder(self._bar_close_delay_s)
-        rest = FinnhubRest(
-            http,
-            token=s.token,
-            symbols=s.symbols,
-            rest_url=s.rest_url,
-            name=s.name,
-            now=o.now,
-            sleep=o.sleep,
-            max_future_s=o.max_future_s,
-        )
+        rest = FinnhubRest(http, s.token, s.rest_options())
         return StreamSource(s.name, s.url, lambda: _FinnhubConnection(s, builder), rest.bars)
 
 

@@ -165,16 +165,7 @@ class MassiveFeed(StreamFeed):
 
     def _source(self, http: httpx.AsyncClient) -> StreamSource:
         s, o = self._settings, self._settings.options
-        rest = MassiveRest(
-            http,
-            api_key=s.api_key,
-            symbols=s.symbols,
-            rest_url=s.rest_url,
-            name=s.name,
-            now=o.now,
-            sleep=o.sleep,
-            max_future_s=o.max_future_s,
-        )
+        rest = MassiveRest(http, s.api_key, s.rest_options())
         rejects = RejectLog(s.name, self.stats, o.policy.reject_log_interval_s, o.now)
         return StreamSource(s.name, s.url, lambda: _MassiveConnection(s, rejects), rest.bars)
 

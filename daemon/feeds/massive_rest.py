@@ -10,9 +10,6 @@ request or log carries it.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import urlsplit
@@ -24,6 +21,7 @@ from daemon.feeds.base import FeedError
 from daemon.feeds.massive_wire import excerpt, field_problem, minute_bar, scrub
 from daemon.feeds.reconnect import Received, Rejection
 from daemon.feeds.rest import RestClient, http_status_error, status_detail
+from daemon.feeds.rest_options import RestOptions
 from daemon.warmup import Fetched, Warmup, WarmupRequest, fetch_warmup
 from signals.bar import Bar
 
@@ -102,32 +100,17 @@ class MassiveRest(RestClient):
     the key is never sent anywhere but `rest_url`.
     """
 
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        *,
-        api_key: str,
-        symbols: Sequence[str],
-        rest_url: str = DEFAULT_REST_URL,
-        name: str = "massive",
-        now: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        max_future_s: float = 300.0,
-        page_limit: int = 50_000,
-        max_pages: int = 20,
-        max_retries: int = 3,
-        max_retry_wait_s: float = 60.0,
-        max_body_bytes: int = 32 << 20,
-    ) -> None:
+    def __init__(self, http: httpx.AsyncClient, api_key: str, options: RestOptions) -> None:
+        o = options
         self._key = api_key
-        self._symbols = tuple(symbols)
+        self._symbols = tuple(o.symbols)
         self._symbol_set = frozenset(self._symbols)
-        self._base = rest_url.rstrip("/")
-        self._now, self._max_future_s = now, max_future_s
-        self._page_limit, self._max_pages = page_limit, max_pages
+        self._base = (o.rest_url or DEFAULT_REST_URL).rstrip("/")
+        self._now, self._max_future_s = o.now, o.max_future_s
+        self._page_limit = 50_000 if o.page_limit is None else o.page_limit
+        self._max_pages = 20 if o.max_pages is None else o.max_pages
         headers = {"Authorization": f"Bearer {api_key}"}
-        limits = (max_retries, max_retry_wait_s, max_body_bytes)
-        super().__init__(http, name, headers, sleep, limits)
+        super().__init__(http, o.name or "massive", headers, o.sleep, o.limits(32 << 20))
 
     def __repr__(self) -> str:
         return f"MassiveRest(url={self._base!r}, symbols={self._symbols!r})"
@@ -189,12 +172,7 @@ async def fetch_massive_warmup(api_key: str, request: WarmupRequest) -> Warmup:
     now = int(request.now)
 
     async def fetch(http: httpx.AsyncClient, first_daily: int, first_minute: int) -> Fetched:
-        rest = MassiveRest(
-            http,
-            api_key=api_key,
-            symbols=request.symbols,
-            rest_url=request.rest_url or DEFAULT_REST_URL,
-        )
+        rest = MassiveRest(http, api_key, RestOptions(request.symbols, rest_url=request.rest_url))
         daily = await rest.bars(first_daily, now, timespan="day")
         return daily, await rest.bars(first_minute, now, timespan="minute")
 

@@ -227,6 +227,11 @@ class ReplayServer:
         return self._played
 
     @property
+    def last_minute(self) -> int | None:
+        """Start of the frame's last minute, or None for an empty frame."""
+        return self._minutes[-1] if self._minutes else None
+
+    @property
     def played_until(self) -> int | None:
         """Start of the last minute played, or None before the first."""
         return self._minutes[self._played - 1] if self._played else None

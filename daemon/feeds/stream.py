@@ -15,6 +15,7 @@ import httpx
 from daemon.feeds.base import FeedBatch, FeedStats
 from daemon.feeds.options import FeedOptions, LoopSettings
 from daemon.feeds.reconnect import Connection, FeedLoop, Received, Source
+from daemon.feeds.rest_options import RestOptions
 
 
 async def run_feed(
@@ -69,6 +70,18 @@ class StreamSettings:
     def handshake_timeout_s(self) -> float:
         """How long connect, auth and subscribe may take together."""
         return self.options.handshake_timeout_s
+
+    def rest_options(self) -> RestOptions:
+        """What the provider's REST client takes for this feed's backfills."""
+        o = self.options
+        return RestOptions(
+            self.symbols,
+            rest_url=self.rest_url,
+            name=self.name,
+            now=o.now,
+            sleep=o.sleep,
+            max_future_s=o.max_future_s,
+        )
 
     def scrub(self, text: str) -> str:
         """`text` without the provider's credentials (a server or a URL could echo them)."""
