@@ -24,7 +24,7 @@ from daemon.config import Config, load_config
 from daemon.config_errors import ConfigError
 from daemon.fatal import ExitCode, Fatal, find_fatal
 from daemon.feeds.registry import FEEDS
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplayServer, ReplaySettings
 from daemon.logs import configure_logging
 from daemon.outbox import Outbox
 from daemon.rules_file import load_rules
@@ -158,7 +158,7 @@ async def replay(config_path: Path, bar_files: Sequence[Path], speed: float) -> 
     secrets = Secrets.load(config)
     _setup_logging(config, secrets)
     bars = load_bars(bar_files).frame
-    async with ReplayServer(bars, speed=speed) as server:
+    async with ReplayServer(bars, ReplaySettings(speed=speed)) as server:
         config = _pointed_at(config, server)
         stats = await _replay_until_done(config, secrets, server)
     print(f"replayed {stats.bars} bars, {stats.alerts_emitted} alerts", file=sys.stderr)
@@ -268,7 +268,7 @@ async def demo(
         failure: Fatal | None = None
         stats = IngestStats()
         try:
-            async with ReplayServer(market.today, speed=speed) as server:
+            async with ReplayServer(market.today, ReplaySettings(speed=speed)) as server:
                 config = _pointed_at(config, server)
                 warmup = Warmup(market.daily, market.history)
                 stats = await _replay_until_done(

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final, Self
+from typing import Self
 
 import msgspec
 import numpy as np
@@ -36,68 +34,32 @@ import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from daemon.feeds.alpaca import ERROR_MESSAGES
 from daemon.feeds.replay_rest import MAX_REQUEST_LINE, ReplayRest, rest_bar
+from daemon.feeds.replay_wire import (
+    COLUMNS,
+    LOOPBACK,
+    Client,
+    ReplayFrames,
+    ReplaySettings,
+    Request,
+    as_json,
+    error_message,
+    frame_from_rows,
+)
+
+__all__ = ["COLUMNS", "LOOPBACK", "ReplayServer", "ReplaySettings", "frame_from_rows"]
 
 _log = structlog.get_logger(__name__)
-
-COLUMNS: Final = ("symbol", "time", "open", "high", "low", "close", "volume")
-LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
-_CHANNELS: Final = ("bars", "updatedBars", "dailyBars")
-
-
-def _json(value: object) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-def _error(code: int) -> str:
-    return _json([{"T": "error", "code": code, "msg": ERROR_MESSAGES.get(code, "error")}])
-
-
-@dataclass
-class _Client:
-    bars: set[str] = field(default_factory=set)
-    updated: set[str] = field(default_factory=set)
-    daily: set[str] = field(default_factory=set)
-
-    def wants(self, symbol: str) -> bool:
-        return "*" in self.bars or symbol in self.bars
-
-    def message(self) -> str:
-        return _json(
-            [
-                {
-                    "T": "subscription",
-                    "trades": [],
-                    "quotes": [],
-                    "bars": sorted(self.bars),
-                    "updatedBars": sorted(self.updated),
-                    "dailyBars": sorted(self.daily),
-                    "statuses": [],
-                    "lulds": [],
-                    "corrections": [],
-                    "cancelErrors": [],
-                }
-            ]
-        )
-
-
-class _Request(msgspec.Struct, rename={"updated": "updatedBars", "daily": "dailyBars"}):
-    action: str
-    key: str = ""
-    secret: str = ""
-    bars: list[str] = []
-    updated: list[str] = []
-    daily: list[str] = []
 
 
 class ReplayServer:
     """An Alpaca-compatible websocket + REST server on loopback that replays `bars`.
 
     `bars` has columns symbol, time (bar start, epoch seconds), open, high,
-    low, close, volume. With `key`/`secret` set, only those credentials
-    authenticate (402 otherwise); by default any do. Use as an async context
-    manager; `url` and `rest_url` are valid inside it.
+    low, close, volume; `settings` says how it plays, whom it lets in and where
+    it listens (`ReplaySettings`); `history` and `daily` are bars its REST side
+    also serves. Use as an async context manager; `url` and `rest_url` are
+    valid inside it.
     """
 
     rest_type: type[ReplayRest] = ReplayRest
@@ -105,45 +67,32 @@ class ReplayServer:
     def __init__(
         self,
         bars: pl.DataFrame,
+        settings: ReplaySettings | None = None,
         *,
-        speed: float = 0.0,
-        key: str | None = None,
-        secret: str | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        http_port: int = 0,
-        stream: str = "iex",
-        auth_timeout_s: float = 10.0,
-        manual: bool = False,
         history: pl.DataFrame | None = None,
         daily: pl.DataFrame | None = None,
     ) -> None:
-        if host not in LOOPBACK:
-            raise ValueError(f"the replay server listens on loopback only, not {host!r}")
-        if not speed >= 0:
-            raise ValueError(f"speed must be >= 0 (0 or inf: as fast as possible), got {speed}")
-        missing = [c for c in COLUMNS if c not in bars.columns]
-        if missing:
-            raise ValueError(f"bars need columns {COLUMNS}, missing {missing}")
-        self._frame = _normalised(bars)
+        s = ReplaySettings() if settings is None else settings
+        frames = ReplayFrames.of(bars, history, daily)
+        self._frame = frames.live
         times = self._frame["time"].to_numpy()
         self._minutes: list[int] = np.unique(times).tolist()
         self._bounds: list[int] = np.searchsorted(
             times, [*self._minutes, np.iinfo(np.int64).max]
         ).tolist()
-        self._speed = speed
-        self._key, self._secret = key, secret
-        self._host, self._port, self._http_port = host, port, http_port
-        self._stream = stream
-        self._auth_timeout_s = auth_timeout_s
-        self._clients: dict[ServerConnection, _Client] = {}
+        self._speed = s.speed
+        self._key, self._secret = s.key, s.secret
+        self._host, self._port, self._http_port = s.host, s.port, s.http_port
+        self._stream = s.stream
+        self._auth_timeout_s = s.auth_timeout_s
+        self._clients: dict[ServerConnection, Client] = {}
         self._subscribed: set[ServerConnection] = set()
         self._start = asyncio.Event()
         self._finished = asyncio.Event()
         self._progress = asyncio.Condition()
         self._played = 0
         self._sent = 0  # minutes whose frames have gone out (or were skipped while silent)
-        self._manual = manual
+        self._manual = s.manual
         self._allowed = 0  # manual mode: minutes the test has let the timeline play
         self._stack = AsyncExitStack()
         self._player: asyncio.Task[None] | None = None
@@ -155,11 +104,7 @@ class ReplayServer:
         """`auth` messages received so far."""
         self.last_subscription: dict[str, list[str]] | None = None
         """The channels of the latest (un)subscribe, as the server now holds them."""
-        self._rest = self.rest_type(
-            self._frame, lambda: self.played_until, key=key, secret=secret,
-            history=None if history is None else _normalised(history),
-            daily=None if daily is None else _normalised(daily),
-        )  # fmt: skip
+        self._rest = self.rest_type(frames, lambda: self.played_until, s)
 
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
@@ -297,23 +242,23 @@ class ReplayServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections_seen += 1
-        client = _Client()
+        client = Client()
         self._clients[ws] = client
         try:
-            await ws.send(_json([{"T": "success", "msg": "connected"}]))
+            await ws.send(as_json([{"T": "success", "msg": "connected"}]))
             authenticated = False
             while True:
                 try:
                     async with asyncio.timeout(None if authenticated else self._auth_timeout_s):
                         message = await ws.recv()
                 except TimeoutError:
-                    await ws.send(_error(404))
+                    await ws.send(error_message(404))
                     await ws.close()
                     return
                 try:
-                    request = msgspec.json.decode(message, type=_Request)
+                    request = msgspec.json.decode(message, type=Request)
                 except (msgspec.DecodeError, RecursionError):
-                    await ws.send(_error(400))
+                    await ws.send(error_message(400))
                     continue
                 if request.action == "auth":
                     authenticated = await self._auth(ws, request, authenticated)
@@ -321,35 +266,35 @@ class ReplayServer:
                         return
                 elif request.action in ("subscribe", "unsubscribe"):
                     if not authenticated:
-                        await ws.send(_error(401))
+                        await ws.send(error_message(401))
                         continue
                     if not await self._subscribe(ws, client, request):
                         return
                 else:
-                    await ws.send(_error(400))
+                    await ws.send(error_message(400))
         except ConnectionClosed:
             return
         finally:
             self._clients.pop(ws, None)
             self._subscribed.discard(ws)
 
-    async def _auth(self, ws: ServerConnection, request: _Request, already: bool) -> bool:
+    async def _auth(self, ws: ServerConnection, request: Request, already: bool) -> bool:
         """Answer an auth message; False means the session was refused and closed."""
         self.auth_attempts += 1
         if already:
-            await ws.send(_error(403))
+            await ws.send(error_message(403))
             return True
         code = self._refusal()
         if code is None and (request.key, request.secret) != (self._key, self._secret):
             code = None if self._key is None else 402
         if code is not None:
-            await ws.send(_error(code))
+            await ws.send(error_message(code))
             await ws.close()
             return False
-        await ws.send(_json([{"T": "success", "msg": "authenticated"}]))
+        await ws.send(as_json([{"T": "success", "msg": "authenticated"}]))
         return True
 
-    async def _subscribe(self, ws: ServerConnection, client: _Client, request: _Request) -> bool:
+    async def _subscribe(self, ws: ServerConnection, client: Client, request: Request) -> bool:
         """Apply a (un)subscribe; False means the session was closed on purpose."""
         pairs = (
             (client.bars, request.bars),
@@ -412,7 +357,7 @@ class ReplayServer:
                 if not chosen:
                     continue
                 try:
-                    await ws.send(_json(chosen))
+                    await ws.send(as_json(chosen))
                 except ConnectionClosed:
                     continue
             await self._minute_sent(index)
@@ -429,30 +374,3 @@ class ReplayServer:
     def finished(self) -> bool:
         """Every minute has been played."""
         return self._finished.is_set()
-
-
-def _normalised(bars: pl.DataFrame) -> pl.DataFrame:
-    return bars.select(
-        pl.col("symbol").cast(pl.String),
-        pl.col("time").cast(pl.Int64),
-        *(pl.col(c).cast(pl.Float64) for c in COLUMNS[2:]),
-    ).sort("time", "symbol")
-
-
-def frame_from_rows(
-    rows: Iterable[tuple[str, int, float, float, float, float, float]],
-) -> pl.DataFrame:
-    """A replay frame from `(symbol, time, open, high, low, close, volume)` tuples."""
-    return pl.DataFrame(
-        list(rows),
-        schema={
-            "symbol": pl.String,
-            "time": pl.Int64,
-            "open": pl.Float64,
-            "high": pl.Float64,
-            "low": pl.Float64,
-            "close": pl.Float64,
-            "volume": pl.Float64,
-        },
-        orient="row",
-    )

@@ -23,6 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 import polars as pl
 
+from daemon.feeds.replay_wire import ReplayFrames, ReplaySettings
+
 MAX_REQUEST_LINE = 8192
 MAX_HEADERS = 64
 
@@ -62,25 +64,21 @@ def _parse_time(text: str) -> int:
 
 
 class ReplayRest:
-    """`GET /v2/stocks/bars` over `frame`, up to the minute `played_until()` returns.
+    """`GET /v2/stocks/bars` over `frames`, up to the minute `played_until()` returns.
 
-    With `key`/`secret` set, only those credentials are served (401 otherwise).
+    With the settings' `key`/`secret` set, only those credentials are served (401 otherwise).
     `handle` is the connection callback for `asyncio.start_server`.
     """
 
     def __init__(
         self,
-        frame: pl.DataFrame,
+        frames: ReplayFrames,
         played_until: Callable[[], int | None],
-        *,
-        key: str | None,
-        secret: str | None,
-        history: pl.DataFrame | None = None,
-        daily: pl.DataFrame | None = None,
+        settings: ReplaySettings,
     ) -> None:
-        self._frame, self._played_until = frame, played_until
-        self._history, self._daily = history, daily
-        self._key, self._secret = key, secret
+        self._frame, self._played_until = frames.live, played_until
+        self._history, self._daily = frames.history, frames.daily
+        self._key, self._secret = settings.key, settings.secret
         self.requests = 0
         """Requests answered so far."""
 

@@ -21,6 +21,7 @@ import pytest
 
 from daemon.app import Ingest, IngestStats
 from daemon.config import load_config
+from daemon.feeds.replay import ReplaySettings
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
 from daemon.telegram.subscribers import SubscriberStore
@@ -51,7 +52,7 @@ async def _run(
     speed: float = 400.0, extra: str = "", snapshots: bool = False,
 ) -> tuple[IngestStats, Ingest]:  # fmt: skip
     last = int(bars["time"].max())  # type: ignore[arg-type]
-    async with ReplayHarness(bars, speed=speed) as server:
+    async with ReplayHarness(bars, ReplaySettings(speed=speed)) as server:
         config = load_config(_config(tmp, server.url, server.rest_url, level, extra))
         stop = asyncio.Event()
         ingests: list[Ingest] = []

@@ -15,6 +15,7 @@ import httpx
 from daemon.app import Ingest
 from daemon.config import load_config
 from daemon.feeds.alpaca_rest import fetch_alpaca_warmup
+from daemon.feeds.replay import ReplaySettings
 from daemon.sample import DemoMarket, demo_market
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
@@ -43,10 +44,7 @@ def market() -> DemoMarket:
 
 
 def server(m: DemoMarket, ws_port: int = 0, http_port: int = 0) -> ReplayHarness:
-    return ReplayHarness(
-        m.today, speed=SPEED, key=KEY, secret=SECRET, port=ws_port, http_port=http_port,
-        history=m.history, daily=m.daily,
-    )  # fmt: skip
+    return ReplayHarness(m.today, ReplaySettings(speed=SPEED, key=KEY, secret=SECRET, port=ws_port, http_port=http_port), history=m.history, daily=m.daily)  # fmt: skip
 
 
 def config(tmp: Path, ws_port: int, http_port: int, health_port: int, extra: str = "") -> Path:

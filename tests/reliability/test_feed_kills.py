@@ -20,6 +20,7 @@ import pytest
 from daemon.app import Ingest, IngestStats, build_feed
 from daemon.config import load_config
 from daemon.feeds.base import Feed, FeedBatch
+from daemon.feeds.replay import ReplaySettings
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
 from signals.bar import Bar
@@ -85,7 +86,7 @@ async def _run_daemon(
 ) -> DaemonRun:
     """The whole daemon in-process (replay semantics) until the last minute is ingested."""
     last = int(bars["time"].max())  # type: ignore[arg-type]
-    async with ReplayHarness(bars, speed=SPEED) as server:
+    async with ReplayHarness(bars, ReplaySettings(speed=SPEED)) as server:
         config = load_config(_config(tmp, server.url, server.rest_url, level))
         secrets = Secrets.load(config)
         tap = Tap(build_feed(config, secrets, realtime=False))

@@ -36,6 +36,7 @@ from daemon.feeds.base import FeedBatch
 from daemon.feeds.market_hours import xnys_is_open
 from daemon.feeds.options import FeedOptions
 from daemon.feeds.reconnect import ReconnectPolicy
+from daemon.feeds.replay import ReplaySettings
 from daemon.outbox import Outbox
 from daemon.sinks.jsonl import JsonlSink
 from signals.alerts import decode_alert
@@ -233,7 +234,7 @@ async def test_socket_silent_in_market_hours_is_detected_reconnected_and_repaire
     minutes = _minutes(frame)
     rng = random.Random(SEED)
     silent_at = rng.randrange(5, SILENT_MINUTES_TOTAL - 15)
-    async with ReplayHarness(frame, manual=True) as server:
+    async with ReplayHarness(frame, ReplaySettings(manual=True)) as server:
         clock = SteppedClock(T0)
         feed = _daemon_feed(server, now=clock.now, sleep=clock.sleep, rand=rng.random)
         with structlog.testing.capture_logs() as logs:
@@ -280,7 +281,7 @@ async def test_silence_while_the_market_is_closed_is_not_a_fault() -> None:
     frame = make_frame(40 + scale(15, 45), start=early)
     minutes = _minutes(frame)
     silent_at = 10  # 09:00 New York
-    async with ReplayHarness(frame, manual=True) as server:
+    async with ReplayHarness(frame, ReplaySettings(manual=True)) as server:
         clock = SteppedClock(early)
         feed = _daemon_feed(
             server, now=clock.now, sleep=clock.sleep, rand=random.Random(SEED).random
@@ -373,7 +374,10 @@ async def test_thirty_minute_outage_alerts_delayed_stale_dropped_none_twice(
     pipeline = build_pipeline(config, datetime.fromtimestamp(minutes[0], UTC))
     handed: list[FeedBatch] = []
     sent_path = tmp_path / "alerts.jsonl"
-    async with ReplayHarness(df, manual=True) as server, JsonlSink(sent_path) as sink:
+    async with (
+        ReplayHarness(df, ReplaySettings(manual=True)) as server,
+        JsonlSink(sent_path) as sink,
+    ):
         clock = SteppedClock(minutes[0])
         feed = _daemon_feed(
             server, now=clock.now, sleep=clock.sleep, rand=random.Random(SEED).random

@@ -10,21 +10,28 @@ right after subscribing (`close_after_subscribe`), push raw frames
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
 
 import msgspec
+import polars as pl
 from websockets.exceptions import ConnectionClosed
 
 from daemon.feeds.replay import ReplayServer
 from daemon.feeds.replay_rest import Answer, ReplayRest
+from daemon.feeds.replay_wire import ReplayFrames, ReplaySettings
 
 
 class FaultyRest(ReplayRest):
     """`ReplayRest` that can hold requests or answer them with an error status."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        frames: ReplayFrames,
+        played_until: Callable[[], int | None],
+        settings: ReplaySettings,
+    ) -> None:
+        super().__init__(frames, played_until, settings)
         self._open = asyncio.Event()
         self._open.set()
         self._held = 0
@@ -74,8 +81,15 @@ class ReplayHarness(ReplayServer):
 
     rest_type = FaultyRest
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        bars: pl.DataFrame,
+        settings: ReplaySettings | None = None,
+        *,
+        history: pl.DataFrame | None = None,
+        daily: pl.DataFrame | None = None,
+    ) -> None:
+        super().__init__(bars, settings, history=history, daily=daily)
         self._refuse: int | None = None
         self._silent = False
         self._close_early = False

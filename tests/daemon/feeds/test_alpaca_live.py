@@ -14,6 +14,7 @@ from daemon.feeds.alpaca import AlpacaFeed, rfc3339
 from daemon.feeds.base import Feed, FeedFatal
 from daemon.feeds.options import FeedOptions
 from daemon.feeds.reconnect import ReconnectPolicy
+from daemon.feeds.replay import ReplaySettings
 from signals.bar import Bar
 from tests.daemon.feeds.feedkit import (
     FAST,
@@ -49,7 +50,7 @@ def _feed(server: ReplayHarness, **kwargs: Any) -> AlpacaFeed:
 
 async def test_bars_arrive_as_batches_with_epoch_times_and_values() -> None:
     frame = make_frame(20)
-    async with ReplayHarness(frame, key=KEY, secret=SECRET) as server:
+    async with ReplayHarness(frame, ReplaySettings(key=KEY, secret=SECRET)) as server:
         feed = _feed(server)
         with structlog.testing.capture_logs() as logs:
             async with running(feed) as out:
@@ -90,7 +91,7 @@ async def test_bars_arrive_as_batches_with_epoch_times_and_values() -> None:
 
 
 async def test_auth_failure_is_fatal_after_n_tries_with_a_clear_log_line() -> None:
-    async with ReplayHarness(make_frame(5), key=KEY, secret=SECRET) as server:
+    async with ReplayHarness(make_frame(5), ReplaySettings(key=KEY, secret=SECRET)) as server:
         clock = FakeClock(T0)
         feed = _feed(
             server,
@@ -152,7 +153,7 @@ async def test_connection_limit_406_backs_off_long_with_bounded_attempts() -> No
 
 async def test_killed_mid_stream_repeatedly_then_repaired_without_duplicates() -> None:
     frame = make_frame(150)
-    async with ReplayHarness(frame, speed=300.0) as server:
+    async with ReplayHarness(frame, ReplaySettings(speed=300.0)) as server:
         feed = _feed(server)
         async with running(feed) as out:
             for minute in (20, 55, 90):
@@ -188,7 +189,7 @@ async def test_accept_then_close_gets_a_bounded_number_of_attempts() -> None:
 
 @pytest.mark.parametrize("market_open", [True, False])
 async def test_silence_watchdog_reconnects_only_while_the_market_is_open(market_open: bool) -> None:
-    async with ReplayHarness(make_frame(30), speed=1.0) as server:
+    async with ReplayHarness(make_frame(30), ReplaySettings(speed=1.0)) as server:
         server.go_silent()
         clock = FakeClock(T0)
         window = clock.passed(T0 + 900)

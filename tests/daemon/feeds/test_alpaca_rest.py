@@ -13,6 +13,7 @@ from daemon.feeds.base import (
     FeedThrottled,
     FeedUnavailable,
 )
+from daemon.feeds.replay import ReplaySettings
 from daemon.feeds.rest_options import RestOptions
 from tests.daemon.feeds.feedkit import KEY, SECRET, SYMBOLS, T0, FakeClock, keys_of, make_frame
 from tests.daemon.feeds.replay_harness import ReplayHarness
@@ -195,7 +196,7 @@ async def test_page_count_is_bounded() -> None:
 
 async def test_real_http_against_the_replay_rest_endpoint() -> None:
     frame = make_frame(40)
-    async with ReplayHarness(frame, key=KEY, secret=SECRET) as server:
+    async with ReplayHarness(frame, ReplaySettings(key=KEY, secret=SECRET)) as server:
         server.start()  # play without a websocket client
         await server.wait_played(30)
         clock = FakeClock(T0 + 7200)
