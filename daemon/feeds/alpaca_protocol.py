@@ -48,6 +48,7 @@ from daemon.feeds.alpaca_wire import (
 )
 from daemon.feeds.base import FeedKind
 from daemon.feeds.reconnect import Rejection
+from daemon.feeds.rejects import BarLimits
 from daemon.feeds.wserrors import is_utf8
 from signals.bar import Bar, BarRejected
 
@@ -198,29 +199,10 @@ class AlpacaProtocol:
         before anything is emitted, and the frame goes through the full path,
         which says exactly what was wrong. The results are the same either way.
         """
-        try:
-            items = _FAST_FRAME.decode(data)
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        decoded = self._fast_decode(data, now_s)
+        if decoded is None:
             return False
-        if not items:
-            return False
-        # Checks over whole columns first (C-level passes), then one Bar per message.
-        stamps = self._stamps
-        texts = [m.t for m in items]
-        for text in set(texts):
-            epoch = stamps.get(text)
-            if epoch is None:
-                epoch = self._learn_stamp(text)
-                if epoch is None:
-                    return False
-            if epoch > now_s + self._max_future_s:
-                return False
-        if not self._symbol_set.issuperset([m.S for m in items]):
-            return False
-        try:
-            bars = [Bar(m.S, stamps[m.t], m.o, m.h, m.l, m.c, m.v) for m in items]
-        except BarRejected:
-            return False
+        items, bars = decoded
         kinds = set(map(type, items))
         if len(kinds) == 1:  # the usual frame: bars of one kind
             self._events.append(BarsReceived(_FAST_KINDS[kinds.pop()], tuple(bars)))
@@ -233,6 +215,41 @@ class AlpacaProtocol:
             else:
                 pending.append((kind, [bar]))
         self._flush(pending)
+        return True
+
+    def _fast_decode(
+        self, data: str | bytes, now_s: float
+    ) -> tuple[list[_FastMinute], list[Bar]] | None:
+        """The frame's messages and their bars, or None at the first surprise."""
+        try:
+            items = _FAST_FRAME.decode(data)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            return None
+        if not items:
+            return None
+        # Checks over whole columns first (C-level passes), then one Bar per message.
+        if not self._stamps_known({m.t for m in items}, now_s):
+            return None
+        if not self._symbol_set.issuperset([m.S for m in items]):
+            return None
+        stamps = self._stamps
+        try:
+            return items, [Bar(m.S, stamps[m.t], m.o, m.h, m.l, m.c, m.v) for m in items]
+        except BarRejected:
+            return None
+
+    def _stamps_known(self, texts: set[str], now_s: float) -> bool:
+        """Whether every time text is a minute-aligned UTC time not ahead of the clock
+        (each one parsed once and remembered)."""
+        stamps = self._stamps
+        for text in texts:
+            epoch = stamps.get(text)
+            if epoch is None:
+                epoch = self._learn_stamp(text)
+                if epoch is None:
+                    return False
+            if epoch > now_s + self._max_future_s:
+                return False
         return True
 
     def _learn_stamp(self, text: str) -> int | None:
@@ -299,14 +316,8 @@ class AlpacaProtocol:
             return Rejection(field_problem(exc), f"{exc}: {self._scrub(excerpt(bytes(raw)))}")
         except (msgspec.DecodeError, RecursionError):
             return Rejection("bad_message", self._scrub(excerpt(bytes(raw))))
-        return bar_or_rejection(
-            msg.symbol,
-            msg,
-            minute=minute,
-            symbols=self._symbol_set,
-            now_s=now_s,
-            max_future_s=self._max_future_s,
-        )
+        limits = BarLimits(self._symbol_set, now_s, self._max_future_s)
+        return bar_or_rejection(msg.symbol, msg, minute=minute, limits=limits)
 
     def _success(self, raw: msgspec.Raw) -> None:
         try:

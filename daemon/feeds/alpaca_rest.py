@@ -19,6 +19,7 @@ import msgspec
 from daemon.feeds.alpaca_wire import RestBar, bar_or_rejection, excerpt, field_problem, scrub
 from daemon.feeds.base import FeedError
 from daemon.feeds.reconnect import Received, Rejection
+from daemon.feeds.rejects import BarLimits
 from daemon.feeds.rest import RestClient, http_status_error, status_detail
 from daemon.feeds.rest_options import RestOptions
 from daemon.warmup import Fetched, Warmup, WarmupRequest, fetch_warmup
@@ -51,6 +52,7 @@ def parse_bars_page(
         return BarsPage((), (Rejection("bad_response", f"{exc}: {excerpt(body)}"),), None)
     bars: list[Bar] = []
     rejected: list[Rejection] = []
+    limits = BarLimits(symbols, now_s, max_future_s)
     for symbol, rows in (page.bars or {}).items():
         for raw in rows:
             try:
@@ -61,9 +63,7 @@ def parse_bars_page(
             except (msgspec.DecodeError, RecursionError):
                 rejected.append(Rejection("bad_message", excerpt(bytes(raw))))
                 continue
-            result = bar_or_rejection(
-                symbol, msg, minute=True, symbols=symbols, now_s=now_s, max_future_s=max_future_s
-            )
+            result = bar_or_rejection(symbol, msg, minute=True, limits=limits)
             if isinstance(result, Rejection):
                 rejected.append(result)
             else:

@@ -182,27 +182,29 @@ class FinnhubProtocol:
             return Rejection(_field_problem(exc), f"{exc}: {excerpt(bytes(raw))}")
         except (msgspec.DecodeError, RecursionError):
             return Rejection("bad_message", excerpt(bytes(raw)))
-        symbol, price, volume, stamp = trade.s, trade.p, trade.v, trade.t
+        problem = self._problem(trade, now_s)
+        if problem is not None:
+            return problem
+        self._stream_s = max(self._stream_s, trade.t / 1000)
+        return self.builder.add(trade.s, trade.t, trade.p, trade.v)
+
+    def _problem(self, trade: _Trade, now_s: float) -> Rejection | None:
+        """Why a decoded trade cannot go into a bar, or None."""
+        symbol, stamp = trade.s, trade.t
         name = f"{symbol[:12]!r}"
         if not SYMBOL_PATTERN.fullmatch(symbol):
             return Rejection("bad_symbol", f"{name} is not a symbol")
         if symbol not in self._symbol_set:
             return Rejection("unsubscribed_symbol", f"{name} was not subscribed")
-        if not (
-            math.isfinite(price) and math.isfinite(volume)
-        ):  # msgspec refuses them; belt and braces
-            return Rejection("non_finite", f"{name}: price {price!r} volume {volume!r}")
-        if price <= 0.0:
-            return Rejection("non_positive_price", f"{name}: price {price!r}")
-        if volume < 0.0:
-            return Rejection("negative_volume", f"{name}: volume {volume!r}")
+        value = _value_problem(name, trade.p, trade.v)
+        if value is not None:
+            return value
         if stamp < 0:
             return Rejection("bad_time", f"{name}: time {stamp} ms is before 1970")
         # Compared in ms: `stamp / 1000` overflows a float for a huge int.
         if stamp > (now_s + self._max_future_s) * 1000:
             return Rejection("future_time", f"{name}: time {stamp} ms is ahead of the clock")
-        self._stream_s = max(self._stream_s, stamp / 1000)
-        return self.builder.add(symbol, stamp, price, volume)
+        return None
 
     def _emit(self, bars: list[Bar]) -> None:
         if bars:
@@ -210,6 +212,19 @@ class FinnhubProtocol:
 
     def _reject(self, reason: str, detail: str) -> None:
         self._events.append(Rejection(reason, scrub(self._token, detail)[:DETAIL_CHARS]))
+
+
+def _value_problem(name: str, price: float, volume: float) -> Rejection | None:
+    """Why a trade's price or volume cannot go into a bar, or None."""
+    if not (
+        math.isfinite(price) and math.isfinite(volume)
+    ):  # msgspec refuses them; belt and braces
+        return Rejection("non_finite", f"{name}: price {price!r} volume {volume!r}")
+    if price <= 0.0:
+        return Rejection("non_positive_price", f"{name}: price {price!r}")
+    if volume < 0.0:
+        return Rejection("negative_volume", f"{name}: volume {volume!r}")
+    return None
 
 
 def stream_url(url: str, token: str) -> str:

@@ -39,6 +39,7 @@ import msgspec
 from daemon.feeds.base import FeedAuthFailed, FeedError, FeedThrottled, FeedUnavailable
 from daemon.feeds.massive_wire import DETAIL_CHARS, excerpt, field_problem, minute_bar, scrub
 from daemon.feeds.reconnect import Rejection
+from daemon.feeds.rejects import BarLimits
 from daemon.feeds.wserrors import is_utf8
 from signals.bar import Bar
 
@@ -189,14 +190,8 @@ class MassiveProtocol:
             return Rejection(field_problem(exc, "s"), f"{exc}: {self._raw(raw)}")
         except (msgspec.DecodeError, RecursionError):
             return Rejection("bad_message", self._raw(raw))
-        return minute_bar(
-            m.sym,
-            m.s,
-            (m.o, m.h, m.l, m.c, m.v),
-            symbols=self._symbol_set,
-            now_s=now_s,
-            max_future_s=self._max_future_s,
-        )
+        limits = BarLimits(self._symbol_set, now_s, self._max_future_s)
+        return minute_bar(m.sym, m.s, (m.o, m.h, m.l, m.c, m.v), limits=limits)
 
     def _status(self, raw: msgspec.Raw) -> None:
         try:

@@ -20,6 +20,7 @@ import msgspec
 from daemon.feeds.base import FeedError
 from daemon.feeds.massive_wire import excerpt, field_problem, minute_bar, scrub
 from daemon.feeds.reconnect import Received, Rejection
+from daemon.feeds.rejects import BarLimits
 from daemon.feeds.rest import RestClient, http_status_error, status_detail
 from daemon.feeds.rest_options import RestOptions
 from daemon.warmup import Fetched, Warmup, WarmupRequest, fetch_warmup
@@ -61,6 +62,7 @@ def parse_aggs_page(
         return AggsPage((), (Rejection("bad_response", f"{exc}: {excerpt(body)}"),), None)
     bars: list[Bar] = []
     rejected: list[Rejection] = []
+    limits = BarLimits(symbols, now_s, max_future_s)
     for raw in page.results or ():
         try:
             m = msgspec.json.decode(raw, type=_RestAgg)
@@ -70,14 +72,7 @@ def parse_aggs_page(
         except (msgspec.DecodeError, RecursionError):
             rejected.append(Rejection("bad_message", excerpt(bytes(raw))))
             continue
-        result = minute_bar(
-            symbol,
-            m.t,
-            (m.o, m.h, m.l, m.c, m.v),
-            symbols=symbols,
-            now_s=now_s,
-            max_future_s=max_future_s,
-        )
+        result = minute_bar(symbol, m.t, (m.o, m.h, m.l, m.c, m.v), limits=limits)
         if isinstance(result, Rejection):
             rejected.append(result)
         else:

@@ -1,8 +1,10 @@
-"""Rejected input: every rejection counted, `bar.rejected` logged at most once per reason per interval."""
+"""Rejected input: what a bar must meet (`BarLimits`), and every rejection counted with
+`bar.rejected` logged at most once per reason per interval (`RejectLog`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -41,3 +43,18 @@ class RejectLog:
             count=count,
             detail=detail[:_DETAIL_CHARS],
         )
+
+
+@dataclass(frozen=True)
+class BarLimits:
+    """What a decoded bar must meet besides its own checks: one of `symbols`, and a start no
+    later than `max_future_s` past `now_s` (the wall clock when it arrived)."""
+
+    symbols: frozenset[str]
+    now_s: float
+    max_future_s: float
+
+    @property
+    def latest_s(self) -> float:
+        """The latest bar start accepted."""
+        return self.now_s + self.max_future_s
