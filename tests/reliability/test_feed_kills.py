@@ -1,4 +1,4 @@
-"""Feed faults at daemon level (issue 8): the real feed code against the real local ReplayHarness.
+"""Feed faults at daemon level: the real feed code against the real local ReplayHarness.
 
 The websocket server is killed many times at seeded random minutes, some kills
 while a backfill is in flight: the daemon ends up holding exactly the source's

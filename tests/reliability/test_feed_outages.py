@@ -1,4 +1,4 @@
-"""Feed faults at daemon level (issue 8): the real Alpaca feed against the real local ReplayHarness.
+"""Feed faults at daemon level: the real Alpaca feed against the real local ReplayHarness.
 
 1. "Connection limit exceeded" (Alpaca 406) for five fake minutes: a handful of
    attempts, then bars flow as soon as the server lets us in.
