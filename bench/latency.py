@@ -1,7 +1,7 @@
 """Benchmark 3: end-to-end alert latency on loopback, frame written -> alert received over MQTT.
 
 The path is the whole daemon (`run_daemon` with a real config): a local
-Alpaca-protocol websocket server (`ReplayServer`, frames pushed with
+Alpaca-protocol websocket server (`ReplayHarness`, frames pushed with
 `send_raw`) -> Alpaca feed -> pipeline -> outbox (SQLite, WAL, synchronous =
 FULL, on the temp directory's disk) -> MQTT delivery loop -> a throwaway real
 Mosquitto -> an aiomqtt subscriber. One rule fires on every closed IWM 1m bar;
@@ -58,12 +58,13 @@ from bench.common import (
     yes_no,
 )
 from bench.latency_probe import Probe, clock
-from daemon.app import Warmup
 from daemon.config import load_config
-from daemon.feeds.replay import ReplayServer, frame_from_rows
+from daemon.feeds.replay import frame_from_rows
 from daemon.logs import configure_logging
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
+from daemon.warmup import Warmup
+from tests.daemon.feeds.replay_harness import ReplayHarness
 from tests.daemon.sinks.mosquitto import Mosquitto
 
 PACE_S = 0.020  # one minute-batch (3 bars) every 20 ms
@@ -213,7 +214,7 @@ class Subscriber:
                 await self.changed.wait()
 
 
-def _write_config(tmp: Path, server: ReplayServer, broker_port: int, qos: int) -> Path:
+def _write_config(tmp: Path, server: ReplayHarness, broker_port: int, qos: int) -> Path:
     rules = tmp / "rules.toml"
     rules.write_text(RULES)
     path = tmp / "config.toml"
@@ -231,7 +232,7 @@ def _write_config(tmp: Path, server: ReplayServer, broker_port: int, qos: int) -
 
 
 async def _pump(
-    server: ReplayServer, sub: Subscriber, frames: list[bytes], times: list[int]
+    server: ReplayHarness, sub: Subscriber, frames: list[bytes], times: list[int]
 ) -> dict[int, int]:
     """Frame 0 alone until its alert arrives (the path is up), then every frame on a fixed
     schedule, `PACE_S` apart. Returns the write stamp of every frame by bar time."""
@@ -339,7 +340,7 @@ async def run_once(
         tempfile.TemporaryDirectory(prefix="iwm-bench-latency-", dir=state_root) as tmp_name,
         Mosquitto(Path(tmp_name) / "broker") as broker,
     ):
-        async with ReplayServer(frame_from_rows([])) as server, asyncio.TaskGroup() as tg:
+        async with ReplayHarness(frame_from_rows([])) as server, asyncio.TaskGroup() as tg:
             config_path = _write_config(Path(tmp_name), server, broker.port, qos)
             sub = Subscriber(broker.port)
             listener = tg.create_task(sub.run(), name="bench.subscriber")

@@ -19,10 +19,11 @@ import psutil
 
 from bench.common import minute_times, random_walk, sessions
 from daemon import heap
-from daemon.app import Warmup, warm_up
+from daemon.app import warm_up
 from daemon.backtest import run_backtest
 from daemon.bars import LoadedBars, frame_to_batch
 from daemon.rules_file import load_rules
+from daemon.warmup import Warmup
 from signals.engine import EngineConfig
 from signals.pipeline import Pipeline
 from signals.sessions import DAY_S

@@ -14,10 +14,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Any
 
 import numpy as np
-import polars as pl
 import structlog
 
 from daemon import heap
@@ -26,11 +24,12 @@ from daemon.bars import frame_to_batch
 from daemon.calendar import xnys_sessions
 from daemon.config import Config
 from daemon.digest import digest_alert
-from daemon.feeds.alpaca import AlpacaFeed
 from daemon.feeds.base import Feed, FeedBatch
-from daemon.feeds.finnhub import FinnhubFeed
-from daemon.feeds.massive import MassiveFeed
-from daemon.feeds.reconnect import ReconnectPolicy
+from daemon.feeds.market_hours import xnys_is_open
+from daemon.feeds.options import FeedOptions
+from daemon.feeds.provider import FeedProvider
+from daemon.feeds.registry import FEEDS
+from daemon.feeds.retry import ReconnectPolicy
 from daemon.outbox import Outbox
 from daemon.rates_fetch import RatesFetcher
 from daemon.rules_file import load_rules
@@ -43,6 +42,7 @@ from daemon.sinks.jsonl import JsonlSink
 from daemon.sinks.mqtt import MqttSink
 from daemon.symbol_state import State, SymbolStates
 from daemon.telegram.bot import TelegramBot
+from daemon.warmup import Warmup
 from signals.alerts import Alert
 from signals.bar import BarBatch
 from signals.pipeline import Pipeline, Step
@@ -57,15 +57,6 @@ STALE_AFTER_S = 1800
 BREAKOUT_RULES = ("volume_breakout",)
 # Recorded alerts read back at start-up for each symbol's `last_alert`.
 LAST_ALERTS_SEEDED = 200
-
-
-@dataclass(frozen=True)
-class Warmup:
-    """History to run through the engines before live bars: daily bars and 1-minute bars."""
-
-    daily: pl.DataFrame | None = None
-    minutes: pl.DataFrame | None = None
-    today: int | None = None  # label of the session under way: its minutes take the full path
 
 
 @dataclass
@@ -339,23 +330,25 @@ RESUME_MARGIN_S = 120.0
 MAX_LIVE_GAP_S = 5 * 86_400.0
 
 
-def _first_backfill_s(config: Config, *, realtime: bool, resume_from: int | None) -> float:
+def _first_backfill_s(provider: FeedProvider, *, realtime: bool, resume_from: int | None) -> float:
     """How far back of the wall clock the feed's first backfill starts."""
     if resume_from is not None:
         gap_s = max(RESUME_MARGIN_S, time.time() - resume_from + RESUME_MARGIN_S)
         return min(gap_s, MAX_LIVE_GAP_S) if realtime else gap_s
     if realtime:
-        # Alpaca's start-up warm-up comes over REST before the feed starts (run); the
-        # others repair the last hour themselves.
-        return 300.0 if config.feed.provider == "alpaca" else 3600.0
+        return provider.live_backfill_s
     # Feed time: a replay server's history is what it has played so far, all of it.
-    return time.time() if config.feed.provider == "replay" else 0.0
+    return time.time() if provider.feed_time else 0.0
+
+
+def _always_open(epoch_s: float) -> bool:
+    return True  # feed time has no market hours
 
 
 def build_feed(
     config: Config, secrets: Secrets, *, realtime: bool, resume_from: int | None = None
 ) -> Feed:
-    """The configured provider's feed (replay is an Alpaca-protocol server, local).
+    """The configured provider's feed, built by its registry entry.
 
     `realtime` False runs the feed in feed time: the market is always open. The
     first backfill starts at `resume_from` (the last minute of a restored
@@ -363,31 +356,17 @@ def build_feed(
     the start of what the server has played.
     """
     f = config.feed
-    common: dict[str, Any] = {
-        "url": f.url,
-        "max_frame_bytes": f.max_frame_bytes,
-        "silence_timeout_s": f.silence_timeout_s,
-        "policy": ReconnectPolicy(
+    provider = FEEDS[f.provider]
+    options = FeedOptions(
+        f.symbols,
+        url=f.url,
+        rest_url=f.rest_url,
+        max_frame_bytes=f.max_frame_bytes,
+        silence_timeout_s=f.silence_timeout_s,
+        policy=ReconnectPolicy(
             backoff_initial_s=f.backoff_initial_s, backoff_max_s=f.backoff_max_s
         ),
-        "warmup_s": _first_backfill_s(config, realtime=realtime, resume_from=resume_from),
-    }
-    if f.rest_url:
-        common["rest_url"] = f.rest_url
-    if not realtime:
-        common["is_market_open"] = lambda _t: True  # feed time has no market hours
-    symbols = list(f.symbols)
-    if f.provider == "massive":
-        return MassiveFeed(secrets.require("MASSIVE_API_KEY").reveal(), symbols, **common)
-    if f.provider == "finnhub":
-        return FinnhubFeed(secrets.require("FINNHUB_API_KEY").reveal(), symbols, **common)
-    key, secret = secrets.get("ALPACA_API_KEY"), secrets.get("ALPACA_API_SECRET")
-    if f.provider == "alpaca" and (key is None or secret is None):
-        raise ValueError("feed.provider alpaca needs ALPACA_API_KEY and ALPACA_API_SECRET")
-    return AlpacaFeed(
-        key=key.reveal() if key else "replay",
-        secret=secret.reveal() if secret else "replay",
-        symbols=symbols,
-        stream=f.alpaca_feed,
-        **common,
+        warmup_s=_first_backfill_s(provider, realtime=realtime, resume_from=resume_from),
+        is_market_open=xnys_is_open if realtime else _always_open,
     )
+    return provider.build(f, options, secrets)

@@ -15,6 +15,7 @@ Each component receives its own section (`config.feed`, `config.sinks.mqtt`...).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -30,6 +31,7 @@ from msgspec import Meta
 from daemon.config_errors import ConfigError, translate
 from daemon.config_errors import Invalid as _Invalid
 from daemon.config_errors import dotted as _dotted
+from daemon.feeds.registry import FEEDS
 from daemon.secrets import (
     MQTT_PASSWORD,
     PROVIDER_SECRETS,
@@ -58,7 +60,6 @@ _PEM_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 
 PositiveFloat = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(gt=0)]
-Provider = Literal["alpaca", "massive", "finnhub", "replay"]
 
 
 def _show(value: str) -> str:
@@ -101,7 +102,8 @@ def _link(value: str) -> str | None:
 class FeedSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """`[feed]`: where bars come from, which symbols, and the reconnect policy."""
 
-    provider: Provider
+    provider: str
+    """A name in the feed registry (`daemon.feeds.registry.FEEDS`)."""
     url: str | None = None
     rest_url: str | None = None
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
@@ -115,6 +117,9 @@ class FeedSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     warmup_days: Annotated[int, Meta(ge=0)] = 120
 
     def __post_init__(self) -> None:
+        if self.provider not in FEEDS:
+            choices = ", ".join(json.dumps(name) for name in FEEDS)
+            raise _Invalid("provider", detail=f"expected one of {choices}")
         if self.url is not None:
             _check_url(self.url, ("ws", "wss"), "url")
         if self.rest_url is not None:
@@ -539,7 +544,8 @@ def _refuse_secrets(
 def summary_lines(config: Config) -> list[str]:
     """A few lines describing what the daemon would run with."""
     feed, engine, sinks = config.feed, config.engine, config.sinks
-    source = f"{feed.provider} ({feed.alpaca_feed})" if feed.provider == "alpaca" else feed.provider
+    label = FEEDS[feed.provider].label
+    source = feed.provider if label is None else label(feed)
     links = f"benchmark {engine.benchmark or 'none'}, comparator {engine.comparator or 'none'}"
     overrides = f", overrides for {', '.join(engine.symbols)}" if engine.symbols else ""
     sink_names = sinks.enabled()

@@ -8,7 +8,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -17,13 +17,14 @@ import aiomqtt
 import msgspec
 import structlog
 
-from daemon.app import SESSIONS_FROM, Ingest, IngestStats, Warmup, build_sinks
+from daemon.app import SESSIONS_FROM, Ingest, IngestStats, build_sinks
 from daemon.bars import load_bars
 from daemon.calendar import xnys_sessions
 from daemon.config import Config, load_config
 from daemon.config_errors import ConfigError
 from daemon.fatal import ExitCode, Fatal, find_fatal
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.registry import FEEDS
+from daemon.feeds.replay import ReplayServer, ReplaySettings
 from daemon.logs import configure_logging
 from daemon.outbox import Outbox
 from daemon.rules_file import load_rules
@@ -32,8 +33,7 @@ from daemon.secrets import SecretError, Secrets
 from daemon.service import run_daemon
 from daemon.sinks.base import SinkAuthFailed
 from daemon.sinks.mqtt import MqttSink
-from daemon.warmup import fetch_alpaca_warmup, fetch_massive_warmup
-from signals.sessions import SessionTable
+from daemon.warmup import Warmup, WarmupRequest
 
 _log = structlog.get_logger(__name__)
 
@@ -75,39 +75,21 @@ async def run(config_path: Path) -> int:
     restart does.
     """
     config = load_config(config_path)
-    if config.feed.provider == "replay" and config.feed.url is None:
+    provider = FEEDS[config.feed.provider]
+    if provider.feed_time and config.feed.url is None:
         raise ConfigError(
-            config_path, "feed.url", 'run with provider = "replay" needs the replay server\'s url'
+            config_path,
+            "feed.url",
+            f'run with provider = "{config.feed.provider}" needs the replay server\'s url',
         )
     secrets = Secrets.load(config)
     _setup_logging(config, secrets)
     stop = asyncio.Event()
     ingests: list[Ingest] = []
     _install_signal_handlers(stop, ingests)
-
-    def sessions() -> SessionTable:
-        return xnys_sessions(SESSIONS_FROM, date.today() + timedelta(days=366))
-
-    async def alpaca_history() -> Warmup:
-        key, secret = secrets.require("ALPACA_API_KEY"), secrets.require("ALPACA_API_SECRET")
-        return await fetch_alpaca_warmup(
-            key=key.reveal(), secret=secret.reveal(), symbols=config.feed.symbols,
-            sessions=sessions(), now=time.time(),
-            rest_url=config.feed.rest_url, feed=config.feed.alpaca_feed, daily_days=config.feed.warmup_days,
-        )  # fmt: skip
-
-    async def massive_history() -> Warmup:
-        return await fetch_massive_warmup(
-            api_key=secrets.require("MASSIVE_API_KEY").reveal(), symbols=config.feed.symbols,
-            sessions=sessions(), now=time.time(), rest_url=config.feed.rest_url,
-            daily_days=config.feed.warmup_days,
-        )  # fmt: skip
-
-    # Fetched only when no snapshot can be resumed (Finnhub's candles are a paid extra).
-    history = {"alpaca": alpaca_history, "massive": massive_history}.get(config.feed.provider)
-    if config.feed.warmup_days == 0:  # the documented "0: none"
-        history = None
-    realtime = config.feed.provider != "replay"
+    # Fetched only when no snapshot can be resumed; 0 days is the documented "none".
+    history = _history(config, secrets) if config.feed.warmup_days else None
+    realtime = not provider.feed_time
     await run_daemon(
         config,
         secrets,
@@ -120,15 +102,34 @@ async def run(config_path: Path) -> int:
     return 0
 
 
+def _history(config: Config, secrets: Secrets) -> Callable[[], Awaitable[Warmup]] | None:
+    """The provider's start-up warm-up over REST, if it has one."""
+    fetch = FEEDS[config.feed.provider].history
+    if fetch is None:
+        return None
+    f = config.feed
+
+    async def history() -> Warmup:
+        sessions = xnys_sessions(SESSIONS_FROM, date.today() + timedelta(days=366))
+        request = WarmupRequest(
+            symbols=f.symbols, sessions=sessions, now=time.time(), rest_url=f.rest_url,
+            daily_days=f.warmup_days,
+        )  # fmt: skip
+        return await fetch(f, secrets, request)
+
+    return history
+
+
 async def _replay_until_done(
     config: Config,
     secrets: Secrets,
     server: ReplayServer,
-    last_minute: int,
-    warmup: Warmup | None,
-    duration_s: float | None,
+    *,
+    warmup: Warmup | None = None,
+    duration_s: float | None = None,
 ) -> IngestStats:
     """Run the daemon against a local replay server until the replay is played and ingested."""
+    last_minute = server.last_minute
     stop = asyncio.Event()
     ingest_ref: list[Ingest] = []
     _install_signal_handlers(stop, ingest_ref)
@@ -157,10 +158,9 @@ async def replay(config_path: Path, bar_files: Sequence[Path], speed: float) -> 
     secrets = Secrets.load(config)
     _setup_logging(config, secrets)
     bars = load_bars(bar_files).frame
-    async with ReplayServer(bars, speed=speed) as server:
+    async with ReplayServer(bars, ReplaySettings(speed=speed)) as server:
         config = _pointed_at(config, server)
-        last = int(bars["time"].max())  # type: ignore[arg-type]
-        stats = await _replay_until_done(config, secrets, server, last, None, None)
+        stats = await _replay_until_done(config, secrets, server)
     print(f"replayed {stats.bars} bars, {stats.alerts_emitted} alerts", file=sys.stderr)
     return 0
 
@@ -268,11 +268,12 @@ async def demo(
         failure: Fatal | None = None
         stats = IngestStats()
         try:
-            async with ReplayServer(market.today, speed=speed) as server:
+            async with ReplayServer(market.today, ReplaySettings(speed=speed)) as server:
                 config = _pointed_at(config, server)
-                last = int(market.today["time"].max())  # type: ignore[arg-type]
                 warmup = Warmup(market.daily, market.history)
-                stats = await _replay_until_done(config, secrets, server, last, warmup, duration_s)
+                stats = await _replay_until_done(
+                    config, secrets, server, warmup=warmup, duration_s=duration_s
+                )
         except (Fatal, BaseExceptionGroup) as exc:
             failure = exc if isinstance(exc, Fatal) else find_fatal(exc)
             if failure is None:

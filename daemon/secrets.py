@@ -14,39 +14,41 @@ from __future__ import annotations
 import hmac
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, NoReturn
 
+from daemon.feeds.registry import FEEDS
+
 if TYPE_CHECKING:
     from daemon.config import Config
 
-ALPACA_API_KEY = "ALPACA_API_KEY"
-ALPACA_API_SECRET = "ALPACA_API_SECRET"
-MASSIVE_API_KEY = "MASSIVE_API_KEY"
-FINNHUB_API_KEY = "FINNHUB_API_KEY"
 TELEGRAM_BOT_TOKEN = "TELEGRAM_BOT_TOKEN"
 MQTT_PASSWORD = "MQTT_PASSWORD"
 
+
+class _ProviderSecrets(Mapping[str, tuple[str, ...]]):
+    """What each feed provider authenticates with, read from the feed registry when asked."""
+
+    def __getitem__(self, provider: str) -> tuple[str, ...]:
+        return FEEDS[provider].secrets
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FEEDS)
+
+    def __len__(self) -> int:
+        return len(FEEDS)
+
+
+PROVIDER_SECRETS: Mapping[str, tuple[str, ...]] = _ProviderSecrets()
+
+# Every secret the daemon knows: the built-in feed providers' and the sinks'.
 SECRET_NAMES: tuple[str, ...] = (
-    ALPACA_API_KEY,
-    ALPACA_API_SECRET,
-    MASSIVE_API_KEY,
-    FINNHUB_API_KEY,
+    *dict.fromkeys(name for names in PROVIDER_SECRETS.values() for name in names),
     TELEGRAM_BOT_TOKEN,
     MQTT_PASSWORD,
-)
-
-# What each feed provider authenticates with.
-PROVIDER_SECRETS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "alpaca": (ALPACA_API_KEY, ALPACA_API_SECRET),
-        "massive": (MASSIVE_API_KEY,),
-        "finnhub": (FINNHUB_API_KEY,),
-        "replay": (),
-    }
 )
 
 # A Telegram bot token (`<bot id>:<secret>`): refused in the config, redacted in logs.
@@ -170,11 +172,12 @@ class Secrets:
     ) -> Secrets:
         """Load every known secret that is set; `SecretError` naming each one `config` needs but lacks."""
         values: dict[str, Secret] = {}
-        for name in SECRET_NAMES:
+        needs = _needs(config)
+        for name in dict.fromkeys([*SECRET_NAMES, *(name for name, _ in needs)]):
             secret = load_secret(name, env, credentials_dir)
             if secret is not None:
                 values[name] = secret
-        missing = [f"{name} (for {why})" for name, why in _needs(config) if name not in values]
+        missing = [f"{name} (for {why})" for name, why in needs if name not in values]
         if missing:
             raise SecretError(
                 f"missing secret {', '.join(missing)}: set it as an environment variable "

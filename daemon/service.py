@@ -36,7 +36,6 @@ import structlog
 from daemon.app import (
     Ingest,
     IngestStats,
-    Warmup,
     _closing,
     _jobs,
     build_feed,
@@ -59,6 +58,7 @@ from daemon.secrets import Secrets
 from daemon.sinks.mqtt import MqttSink
 from daemon.snapshot import FeedTimeSnapshots, last_minute, load_snapshot
 from daemon.startup import SupervisedSink, Waits, feed_fatal, keep_trying
+from daemon.warmup import Warmup
 from signals.alerts import Alert
 from signals.pipeline import Pipeline
 

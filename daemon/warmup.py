@@ -1,8 +1,9 @@
 """Start-up warm-up over REST: daily history for the daily timeframe, recent minutes for RVOL.
 
 Without it the daily indicators would need months of live running before a
-first score. Alpaca and Massive both do it (Finnhub's candles are a paid
-extra: it starts cold). Daily bars come back stamped at midnight New York;
+first score. A provider that can fetch history gives `fetch_warmup` its own
+REST calls (Alpaca and Massive do; Finnhub's candles are a paid extra: it
+starts cold). Daily bars come back stamped at midnight New York;
 the engine labels a session by its date at 00:00 UTC, so they are relabelled.
 Today's partial daily bar is left out: today is rebuilt from its minutes.
 """
@@ -10,21 +11,42 @@ Today's partial daily bar is left out: today is rebuilt from its minutes.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import httpx
 import numpy as np
 import polars as pl
 import structlog
 
-from daemon.app import Warmup
-from daemon.feeds.alpaca import DEFAULT_REST_URL, AlpacaRest
-from daemon.feeds.massive import DEFAULT_REST_URL as MASSIVE_REST_URL
-from daemon.feeds.massive import MassiveRest
 from daemon.feeds.reconnect import Received
 from signals.bar import Bar
 from signals.sessions import DAY_S, SessionTable
 
 _log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """History to run through the engines before live bars: daily bars and 1-minute bars."""
+
+    daily: pl.DataFrame | None = None
+    minutes: pl.DataFrame | None = None
+    today: int | None = None  # label of the session under way: its minutes take the full path
+
+
+@dataclass(frozen=True, kw_only=True)
+class WarmupRequest:
+    """What to fetch: daily bars of the last `daily_days` sessions and minutes of the last
+    `minute_sessions`, for `symbols`, as of `now`; `rest_url` overrides the provider's REST
+    base and `transport` swaps httpx's transport (tests)."""
+
+    symbols: Sequence[str]
+    sessions: SessionTable
+    now: float
+    rest_url: str | None = None
+    daily_days: int = 120
+    minute_sessions: int = 20
+    transport: httpx.AsyncBaseTransport | None = None
 
 
 def _frame(bars: Sequence[Bar], daily: bool) -> pl.DataFrame:
@@ -53,77 +75,21 @@ def today_label(sessions: SessionTable, now: float) -> int | None:
     return hits[0] if hits else None
 
 
-async def fetch_alpaca_warmup(
-    *,
-    key: str,
-    secret: str,
-    symbols: Sequence[str],
-    sessions: SessionTable,
-    now: float,
-    rest_url: str | None = None,
-    feed: str = "iex",
-    daily_days: int = 120,
-    minute_sessions: int = 20,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> Warmup:
-    """Daily bars of the last `daily_days` sessions and minutes of the last `minute_sessions`."""
-
-    async def fetch(http: httpx.AsyncClient, first_daily: int, first_minute: int) -> _Fetched:
-        rest = AlpacaRest(
-            http,
-            key=key,
-            secret=secret,
-            symbols=symbols,
-            rest_url=rest_url or DEFAULT_REST_URL,
-            feed=feed,
-        )
-        daily = await rest.bars(first_daily, int(now), timeframe="1Day")
-        return daily, await rest.bars(first_minute, int(now), timeframe="1Min")
-
-    return await _fetch(fetch, sessions, now, (daily_days, minute_sessions), transport)
-
-
-async def fetch_massive_warmup(
-    *,
-    api_key: str,
-    symbols: Sequence[str],
-    sessions: SessionTable,
-    now: float,
-    rest_url: str | None = None,
-    daily_days: int = 120,
-    minute_sessions: int = 20,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> Warmup:
-    """The same warm-up from Massive's `/v2/aggs` (daily aggregates, then minutes)."""
-
-    async def fetch(http: httpx.AsyncClient, first_daily: int, first_minute: int) -> _Fetched:
-        rest = MassiveRest(
-            http, api_key=api_key, symbols=symbols, rest_url=rest_url or MASSIVE_REST_URL
-        )
-        daily = await rest.bars(first_daily, int(now), timespan="day")
-        return daily, await rest.bars(first_minute, int(now), timespan="minute")
-
-    return await _fetch(fetch, sessions, now, (daily_days, minute_sessions), transport)
-
-
-_Fetched = tuple[Received, Received]
+Fetched = tuple[Received, Received]
 """Daily bars, then minutes."""
 
 
-async def _fetch(
-    fetch: Callable[[httpx.AsyncClient, int, int], Awaitable[_Fetched]],
-    sessions: SessionTable,
-    now: float,
-    depth: tuple[int, int],
-    transport: httpx.AsyncBaseTransport | None,
+async def fetch_warmup(
+    fetch: Callable[[httpx.AsyncClient, int, int], Awaitable[Fetched]], request: WarmupRequest
 ) -> Warmup:
-    """Run a provider's `fetch(http, first_daily, first_minute)` over the window `depth`
-    (daily days, minute sessions) asks for, and make the `Warmup` of what it returns."""
-    window = _window(sessions, now, *depth)
+    """Run a provider's `fetch(http, first_daily, first_minute)` over the window `request`
+    asks for, and make the `Warmup` of what it returns."""
+    r = request
+    window = _window(r.sessions, r.now, r.daily_days, r.minute_sessions)
     if window is None:
         return Warmup()
     today, first_daily, first_minute = window
-    async with httpx.AsyncClient(transport=transport, timeout=30.0) as http:
+    async with httpx.AsyncClient(transport=r.transport, timeout=30.0) as http:
         daily, minutes = await fetch(http, first_daily, first_minute)
     return _warmup(daily, minutes, today)
 

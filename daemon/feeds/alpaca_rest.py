@@ -9,9 +9,6 @@ symbol then time; 429 when rate limited.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
@@ -22,7 +19,10 @@ import msgspec
 from daemon.feeds.alpaca_wire import RestBar, bar_or_rejection, excerpt, field_problem, scrub
 from daemon.feeds.base import FeedError
 from daemon.feeds.reconnect import Received, Rejection
+from daemon.feeds.rejects import BarLimits
 from daemon.feeds.rest import RestClient, http_status_error, status_detail
+from daemon.feeds.rest_options import RestOptions
+from daemon.warmup import Fetched, Warmup, WarmupRequest, fetch_warmup
 from signals.bar import Bar
 
 DEFAULT_REST_URL: Final = "https://data.alpaca.markets"
@@ -52,6 +52,7 @@ def parse_bars_page(
         return BarsPage((), (Rejection("bad_response", f"{exc}: {excerpt(body)}"),), None)
     bars: list[Bar] = []
     rejected: list[Rejection] = []
+    limits = BarLimits(symbols, now_s, max_future_s)
     for symbol, rows in (page.bars or {}).items():
         for raw in rows:
             try:
@@ -62,9 +63,7 @@ def parse_bars_page(
             except (msgspec.DecodeError, RecursionError):
                 rejected.append(Rejection("bad_message", excerpt(bytes(raw))))
                 continue
-            result = bar_or_rejection(
-                symbol, msg, minute=True, symbols=symbols, now_s=now_s, max_future_s=max_future_s
-            )
+            result = bar_or_rejection(symbol, msg, minute=True, limits=limits)
             if isinstance(result, Rejection):
                 rejected.append(result)
             else:
@@ -88,32 +87,23 @@ class AlpacaRest(RestClient):
     def __init__(
         self,
         http: httpx.AsyncClient,
-        *,
         key: str,
         secret: str,
-        symbols: Sequence[str],
-        rest_url: str = DEFAULT_REST_URL,
+        options: RestOptions,
+        *,
         feed: str = "iex",
-        name: str = "alpaca",
-        now: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        max_future_s: float = 300.0,
-        page_limit: int = 10_000,
-        max_pages: int = 100,
-        max_retries: int = 3,
-        max_retry_wait_s: float = 60.0,
-        max_body_bytes: int = 32 << 20,
     ) -> None:
+        o = options
         self._key, self._secret = key, secret
-        self._symbols = tuple(symbols)
+        self._symbols = tuple(o.symbols)
         self._symbol_set = frozenset(self._symbols)
-        self._url = f"{rest_url.rstrip('/')}/v2/stocks/bars"
+        self._url = f"{(o.rest_url or DEFAULT_REST_URL).rstrip('/')}/v2/stocks/bars"
         self._feed = feed
-        self._now, self._max_future_s = now, max_future_s
-        self._page_limit, self._max_pages = page_limit, max_pages
+        self._now, self._max_future_s = o.now, o.max_future_s
+        self._page_limit = 10_000 if o.page_limit is None else o.page_limit
+        self._max_pages = 100 if o.max_pages is None else o.max_pages
         headers = {"APCA-API-KEY-ID": key, "APCA-API-SECRET-KEY": secret}
-        limits = (max_retries, max_retry_wait_s, max_body_bytes)
-        super().__init__(http, name, headers, sleep, limits)
+        super().__init__(http, o.name or "alpaca", headers, o.sleep, o.limits(32 << 20))
 
     def __repr__(self) -> str:
         return f"AlpacaRest(url={self._url!r}, symbols={self._symbols!r})"
@@ -161,3 +151,18 @@ class AlpacaRest(RestClient):
 
     def _scrub(self, text: str) -> str:
         return scrub(self._key, self._secret, text)
+
+
+async def fetch_alpaca_warmup(
+    key: str, secret: str, request: WarmupRequest, *, feed: str = "iex"
+) -> Warmup:
+    """The start-up history from `/v2/stocks/bars`: daily bars, then minutes."""
+    now = int(request.now)
+
+    async def fetch(http: httpx.AsyncClient, first_daily: int, first_minute: int) -> Fetched:
+        options = RestOptions(request.symbols, rest_url=request.rest_url)
+        rest = AlpacaRest(http, key, secret, options, feed=feed)
+        daily = await rest.bars(first_daily, now, timeframe="1Day")
+        return daily, await rest.bars(first_minute, now, timeframe="1Min")
+
+    return await fetch_warmup(fetch, request)

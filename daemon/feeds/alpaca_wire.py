@@ -12,6 +12,7 @@ import msgspec
 
 from daemon.feeds.base import FeedAuthFailed, FeedError, FeedFatal, FeedThrottled, FeedUnavailable
 from daemon.feeds.reconnect import Rejection
+from daemon.feeds.rejects import BarLimits
 from signals.bar import Bar, BarRejected
 
 ERROR_MESSAGES: Final[dict[int, str]] = {
@@ -102,16 +103,23 @@ def field_problem(exc: msgspec.ValidationError) -> str:
 
 
 def bar_or_rejection(
-    symbol: str,
-    msg: StreamBar | RestBar,
-    *,
-    minute: bool,
-    symbols: frozenset[str],
-    now_s: float,
-    max_future_s: float,
+    symbol: str, msg: StreamBar | RestBar, *, minute: bool, limits: BarLimits
 ) -> Bar | Rejection:
     """A validated `Bar` from decoded fields, or why not."""
-    stamp = msg.time
+    epoch = _epoch(symbol, msg.time, minute=minute, latest_s=limits.latest_s)
+    if isinstance(epoch, Rejection):
+        return epoch
+    try:
+        bar = Bar(symbol, epoch, msg.open, msg.high, msg.low, msg.close, msg.volume)
+    except BarRejected as exc:
+        return Rejection(exc.reason, str(exc))
+    if bar.symbol not in limits.symbols:
+        return Rejection("unsubscribed_symbol", f"{bar.symbol!r} was not subscribed")
+    return bar
+
+
+def _epoch(symbol: str, stamp: datetime, *, minute: bool, latest_s: float) -> int | Rejection:
+    """A bar's start as epoch seconds, or why it is not a valid one."""
     if stamp.tzinfo is None:
         return Rejection("bad_time", f"{symbol[:12]!r}: time without a UTC offset: {stamp}")
     try:
@@ -123,15 +131,9 @@ def bar_or_rejection(
         return Rejection("bad_time", f"{symbol[:12]!r}: minute bar not on a minute: {stamp}")
     if epoch < 0:
         return Rejection("bad_time", f"{symbol[:12]!r}: time before 1970: {stamp}")
-    if epoch > now_s + max_future_s:
+    if epoch > latest_s:
         return Rejection("future_time", f"{symbol[:12]!r}: {stamp} is ahead of the clock")
-    try:
-        bar = Bar(symbol, epoch, msg.open, msg.high, msg.low, msg.close, msg.volume)
-    except BarRejected as exc:
-        return Rejection(exc.reason, str(exc))
-    if bar.symbol not in symbols:
-        return Rejection("unsubscribed_symbol", f"{bar.symbol!r} was not subscribed")
-    return bar
+    return epoch
 
 
 def scrub(key: str, secret: str, text: str) -> str:

@@ -10,9 +10,6 @@ unavailable and the feed runs on without it. The token goes in the
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import httpx
@@ -23,6 +20,7 @@ from daemon.feeds.base import FeedError, FeedFatal
 from daemon.feeds.finnhub_wire import excerpt, scrub
 from daemon.feeds.reconnect import Received, Rejection
 from daemon.feeds.rest import RestClient, http_status_error, status_detail
+from daemon.feeds.rest_options import RestOptions
 from signals.bar import Bar, BarRejected
 
 _log = structlog.get_logger(__name__)
@@ -84,29 +82,15 @@ class FinnhubRest(RestClient):
     (401), `FeedFatal` (400/404) or `FeedUnavailable`.
     """
 
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        *,
-        token: str,
-        symbols: Sequence[str],
-        rest_url: str = DEFAULT_REST_URL,
-        name: str = "finnhub",
-        now: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        max_future_s: float = 300.0,
-        max_retries: int = 3,
-        max_retry_wait_s: float = 60.0,
-        max_body_bytes: int = 8 << 20,
-    ) -> None:
+    def __init__(self, http: httpx.AsyncClient, token: str, options: RestOptions) -> None:
+        o = options
         self._token = token
-        self._symbols = tuple(symbols)
+        self._symbols = tuple(o.symbols)
         self._symbol_set = frozenset(self._symbols)
-        self._url = f"{rest_url.rstrip('/')}/api/v1/stock/candle"
-        self._now, self._max_future_s = now, max_future_s
+        self._url = f"{(o.rest_url or DEFAULT_REST_URL).rstrip('/')}/api/v1/stock/candle"
+        self._now, self._max_future_s = o.now, o.max_future_s
         headers = {"X-Finnhub-Token": token}
-        limits = (max_retries, max_retry_wait_s, max_body_bytes)
-        super().__init__(http, name, headers, sleep, limits)
+        super().__init__(http, o.name or "finnhub", headers, o.sleep, o.limits(8 << 20))
         self.available = True
         """False once the server said the plan has no candles (HTTP 403)."""
 

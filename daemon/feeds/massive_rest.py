@@ -10,9 +10,6 @@ request or log carries it.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import urlsplit
@@ -23,7 +20,10 @@ import msgspec
 from daemon.feeds.base import FeedError
 from daemon.feeds.massive_wire import excerpt, field_problem, minute_bar, scrub
 from daemon.feeds.reconnect import Received, Rejection
+from daemon.feeds.rejects import BarLimits
 from daemon.feeds.rest import RestClient, http_status_error, status_detail
+from daemon.feeds.rest_options import RestOptions
+from daemon.warmup import Fetched, Warmup, WarmupRequest, fetch_warmup
 from signals.bar import Bar
 
 DEFAULT_REST_URL: Final = "https://api.massive.com"
@@ -62,6 +62,7 @@ def parse_aggs_page(
         return AggsPage((), (Rejection("bad_response", f"{exc}: {excerpt(body)}"),), None)
     bars: list[Bar] = []
     rejected: list[Rejection] = []
+    limits = BarLimits(symbols, now_s, max_future_s)
     for raw in page.results or ():
         try:
             m = msgspec.json.decode(raw, type=_RestAgg)
@@ -71,14 +72,7 @@ def parse_aggs_page(
         except (msgspec.DecodeError, RecursionError):
             rejected.append(Rejection("bad_message", excerpt(bytes(raw))))
             continue
-        result = minute_bar(
-            symbol,
-            m.t,
-            (m.o, m.h, m.l, m.c, m.v),
-            symbols=symbols,
-            now_s=now_s,
-            max_future_s=max_future_s,
-        )
+        result = minute_bar(symbol, m.t, (m.o, m.h, m.l, m.c, m.v), limits=limits)
         if isinstance(result, Rejection):
             rejected.append(result)
         else:
@@ -101,32 +95,17 @@ class MassiveRest(RestClient):
     the key is never sent anywhere but `rest_url`.
     """
 
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        *,
-        api_key: str,
-        symbols: Sequence[str],
-        rest_url: str = DEFAULT_REST_URL,
-        name: str = "massive",
-        now: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        max_future_s: float = 300.0,
-        page_limit: int = 50_000,
-        max_pages: int = 20,
-        max_retries: int = 3,
-        max_retry_wait_s: float = 60.0,
-        max_body_bytes: int = 32 << 20,
-    ) -> None:
+    def __init__(self, http: httpx.AsyncClient, api_key: str, options: RestOptions) -> None:
+        o = options
         self._key = api_key
-        self._symbols = tuple(symbols)
+        self._symbols = tuple(o.symbols)
         self._symbol_set = frozenset(self._symbols)
-        self._base = rest_url.rstrip("/")
-        self._now, self._max_future_s = now, max_future_s
-        self._page_limit, self._max_pages = page_limit, max_pages
+        self._base = (o.rest_url or DEFAULT_REST_URL).rstrip("/")
+        self._now, self._max_future_s = o.now, o.max_future_s
+        self._page_limit = 50_000 if o.page_limit is None else o.page_limit
+        self._max_pages = 20 if o.max_pages is None else o.max_pages
         headers = {"Authorization": f"Bearer {api_key}"}
-        limits = (max_retries, max_retry_wait_s, max_body_bytes)
-        super().__init__(http, name, headers, sleep, limits)
+        super().__init__(http, o.name or "massive", headers, o.sleep, o.limits(32 << 20))
 
     def __repr__(self) -> str:
         return f"MassiveRest(url={self._base!r}, symbols={self._symbols!r})"
@@ -181,3 +160,15 @@ class MassiveRest(RestClient):
 
     def _scrub(self, text: str) -> str:
         return scrub(self._key, text)
+
+
+async def fetch_massive_warmup(api_key: str, request: WarmupRequest) -> Warmup:
+    """The start-up history from `/v2/aggs`: daily aggregates, then minutes."""
+    now = int(request.now)
+
+    async def fetch(http: httpx.AsyncClient, first_daily: int, first_minute: int) -> Fetched:
+        rest = MassiveRest(http, api_key, RestOptions(request.symbols, rest_url=request.rest_url))
+        daily = await rest.bars(first_daily, now, timespan="day")
+        return daily, await rest.bars(first_minute, now, timespan="minute")
+
+    return await fetch_warmup(fetch, request)

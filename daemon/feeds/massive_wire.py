@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgspec
 
 from daemon.feeds.reconnect import Rejection
+from daemon.feeds.rejects import BarLimits
 from signals.bar import Bar, BarRejected
 
 DETAIL_CHARS = 160
@@ -33,9 +34,7 @@ def minute_bar(
     start_ms: int,
     ohlcv: tuple[float, float, float, float, float],
     *,
-    symbols: frozenset[str],
-    now_s: float,
-    max_future_s: float,
+    limits: BarLimits,
 ) -> Bar | Rejection:
     """A validated minute `Bar` starting at `start_ms` (epoch ms), or why not."""
     name = f"{symbol[:12]!r}"
@@ -44,13 +43,13 @@ def minute_bar(
     if start_ms % 60_000:
         return Rejection("bad_time", f"{name}: start {start_ms} ms is not on a minute")
     # Compared in ms: `start_ms / 1000` overflows a float for a huge (but whole-minute) int.
-    if start_ms > (now_s + max_future_s) * 1000:
+    if start_ms > limits.latest_s * 1000:
         return Rejection("future_time", f"{name}: start {start_ms} ms is ahead of the clock")
     try:
         bar = Bar(symbol, start_ms // 1000, *ohlcv)
     except BarRejected as exc:
         return Rejection(exc.reason, str(exc))
-    if bar.symbol not in symbols:
+    if bar.symbol not in limits.symbols:
         return Rejection("unsubscribed_symbol", f"{name} was not subscribed")
     return bar
 

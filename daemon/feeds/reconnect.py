@@ -23,13 +23,11 @@ server that accepts and hangs up at once gets ever longer delays, not a storm.
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
 
-import httpx
 import structlog
 
 from daemon.feeds.base import (
@@ -43,8 +41,10 @@ from daemon.feeds.base import (
     FeedUnavailable,
     FrameRejected,
 )
+from daemon.feeds.options import LoopSettings
+from daemon.feeds.rejects import RejectLog
 from daemon.feeds.retry import Action, Decision, ReconnectPolicy, backoff, classify
-from signals.bar import SYMBOL_PATTERN, Bar
+from signals.bar import Bar
 
 __all__ = [
     "Action",
@@ -57,19 +57,13 @@ __all__ = [
     "RejectLog",
     "Rejection",
     "Source",
-    "StreamFeed",
-    "StreamSettings",
-    "StreamSource",
     "backoff",
-    "checked_feed_args",
     "classify",
-    "run_feed",
 ]
 
 _log = structlog.get_logger(__name__)
 
 _MINUTE_KINDS: frozenset[FeedKind] = frozenset({"live", "backfill"})
-_DETAIL_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -121,36 +115,6 @@ class Source(Protocol):
         ...
 
 
-class RejectLog:
-    """Counts every rejection in `stats`; logs `bar.rejected` at most once per reason per interval."""
-
-    def __init__(
-        self, feed: str, stats: FeedStats, interval_s: float, now: Callable[[], float]
-    ) -> None:
-        self._feed, self._stats, self._interval_s, self._now = feed, stats, interval_s, now
-        self._last_logged: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
-
-    def record(self, reason: str, detail: str) -> None:
-        """Count one rejection; log it unless this reason was logged less than an interval ago."""
-        self._stats.reject(reason)
-        count = self._unlogged.get(reason, 0) + 1
-        now = self._now()
-        last = self._last_logged.get(reason)
-        if last is not None and now - last < self._interval_s:
-            self._unlogged[reason] = count
-            return
-        self._last_logged[reason] = now
-        self._unlogged[reason] = 0
-        _log.warning(
-            "bar.rejected",
-            feed=self._feed,
-            reason=reason,
-            count=count,
-            detail=detail[:_DETAIL_CHARS],
-        )
-
-
 @dataclass
 class _Gate:
     """Holds live bars back while the session's backfill runs (bounded, oldest dropped)."""
@@ -199,31 +163,16 @@ def _reraise_cancellation() -> None:
 class FeedLoop:
     """Runs a `Source` forever: connect, backfill, stream, reconnect. See the module docstring.
 
-    `now` is a wall clock (epoch seconds) and `sleep` its matching sleep, both
-    injectable so tests can run fake time; `is_market_open(epoch_s)` gates the
-    silence watchdog (`silence_timeout_s <= 0` disables it). `warmup_s` is how
-    far back the first backfill reaches.
+    `settings` carries the policy, the watchdog's timeout, how far back the first
+    backfill reaches and the injectable clock (`daemon.feeds.options.LoopSettings`).
     """
 
-    def __init__(
-        self,
-        source: Source,
-        stats: FeedStats,
-        *,
-        policy: ReconnectPolicy,
-        silence_timeout_s: float,
-        warmup_s: float,
-        now: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]],
-        is_market_open: Callable[[float], bool],
-        rand: Callable[[], float] = random.random,
-    ) -> None:
-        if warmup_s < 0:
-            raise ValueError(f"warmup_s must be >= 0, got {warmup_s}")
-        self._source, self._stats, self._policy = source, stats, policy
-        self._silence_timeout_s, self._warmup_s = silence_timeout_s, warmup_s
-        self._now, self._sleep, self._is_market_open, self._rand = now, sleep, is_market_open, rand
-        self._rejects = RejectLog(source.name, stats, policy.reject_log_interval_s, now)
+    def __init__(self, source: Source, stats: FeedStats, settings: LoopSettings) -> None:
+        self._source, self._stats, self._policy = source, stats, settings.policy
+        self._silence_timeout_s, self._warmup_s = settings.silence_timeout_s, settings.warmup_s
+        self._now, self._sleep = settings.now, settings.sleep
+        self._is_market_open, self._rand = settings.is_market_open, settings.rand
+        self._rejects = RejectLog(source.name, stats, self._policy.reject_log_interval_s, self._now)
         self._emit: Callable[[FeedBatch], None] = lambda batch: None
         self._last_emitted: dict[str, int] = {}  # symbol -> newest minute bar start emitted
         self._warmup_from = 0  # where the first backfill starts
@@ -416,147 +365,3 @@ class FeedLoop:
             # Wake when the silence would reach the limit (not a poll later), but look at
             # the market at least every quarter of it.
             await self._sleep(min(timeout - quiet_s, timeout / 4))
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """The knobs every provider's feed passes to its `FeedLoop` and its REST client."""
-
-    policy: ReconnectPolicy
-    silence_timeout_s: float
-    warmup_s: float
-    http_timeout_s: float
-    http_transport: httpx.AsyncBaseTransport | None
-    now: Callable[[], float]
-    sleep: Callable[[float], Awaitable[None]]
-    is_market_open: Callable[[float], bool]
-    rand: Callable[[], float]
-
-
-async def run_feed(
-    make_source: Callable[[httpx.AsyncClient], Source],
-    stats: FeedStats,
-    settings: LoopSettings,
-    emit: Callable[[FeedBatch], None],
-) -> None:
-    """A provider's whole `run`: one HTTP client for its backfills, its source, the loop."""
-    async with httpx.AsyncClient(
-        timeout=settings.http_timeout_s, transport=settings.http_transport, follow_redirects=False
-    ) as http:
-        loop = FeedLoop(
-            make_source(http),
-            stats,
-            policy=settings.policy,
-            silence_timeout_s=settings.silence_timeout_s,
-            warmup_s=settings.warmup_s,
-            now=settings.now,
-            sleep=settings.sleep,
-            is_market_open=settings.is_market_open,
-            rand=settings.rand,
-        )
-        await loop.run(emit)
-
-
-class StreamSource:
-    """A `Source` from a provider's parts: a factory of fresh connections and a REST backfill."""
-
-    def __init__(
-        self,
-        name: str,
-        url: str,
-        connect: Callable[[], Connection],
-        backfill: Callable[[int, int], Awaitable[Received]],
-    ) -> None:
-        self.name, self.url = name, url
-        self._connect, self._backfill = connect, backfill
-
-    def connection(self) -> Connection:
-        return self._connect()
-
-    async def backfill(self, start_s: int, end_s: int) -> Received:
-        return await self._backfill(start_s, end_s)
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """What every websocket provider's connections and backfills need. A provider subclasses
-    it with its credentials (fields with `repr=False`), `scrub` for them, and its own knobs."""
-
-    name: str
-    url: str
-    rest_url: str
-    symbols: tuple[str, ...]
-    max_frame_bytes: int
-    open_timeout_s: float
-    handshake_timeout_s: float
-    ping_interval_s: float | None
-    ping_timeout_s: float | None
-    max_future_s: float
-    now: Callable[[], float]
-    sleep: Callable[[float], Awaitable[None]]
-
-    def scrub(self, text: str) -> str:
-        """`text` without the provider's credentials (a server or a URL could echo them)."""
-        raise NotImplementedError
-
-
-class StreamFeed:
-    """What every websocket provider's `Feed` shares: `url`, `symbols`, a repr without
-    secrets, and `run` over `run_feed`. A provider sets `name`, `stats`, `_settings`
-    (with `name`, `url`, `symbols`) and `_loop`, and makes its `Source` in `_source`."""
-
-    name: str
-    stats: FeedStats
-    _settings: StreamSettings
-    _loop: LoopSettings
-
-    def __repr__(self) -> str:
-        s = self._settings
-        return f"{type(self).__name__}(name={s.name!r}, url={s.url!r}, symbols={s.symbols!r})"
-
-    @property
-    def url(self) -> str:
-        """The stream URL (no credentials in it)."""
-        return self._settings.url
-
-    @property
-    def symbols(self) -> tuple[str, ...]:
-        """The subscribed symbols."""
-        return self._settings.symbols
-
-    async def run(self, emit: Callable[[FeedBatch], None]) -> None:
-        """Stream until cancelled, reconnecting and backfilling; raise `FeedFatal` on a dead end.
-
-        An exception raised by `emit` itself is not a feed problem: it propagates unchanged.
-        """
-        await run_feed(self._source, self.stats, self._loop, emit)
-
-    def _source(self, http: httpx.AsyncClient) -> Source:
-        """A source for one `run` (`http` serves its backfills)."""
-        raise NotImplementedError
-
-
-def checked_feed_args(
-    symbols: Sequence[str],
-    *,
-    max_frame_bytes: int,
-    warmup_s: float,
-    positive: Mapping[str, float],
-) -> tuple[str, ...]:
-    """Check what every stream feed's constructor takes; the symbols, deduplicated in order.
-
-    `positive` names the timeouts and intervals that must be > 0. Raises
-    `ValueError` naming the first bad argument.
-    """
-    wanted = tuple(dict.fromkeys(symbols))
-    bad = [s for s in wanted if not isinstance(s, str) or not SYMBOL_PATTERN.fullmatch(s)]
-    if not wanted or bad:
-        raise ValueError(f"symbols must be 1+ tickers matching [A-Z0-9.-]{{1,10}}, bad: {bad}")
-    if max_frame_bytes < 1024:
-        raise ValueError(f"max_frame_bytes must be >= 1024, got {max_frame_bytes}")
-    for label, value in positive.items():
-        if not value > 0:
-            raise ValueError(f"{label} must be > 0, got {value}")
-    if warmup_s < 0:
-        raise ValueError(f"warmup_s must be >= 0, got {warmup_s}")
-    return wanted

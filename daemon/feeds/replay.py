@@ -10,10 +10,11 @@ calls `advance(minutes)`, to keep step with a fake clock). `GET
 /v2/stocks/bars` serves the same frame in Alpaca's REST shape, up to the
 minute already played, so a client can repair a gap after a reconnect.
 
-Both listen on loopback only, on free ports by default. Test hooks:
-`kill_connections()`, `refuse_with(code)`, `go_silent()`,
-`close_after_subscribe()`, `send_raw(data)`, `fail_rest(status)` and
-`hold_rest()`. The REST side is `replay_rest.ReplayRest`.
+Both listen on loopback only, on free ports by default. The REST side is
+`replay_rest.ReplayRest`. A subclass may refuse a session (`_refusal`),
+hold bars back (`_sending_bars`), close after subscribing
+(`_closes_after_subscribe`) and swap the REST side (`rest_type`); the feed
+tests' fault injection does so.
 
 Used by `iwm-alerts demo` / `replay` and by the feed tests.
 """
@@ -22,11 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final, Self
+from typing import Self
 
 import msgspec
 import numpy as np
@@ -35,116 +34,66 @@ import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from daemon.feeds.alpaca import ERROR_MESSAGES
 from daemon.feeds.replay_rest import MAX_REQUEST_LINE, ReplayRest, rest_bar
+from daemon.feeds.replay_wire import (
+    COLUMNS,
+    LOOPBACK,
+    Client,
+    ReplayFrames,
+    ReplaySettings,
+    Request,
+    as_json,
+    error_message,
+    frame_from_rows,
+)
+
+__all__ = ["COLUMNS", "LOOPBACK", "ReplayServer", "ReplaySettings", "frame_from_rows"]
 
 _log = structlog.get_logger(__name__)
-
-COLUMNS: Final = ("symbol", "time", "open", "high", "low", "close", "volume")
-LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
-_CHANNELS: Final = ("bars", "updatedBars", "dailyBars")
-
-
-def _json(value: object) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-def _error(code: int) -> str:
-    return _json([{"T": "error", "code": code, "msg": ERROR_MESSAGES.get(code, "error")}])
-
-
-@dataclass
-class _Client:
-    bars: set[str] = field(default_factory=set)
-    updated: set[str] = field(default_factory=set)
-    daily: set[str] = field(default_factory=set)
-
-    def wants(self, symbol: str) -> bool:
-        return "*" in self.bars or symbol in self.bars
-
-    def message(self) -> str:
-        return _json(
-            [
-                {
-                    "T": "subscription",
-                    "trades": [],
-                    "quotes": [],
-                    "bars": sorted(self.bars),
-                    "updatedBars": sorted(self.updated),
-                    "dailyBars": sorted(self.daily),
-                    "statuses": [],
-                    "lulds": [],
-                    "corrections": [],
-                    "cancelErrors": [],
-                }
-            ]
-        )
-
-
-class _Request(msgspec.Struct, rename={"updated": "updatedBars", "daily": "dailyBars"}):
-    action: str
-    key: str = ""
-    secret: str = ""
-    bars: list[str] = []
-    updated: list[str] = []
-    daily: list[str] = []
 
 
 class ReplayServer:
     """An Alpaca-compatible websocket + REST server on loopback that replays `bars`.
 
     `bars` has columns symbol, time (bar start, epoch seconds), open, high,
-    low, close, volume. With `key`/`secret` set, only those credentials
-    authenticate (402 otherwise); by default any do. Use as an async context
-    manager; `url` and `rest_url` are valid inside it.
+    low, close, volume; `settings` says how it plays, whom it lets in and where
+    it listens (`ReplaySettings`); `history` and `daily` are bars its REST side
+    also serves. Use as an async context manager; `url` and `rest_url` are
+    valid inside it.
     """
+
+    rest_type: type[ReplayRest] = ReplayRest
 
     def __init__(
         self,
         bars: pl.DataFrame,
+        settings: ReplaySettings | None = None,
         *,
-        speed: float = 0.0,
-        key: str | None = None,
-        secret: str | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        http_port: int = 0,
-        stream: str = "iex",
-        auth_timeout_s: float = 10.0,
-        manual: bool = False,
         history: pl.DataFrame | None = None,
         daily: pl.DataFrame | None = None,
     ) -> None:
-        if host not in LOOPBACK:
-            raise ValueError(f"the replay server listens on loopback only, not {host!r}")
-        if not speed >= 0:
-            raise ValueError(f"speed must be >= 0 (0 or inf: as fast as possible), got {speed}")
-        missing = [c for c in COLUMNS if c not in bars.columns]
-        if missing:
-            raise ValueError(f"bars need columns {COLUMNS}, missing {missing}")
-        self._frame = _normalised(bars)
+        s = ReplaySettings() if settings is None else settings
+        frames = ReplayFrames.of(bars, history, daily)
+        self._frame = frames.live
         times = self._frame["time"].to_numpy()
         self._minutes: list[int] = np.unique(times).tolist()
         self._bounds: list[int] = np.searchsorted(
             times, [*self._minutes, np.iinfo(np.int64).max]
         ).tolist()
-        self._speed = speed
-        self._key, self._secret = key, secret
-        self._host, self._port, self._http_port = host, port, http_port
-        self._stream = stream
-        self._auth_timeout_s = auth_timeout_s
-        self._clients: dict[ServerConnection, _Client] = {}
+        self._speed = s.speed
+        self._key, self._secret = s.key, s.secret
+        self._host, self._port, self._http_port = s.host, s.port, s.http_port
+        self._stream = s.stream
+        self._auth_timeout_s = s.auth_timeout_s
+        self._clients: dict[ServerConnection, Client] = {}
         self._subscribed: set[ServerConnection] = set()
         self._start = asyncio.Event()
         self._finished = asyncio.Event()
         self._progress = asyncio.Condition()
         self._played = 0
         self._sent = 0  # minutes whose frames have gone out (or were skipped while silent)
-        self._manual = manual
+        self._manual = s.manual
         self._allowed = 0  # manual mode: minutes the test has let the timeline play
-        self._refuse: int | None = None
-        self._silent = False
-        self._close_after_subscribe = False
         self._stack = AsyncExitStack()
         self._player: asyncio.Task[None] | None = None
         self._ws_server: Server | None = None
@@ -153,15 +102,9 @@ class ReplayServer:
         """Websocket connections accepted so far."""
         self.auth_attempts = 0
         """`auth` messages received so far."""
-        self.refused: dict[int, int] = {}
-        """Sessions refused by `refuse_with`, by error code."""
         self.last_subscription: dict[str, list[str]] | None = None
         """The channels of the latest (un)subscribe, as the server now holds them."""
-        self._rest = ReplayRest(
-            self._frame, lambda: self.played_until, key=key, secret=secret,
-            history=None if history is None else _normalised(history),
-            daily=None if daily is None else _normalised(daily),
-        )  # fmt: skip
+        self._rest = self.rest_type(frames, lambda: self.played_until, s)
 
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
@@ -229,6 +172,11 @@ class ReplayServer:
         return self._played
 
     @property
+    def last_minute(self) -> int | None:
+        """Start of the frame's last minute, or None for an empty frame."""
+        return self._minutes[-1] if self._minutes else None
+
+    @property
     def played_until(self) -> int | None:
         """Start of the last minute played, or None before the first."""
         return self._minutes[self._played - 1] if self._played else None
@@ -259,35 +207,7 @@ class ReplayServer:
             await self._progress.wait_for(lambda: self._sent >= target)
         return self._played
 
-    # Test hooks.
-
-    def kill_connections(self) -> int:
-        """Drop every client at the TCP level, without a close frame. Returns how many."""
-        victims = list(self._clients)
-        for ws in victims:
-            ws.transport.abort()
-        return len(victims)
-
-    def refuse_with(self, code: int | None) -> None:
-        """Answer the `auth` of new sessions with error `code` (e.g. 406) and close; None stops."""
-        self._refuse = code
-
-    def go_silent(self, silent: bool = True) -> None:
-        """Stop (or resume) sending bars; the timeline and control replies go on."""
-        self._silent = silent
-
-    def close_after_subscribe(self, enabled: bool = True) -> None:
-        """Close each new session right after confirming its subscription (accept-then-close)."""
-        self._close_after_subscribe = enabled
-
-    def hold_rest(self, held: bool = True) -> None:
-        """Keep REST requests waiting, once read, until called with False (a slow backfill)."""
-        self._rest.hold(held)
-
-    @property
-    def rest_waiting(self) -> int:
-        """REST requests held by `hold_rest` right now."""
-        return self._rest.waiting
+    # Observation.
 
     @property
     def rest_requests(self) -> int:
@@ -304,51 +224,41 @@ class ReplayServer:
         """Clients subscribed to bars right now."""
         return len(self._subscribed)
 
-    def fail_rest(self, status: int, times: int = 1, retry_after_s: float | None = None) -> None:
-        """Answer the next `times` REST requests with `status` (and `Retry-After` if given)."""
-        self._rest.fail(status, times, retry_after_s)
+    # What a subclass may change: sessions refused, bars held back, early closes.
 
-    def clear_rest_failures(self) -> None:
-        """Let REST answer normally again."""
-        self._rest.clear_failures()
+    def _refusal(self) -> int | None:
+        """The error code to answer a session's `auth` with and close; None: judge the keys."""
+        return None
 
-    @property
-    def rest_failures_served(self) -> int:
-        """REST requests answered with a `fail_rest` status so far."""
-        return self._rest.failures_served
+    def _sending_bars(self) -> bool:
+        """Whether played minutes go out to subscribers (the timeline moves either way)."""
+        return True
 
-    async def send_raw(self, data: str | bytes) -> int:
-        """Send `data` as one message to every subscribed client. Returns how many got it."""
-        sent = 0
-        for ws in list(self._subscribed):
-            try:
-                await ws.send(data)
-                sent += 1
-            except ConnectionClosed:
-                continue
-        return sent
+    def _closes_after_subscribe(self) -> bool:
+        """Whether to close each session right after confirming its subscription."""
+        return False
 
     # Websocket side.
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections_seen += 1
-        client = _Client()
+        client = Client()
         self._clients[ws] = client
         try:
-            await ws.send(_json([{"T": "success", "msg": "connected"}]))
+            await ws.send(as_json([{"T": "success", "msg": "connected"}]))
             authenticated = False
             while True:
                 try:
                     async with asyncio.timeout(None if authenticated else self._auth_timeout_s):
                         message = await ws.recv()
                 except TimeoutError:
-                    await ws.send(_error(404))
+                    await ws.send(error_message(404))
                     await ws.close()
                     return
                 try:
-                    request = msgspec.json.decode(message, type=_Request)
+                    request = msgspec.json.decode(message, type=Request)
                 except (msgspec.DecodeError, RecursionError):
-                    await ws.send(_error(400))
+                    await ws.send(error_message(400))
                     continue
                 if request.action == "auth":
                     authenticated = await self._auth(ws, request, authenticated)
@@ -356,37 +266,35 @@ class ReplayServer:
                         return
                 elif request.action in ("subscribe", "unsubscribe"):
                     if not authenticated:
-                        await ws.send(_error(401))
+                        await ws.send(error_message(401))
                         continue
                     if not await self._subscribe(ws, client, request):
                         return
                 else:
-                    await ws.send(_error(400))
+                    await ws.send(error_message(400))
         except ConnectionClosed:
             return
         finally:
             self._clients.pop(ws, None)
             self._subscribed.discard(ws)
 
-    async def _auth(self, ws: ServerConnection, request: _Request, already: bool) -> bool:
+    async def _auth(self, ws: ServerConnection, request: Request, already: bool) -> bool:
         """Answer an auth message; False means the session was refused and closed."""
         self.auth_attempts += 1
         if already:
-            await ws.send(_error(403))
+            await ws.send(error_message(403))
             return True
-        code = self._refuse
-        if code is not None:
-            self.refused[code] = self.refused.get(code, 0) + 1
-        elif (request.key, request.secret) != (self._key, self._secret):
+        code = self._refusal()
+        if code is None and (request.key, request.secret) != (self._key, self._secret):
             code = None if self._key is None else 402
         if code is not None:
-            await ws.send(_error(code))
+            await ws.send(error_message(code))
             await ws.close()
             return False
-        await ws.send(_json([{"T": "success", "msg": "authenticated"}]))
+        await ws.send(as_json([{"T": "success", "msg": "authenticated"}]))
         return True
 
-    async def _subscribe(self, ws: ServerConnection, client: _Client, request: _Request) -> bool:
+    async def _subscribe(self, ws: ServerConnection, client: Client, request: Request) -> bool:
         """Apply a (un)subscribe; False means the session was closed on purpose."""
         pairs = (
             (client.bars, request.bars),
@@ -409,7 +317,7 @@ class ReplayServer:
         }
         await ws.send(client.message())
         self._start.set()
-        if self._close_after_subscribe:
+        if self._closes_after_subscribe():
             await ws.close()
             return False
         return True
@@ -437,7 +345,7 @@ class ReplayServer:
             audience = [(ws, self._clients.get(ws)) for ws in self._subscribed]
             async with self._progress:
                 self._progress.notify_all()
-            if self._silent:
+            if not self._sending_bars():
                 await self._minute_sent(index)
                 continue
             messages = [
@@ -449,7 +357,7 @@ class ReplayServer:
                 if not chosen:
                     continue
                 try:
-                    await ws.send(_json(chosen))
+                    await ws.send(as_json(chosen))
                 except ConnectionClosed:
                     continue
             await self._minute_sent(index)
@@ -466,30 +374,3 @@ class ReplayServer:
     def finished(self) -> bool:
         """Every minute has been played."""
         return self._finished.is_set()
-
-
-def _normalised(bars: pl.DataFrame) -> pl.DataFrame:
-    return bars.select(
-        pl.col("symbol").cast(pl.String),
-        pl.col("time").cast(pl.Int64),
-        *(pl.col(c).cast(pl.Float64) for c in COLUMNS[2:]),
-    ).sort("time", "symbol")
-
-
-def frame_from_rows(
-    rows: Iterable[tuple[str, int, float, float, float, float, float]],
-) -> pl.DataFrame:
-    """A replay frame from `(symbol, time, open, high, low, close, volume)` tuples."""
-    return pl.DataFrame(
-        list(rows),
-        schema={
-            "symbol": pl.String,
-            "time": pl.Int64,
-            "open": pl.Float64,
-            "high": pl.Float64,
-            "low": pl.Float64,
-            "close": pl.Float64,
-            "volume": pl.Float64,
-        },
-        orient="row",
-    )

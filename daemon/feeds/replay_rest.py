@@ -4,9 +4,7 @@ It serves the frame's bars in Alpaca's REST shape (pages, `next_page_token`),
 up to the minute the websocket side has already played, so a client can
 repair a gap after a reconnect; and, when given, the minutes before the replay
 (`history`) and daily bars (`daily`, `timeframe=1Day`), so a client can warm
-up as from Alpaca. Test hooks: `hold` (keep requests waiting, a slow
-backfill), `fail` (answer the next requests with an error status) and
-`clear_failures`.
+up as from Alpaca.
 """
 
 from __future__ import annotations
@@ -25,8 +23,13 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 import polars as pl
 
+from daemon.feeds.replay_wire import ReplayFrames, ReplaySettings
+
 MAX_REQUEST_LINE = 8192
 MAX_HEADERS = 64
+
+Answer = tuple[int, bytes, list[str]]
+"""An HTTP status, the JSON body, and extra header lines."""
 
 
 def _stamp(epoch_s: int) -> str:
@@ -61,53 +64,23 @@ def _parse_time(text: str) -> int:
 
 
 class ReplayRest:
-    """`GET /v2/stocks/bars` over `frame`, up to the minute `played_until()` returns.
+    """`GET /v2/stocks/bars` over `frames`, up to the minute `played_until()` returns.
 
-    With `key`/`secret` set, only those credentials are served (401 otherwise).
+    With the settings' `key`/`secret` set, only those credentials are served (401 otherwise).
     `handle` is the connection callback for `asyncio.start_server`.
     """
 
     def __init__(
         self,
-        frame: pl.DataFrame,
+        frames: ReplayFrames,
         played_until: Callable[[], int | None],
-        *,
-        key: str | None,
-        secret: str | None,
-        history: pl.DataFrame | None = None,
-        daily: pl.DataFrame | None = None,
+        settings: ReplaySettings,
     ) -> None:
-        self._frame, self._played_until = frame, played_until
-        self._history, self._daily = history, daily
-        self._key, self._secret = key, secret
-        self._open = asyncio.Event()
-        self._open.set()
-        self._held = 0
-        self._failures: list[tuple[int, float | None]] = []
+        self._frame, self._played_until = frames.live, played_until
+        self._history, self._daily = frames.history, frames.daily
+        self._key, self._secret = settings.key, settings.secret
         self.requests = 0
         """Requests answered so far."""
-        self.failures_served = 0
-        """Requests answered with a status set by `fail`."""
-
-    def hold(self, held: bool = True) -> None:
-        """Keep requests waiting, once read, until called with False (a slow backfill)."""
-        if held:
-            self._open.clear()
-        else:
-            self._open.set()
-
-    @property
-    def waiting(self) -> int:
-        """Requests held by `hold` right now."""
-        return self._held
-
-    def fail(self, status: int, times: int = 1, retry_after_s: float | None = None) -> None:
-        """Answer the next `times` requests with `status` (and `Retry-After` if given)."""
-        self._failures.extend([(status, retry_after_s)] * times)
-
-    def clear_failures(self) -> None:
-        """Answer normally again."""
-        self._failures.clear()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection: read one request, answer it, close."""
@@ -121,12 +94,7 @@ class ReplayRest:
                         break
                     name, _, value = line.partition(":")
                     headers[name.strip().lower()] = value.strip()
-            if not self._open.is_set():
-                self._held += 1
-                try:
-                    await self._open.wait()
-                finally:
-                    self._held -= 1
+            await self._read_request()
             status, body, extra = self._respond(request_line, headers)
             self.requests += 1
             reason = HTTPStatus(status).phrase
@@ -141,7 +109,14 @@ class ReplayRest:
             with suppress(ConnectionError):
                 await writer.wait_closed()
 
-    def _respond(self, request_line: str, headers: dict[str, str]) -> tuple[int, bytes, list[str]]:
+    async def _read_request(self) -> None:
+        """Called once a request is read, before it is answered (a subclass may delay it)."""
+
+    def _override(self) -> Answer | None:
+        """An answer to give instead of the bars for an authorised request; None: the bars."""
+        return None
+
+    def _respond(self, request_line: str, headers: dict[str, str]) -> Answer:
         parts = request_line.split()
         if len(parts) != 3 or parts[0] != "GET":
             return 405, msgspec.json.encode({"message": "method not allowed"}), []
@@ -153,11 +128,9 @@ class ReplayRest:
             headers.get("apca-api-secret-key"),
         ) != (self._key, self._secret):
             return 401, msgspec.json.encode({"message": "unauthorized."}), []
-        if self._failures:
-            status, retry_after = self._failures.pop(0)
-            self.failures_served += 1
-            extra = [] if retry_after is None else [f"Retry-After: {retry_after:g}"]
-            return status, msgspec.json.encode({"message": HTTPStatus(status).phrase}), extra
+        answer = self._override()
+        if answer is not None:
+            return answer
         try:
             body = self._bars_page({k: v[-1] for k, v in parse_qs(target.query).items()})
         except ValueError as exc:

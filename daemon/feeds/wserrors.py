@@ -67,28 +67,38 @@ def websocket_error(
 ) -> FeedError:
     """The `FeedError` for a websocket exception (connect, upgrade, or a closed session)."""
     if isinstance(exc, ConnectionClosed):
-        if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
-            return FrameRejected(
-                feed,
-                "frame_too_big",
-                f"a message exceeded {max_frame_bytes} bytes; closed with 1009",
-            )
-        if exc.sent is not None and exc.sent.code == CloseCode.INVALID_DATA:
-            # A text frame that is not UTF-8: bad input like any other, so counted.
-            return FrameRejected(feed, "bad_utf8", "a text message was not UTF-8; closed with 1007")
-        return FeedUnavailable(feed, scrub(f"connection closed: {exc}"))
+        return _closed_error(exc, feed, max_frame_bytes, scrub)
     if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        detail = f"websocket upgrade refused with HTTP {status}"
-        if status in (401, 403):  # a bad key can be refused at the upgrade (Finnhub does)
-            return FeedAuthFailed(feed, detail)
-        if status == 429:  # one connection per key: another one holds it
-            return FeedThrottled(
-                feed, detail, retry_after_s(exc.response.headers.raw_items(), now_s)
-            )
-        if status in (400, 404):
-            return FeedFatal(feed, f"{detail}: is the stream URL right?")
-        return FeedUnavailable(feed, detail)
+        return _upgrade_error(exc, feed, now_s)
     if isinstance(exc, InvalidURI):
         return FeedFatal(feed, scrub(f"invalid stream URL: {exc}"))
     return FeedUnavailable(feed, scrub(f"{type(exc).__name__}: {exc}"))
+
+
+def _closed_error(
+    exc: ConnectionClosed, feed: str, max_frame_bytes: int, scrub: Callable[[str], str]
+) -> FeedError:
+    """The error for a session the server or the client closed."""
+    if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+        return FrameRejected(
+            feed,
+            "frame_too_big",
+            f"a message exceeded {max_frame_bytes} bytes; closed with 1009",
+        )
+    if exc.sent is not None and exc.sent.code == CloseCode.INVALID_DATA:
+        # A text frame that is not UTF-8: bad input like any other, so counted.
+        return FrameRejected(feed, "bad_utf8", "a text message was not UTF-8; closed with 1007")
+    return FeedUnavailable(feed, scrub(f"connection closed: {exc}"))
+
+
+def _upgrade_error(exc: InvalidStatus, feed: str, now_s: float | None) -> FeedError:
+    """The error for a websocket upgrade the server refused with an HTTP status."""
+    status = exc.response.status_code
+    detail = f"websocket upgrade refused with HTTP {status}"
+    if status in (401, 403):  # a bad key can be refused at the upgrade (Finnhub does)
+        return FeedAuthFailed(feed, detail)
+    if status == 429:  # one connection per key: another one holds it
+        return FeedThrottled(feed, detail, retry_after_s(exc.response.headers.raw_items(), now_s))
+    if status in (400, 404):
+        return FeedFatal(feed, f"{detail}: is the stream URL right?")
+    return FeedUnavailable(feed, detail)

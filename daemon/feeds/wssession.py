@@ -20,7 +20,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
 
 from daemon.feeds.base import FeedError, FeedUnavailable
-from daemon.feeds.reconnect import Received, StreamSettings
+from daemon.feeds.reconnect import Received
+from daemon.feeds.stream import StreamSettings
 from daemon.feeds.wserrors import websocket_error
 
 
@@ -43,11 +44,12 @@ class WebsocketSession(ABC):
     ) -> None:
         self._protocol = protocol
         self._name, self._url = settings.name, settings.url if url is None else url
-        self._max_frame_bytes = settings.max_frame_bytes
-        self._open_timeout_s = settings.open_timeout_s
-        self._ping = (settings.ping_interval_s, settings.ping_timeout_s)
+        options = settings.options
+        self._max_frame_bytes = options.max_frame_bytes
+        self._open_timeout_s = options.open_timeout_s
+        self._ping = (options.ping_interval_s, options.ping_timeout_s)
         self._handshake_timeout_s = settings.handshake_timeout_s
-        self._now, self._scrub = settings.now, settings.scrub
+        self._now, self._scrub = options.now, settings.scrub
         self._stack = AsyncExitStack()
         self._ws: ClientConnection | None = None
         self._early: list[Received] = []

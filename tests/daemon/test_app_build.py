@@ -12,6 +12,7 @@ from daemon.config import load_config
 from daemon.feeds.alpaca import AlpacaFeed
 from daemon.feeds.finnhub import FinnhubFeed
 from daemon.feeds.massive import MassiveFeed
+from daemon.feeds.replay_feed import ReplayFeed
 from daemon.secrets import SecretError, Secrets
 
 
@@ -34,7 +35,7 @@ def test_proxy_rates_source_feeds_the_engine(tmp_path: Path) -> None:
         ("alpaca", {"ALPACA_API_KEY": "k" * 20, "ALPACA_API_SECRET": "s" * 40}, AlpacaFeed),
         ("massive", {"MASSIVE_API_KEY": "m" * 32}, MassiveFeed),
         ("finnhub", {"FINNHUB_API_KEY": "f" * 20}, FinnhubFeed),
-        ("replay", {}, AlpacaFeed),
+        ("replay", {}, ReplayFeed),
     ],
 )
 def test_each_provider_builds_its_feed(

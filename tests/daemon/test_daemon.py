@@ -21,11 +21,12 @@ import pytest
 
 from daemon.app import Ingest, IngestStats
 from daemon.config import load_config
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplaySettings
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
 from daemon.telegram.subscribers import SubscriberStore
 from tests.daemon.daemon_config import write_config
+from tests.daemon.feeds.replay_harness import ReplayHarness
 from tests.daemon.minute_market import minute_market
 from tests.daemon.sinks.mosquitto import Mosquitto, free_port
 from tests.daemon.telegram.botapi import BotApiServer
@@ -47,11 +48,11 @@ def _config(tmp: Path, url: str, rest_url: str, level: float, extra: str = "") -
 
 
 async def _run(
-    tmp: Path, bars: pl.DataFrame, level: float, during: Callable[[ReplayServer], Awaitable[None]] | None = None,
+    tmp: Path, bars: pl.DataFrame, level: float, during: Callable[[ReplayHarness], Awaitable[None]] | None = None,
     speed: float = 400.0, extra: str = "", snapshots: bool = False,
 ) -> tuple[IngestStats, Ingest]:  # fmt: skip
     last = int(bars["time"].max())  # type: ignore[arg-type]
-    async with ReplayServer(bars, speed=speed) as server:
+    async with ReplayHarness(bars, ReplaySettings(speed=speed)) as server:
         config = load_config(_config(tmp, server.url, server.rest_url, level, extra))
         stop = asyncio.Event()
         ingests: list[Ingest] = []
@@ -98,7 +99,7 @@ async def test_server_killed_mid_stream_loses_and_repeats_nothing(tmp_path: Path
     faulty_dir.mkdir()
     clean_stats, clean = await _run(clean_dir, df, level)
 
-    async def kill_five_times(server: ReplayServer) -> None:
+    async def kill_five_times(server: ReplayHarness) -> None:
         for k in range(5):
             await server.wait_played((k + 1) * server.minutes_total // 7)
             # Under load the daemon may still be reconnecting from the last kill:
@@ -285,7 +286,7 @@ async def test_alerts_reach_telegram_subscribers_and_commands_read_the_daemon(
         extra = f'[sinks.telegram]\napi_base_url = "{api.base_url}"\nrate_per_chat_s = 0.01\n'
         replies: list[str] = []
 
-        async def ask_score(server: ReplayServer) -> None:
+        async def ask_score(server: ReplayHarness) -> None:
             await server.wait_played(server.minutes_total // 2)
             before = len(api.sent(USER))
             api.push_message("/score IWM", chat_id=USER, user_id=USER)
@@ -326,7 +327,7 @@ async def test_broker_restarted_mid_run_loses_no_alert(tmp_path: Path) -> None:
                 except aiomqtt.MqttError:
                     await asyncio.sleep(0.2)
 
-        async def restart_twice(server: ReplayServer) -> None:
+        async def restart_twice(server: ReplayHarness) -> None:
             for k in (1, 2):
                 await server.wait_played(k * server.minutes_total // 3)
                 broker.stop()
@@ -367,7 +368,7 @@ async def test_sd_notify_and_health_endpoint_during_a_run(
     port = free_port()
     seen: dict[str, object] = {}
 
-    async def scrape(server: ReplayServer) -> None:
+    async def scrape(server: ReplayHarness) -> None:
         await server.wait_played(server.minutes_total // 2)
         async with httpx.AsyncClient() as http:
             health = await http.get(f"http://127.0.0.1:{port}/healthz")

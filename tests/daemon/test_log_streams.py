@@ -27,7 +27,7 @@ import polars as pl
 import pytest
 import structlog
 
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplayServer, ReplaySettings
 from daemon.logs import configure_logging, on_journal, shares_json_log_stream
 from daemon.sinks.console import ConsoleSink
 from tests.daemon.daemon_config import write_config
@@ -189,7 +189,7 @@ async def test_the_daemon_run_as_the_unit_runs_it_writes_only_json_to_the_journa
         while chunk := await loop.sock_recv(journald, 65536):
             received.extend(chunk)
 
-    async with ReplayServer(df, speed=0.0) as server, asyncio.TaskGroup() as tg:
+    async with ReplayServer(df, ReplaySettings(speed=0.0)) as server, asyncio.TaskGroup() as tg:
         reader = tg.create_task(drain())
         config = write_config(
             tmp_path,

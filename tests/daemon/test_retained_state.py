@@ -10,12 +10,13 @@ from pathlib import Path
 
 import polars as pl
 
-from daemon.app import Ingest, Warmup
+from daemon.app import Ingest
 from daemon.config import load_config
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplayServer, ReplaySettings
 from daemon.sample import demo_market
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
+from daemon.warmup import Warmup
 from tests.daemon.daemon_config import write_config
 from tests.daemon.retained import retained
 from tests.daemon.sinks.mosquitto import Mosquitto
@@ -33,7 +34,7 @@ async def test_state_keeps_score_and_rsi_after_the_sessions_last_bar(tmp_path: P
     closed_at = datetime.fromtimestamp(last + 60, UTC).isoformat()
     seen: dict[str, object] = {}
     with Mosquitto(tmp_path / "broker") as broker:
-        async with ReplayServer(bars, speed=400.0) as server:
+        async with ReplayServer(bars, ReplaySettings(speed=400.0)) as server:
             feed = f'url = "{server.url}"\nrest_url = "{server.rest_url}"'
             extra = f'[sinks.mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\n'
             config = load_config(write_config(tmp_path, feed=feed, extra=extra))

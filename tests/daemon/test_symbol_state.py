@@ -10,12 +10,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from daemon.app import Ingest, Warmup, warm_up
+from daemon.app import Ingest, warm_up
 from daemon.feeds.base import FeedBatch
 from daemon.outbox import Outbox
 from daemon.rules_file import load_rules
 from daemon.sample import DemoMarket, demo_market
 from daemon.symbol_state import LAST_ALERT_CHARS, State, SymbolStates
+from daemon.warmup import Warmup
 from signals.alerts import Alert, alert_id
 from signals.bar import Bar
 from signals.engine import EngineConfig

@@ -10,11 +10,13 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from daemon.app import Warmup, warm_up
+from daemon.app import warm_up
 from daemon.bars import frame_to_batch
 from daemon.calendar import xnys_sessions
+from daemon.feeds.alpaca_rest import fetch_alpaca_warmup
+from daemon.feeds.massive_rest import fetch_massive_warmup
 from daemon.rules_file import load_rules
-from daemon.warmup import fetch_alpaca_warmup, fetch_massive_warmup, today_label
+from daemon.warmup import Warmup, WarmupRequest, today_label
 from signals.engine import EngineConfig
 from signals.pipeline import Pipeline
 from tests.daemon.feeds.massive_server import MassiveServer
@@ -64,10 +66,10 @@ async def test_fetches_daily_and_minutes_and_relabels_daily() -> None:
     def params_start(p: dict[str, str]) -> float:
         return float(np.datetime64(p["start"].rstrip("Z")).astype("datetime64[s]").astype(int))
 
-    w = await fetch_alpaca_warmup(
-        key="k", secret="s", symbols=["IWM"], sessions=sessions, now=now, rest_url="http://alpaca.test",
+    w = await fetch_alpaca_warmup("k", "s", WarmupRequest(
+        symbols=["IWM"], sessions=sessions, now=now, rest_url="http://alpaca.test",
         daily_days=30, minute_sessions=3, transport=httpx.MockTransport(handler),
-    )  # fmt: skip
+    ))  # fmt: skip
     assert [p["timeframe"] for p in seen] == ["1Day", "1Min"]
     assert w.today == 1710460800  # 2024-03-15 00:00 UTC
     assert w.daily is not None and w.minutes is not None
@@ -167,10 +169,10 @@ async def test_massive_warmup_over_real_http_relabels_daily_and_leaves_today_to_
     async with MassiveServer(minutes, api_key=KEY, daily=daily, page_size=500) as server:
         server.start()
         await server.wait_played(len(minute_times))
-        w = await fetch_massive_warmup(
-            api_key=KEY, symbols=["IWM", "SPY"], sessions=sessions, now=now,
+        w = await fetch_massive_warmup(KEY, WarmupRequest(
+            symbols=["IWM", "SPY"], sessions=sessions, now=now,
             rest_url=server.rest_url, daily_days=30, minute_sessions=3,
-        )  # fmt: skip
+        ))  # fmt: skip
         paths = [r[0].path for r in server.rest_requests]
     assert any("/range/1/day/" in p for p in paths) and any("/range/1/minute/" in p for p in paths)
     assert w.today == today and w.daily is not None and w.minutes is not None

@@ -12,15 +12,17 @@ from pathlib import Path
 
 import httpx
 
-from daemon.app import Ingest, Warmup
+from daemon.app import Ingest
 from daemon.config import load_config
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.alpaca_rest import fetch_alpaca_warmup
+from daemon.feeds.replay import ReplaySettings
 from daemon.retry import RetryPolicy
 from daemon.sample import DemoMarket, demo_market
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
-from daemon.warmup import fetch_alpaca_warmup
+from daemon.warmup import Warmup, WarmupRequest
 from tests.daemon.daemon_config import write_config
+from tests.daemon.feeds.replay_harness import ReplayHarness
 from tests.daemon.sinks.mosquitto import free_port
 
 KEY, SECRET = "PKTESTKEY", "test-secret-value"
@@ -41,11 +43,8 @@ def market() -> DemoMarket:
     return demo_market()
 
 
-def server(m: DemoMarket, ws_port: int = 0, http_port: int = 0) -> ReplayServer:
-    return ReplayServer(
-        m.today, speed=SPEED, key=KEY, secret=SECRET, port=ws_port, http_port=http_port,
-        history=m.history, daily=m.daily,
-    )  # fmt: skip
+def server(m: DemoMarket, ws_port: int = 0, http_port: int = 0) -> ReplayHarness:
+    return ReplayHarness(m.today, ReplaySettings(speed=SPEED, key=KEY, secret=SECRET, port=ws_port, http_port=http_port), history=m.history, daily=m.daily)  # fmt: skip
 
 
 def config(tmp: Path, ws_port: int, http_port: int, health_port: int, extra: str = "") -> Path:
@@ -67,10 +66,10 @@ def warmup_from(m: DemoMarket, http_port: int, seen: Seen) -> Callable[[], Await
 
     async def fetch() -> Warmup:
         try:
-            return await fetch_alpaca_warmup(
-                key=KEY, secret=SECRET, symbols=["IWM", "SPY", "QQQ"], sessions=m.sessions,
+            return await fetch_alpaca_warmup(KEY, SECRET, WarmupRequest(
+                symbols=["IWM", "SPY", "QQQ"], sessions=m.sessions,
                 now=now, rest_url=f"http://127.0.0.1:{http_port}", daily_days=120,
-            )  # fmt: skip
+            ))  # fmt: skip
         except Exception as exc:
             seen.warmup_failures.append(f"{type(exc).__name__}: {exc}")
             raise
@@ -118,7 +117,7 @@ def alerts(path: Path) -> list[tuple[str, str, str, object]]:
 async def run_until_played(
     config_path: Path,
     srv_started: asyncio.Event,
-    srv: Callable[[], ReplayServer | None],
+    srv: Callable[[], ReplayHarness | None],
     warmup: Callable[[], Awaitable[Warmup]],
     *,
     timeout_s: float,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from daemon.fatal import ExitCode
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplayServer, ReplaySettings
 from daemon.sample import demo_market
 from tests.daemon.daemon_config import write_config
 from tests.daemon.sinks.mosquitto import Mosquitto, free_port
@@ -61,7 +61,9 @@ def _alpaca_config(tmp: Path, server: ReplayServer, extra: str = "") -> Path:
 
 async def test_wrong_keys_on_the_rest_warm_up(tmp_path: Path) -> None:
     m = demo_market()
-    async with ReplayServer(m.today, key="right-key", secret="right-secret") as server:
+    async with ReplayServer(
+        m.today, ReplaySettings(key="right-key", secret="right-secret")
+    ) as server:
         config = _alpaca_config(tmp_path, server)
         rc, out, err = await _run(config, ALPACA_API_KEY="wrong-key", ALPACA_API_SECRET="wrong")
         assert server.rest_requests >= 1  # the fault happened: the REST said 401
@@ -76,7 +78,9 @@ async def test_wrong_keys_on_the_rest_warm_up(tmp_path: Path) -> None:
 
 async def test_wrong_keys_on_the_websocket(tmp_path: Path) -> None:
     m = demo_market()
-    async with ReplayServer(m.today, key="right-key", secret="right-secret") as server:
+    async with ReplayServer(
+        m.today, ReplaySettings(key="right-key", secret="right-secret")
+    ) as server:
         # No warm-up: the keys meet the websocket first, which answers 402.
         config = _alpaca_config(tmp_path, server, extra="")
         text = config.read_text().replace("[feed]\n", "[feed]\nwarmup_days = 0\n", 1)

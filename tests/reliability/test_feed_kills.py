@@ -1,4 +1,4 @@
-"""Feed faults at daemon level (issue 8): the real feed code against the real local ReplayServer.
+"""Feed faults at daemon level: the real feed code against the real local ReplayHarness.
 
 The websocket server is killed many times at seeded random minutes, some kills
 while a backfill is in flight: the daemon ends up holding exactly the source's
@@ -20,11 +20,12 @@ import pytest
 from daemon.app import Ingest, IngestStats, build_feed
 from daemon.config import load_config
 from daemon.feeds.base import Feed, FeedBatch
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplaySettings
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
 from signals.bar import Bar
 from tests.daemon.feeds.feedkit import SYMBOLS, wait_until
+from tests.daemon.feeds.replay_harness import ReplayHarness
 from tests.daemon.minute_market import minute_market
 from tests.daemon.test_daemon import _alert_ids, _config
 from tests.reliability.faultkit import SEED, report
@@ -81,11 +82,11 @@ async def _run_daemon(
     tmp: Path,
     bars: pl.DataFrame,
     level: float,
-    faults: Callable[[ReplayServer, Tap], Awaitable[None]] | None = None,
+    faults: Callable[[ReplayHarness, Tap], Awaitable[None]] | None = None,
 ) -> DaemonRun:
     """The whole daemon in-process (replay semantics) until the last minute is ingested."""
     last = int(bars["time"].max())  # type: ignore[arg-type]
-    async with ReplayServer(bars, speed=SPEED) as server:
+    async with ReplayHarness(bars, ReplaySettings(speed=SPEED)) as server:
         config = load_config(_config(tmp, server.url, server.rest_url, level))
         secrets = Secrets.load(config)
         tap = Tap(build_feed(config, secrets, realtime=False))
@@ -114,14 +115,14 @@ async def _run_daemon(
     return DaemonRun(stats, ingests[0], tap, _alert_ids(tmp))
 
 
-async def _kill(server: ReplayServer, kills: Kills) -> None:
+async def _kill(server: ReplayHarness, kills: Kills) -> None:
     assert not server.finished, "a kill after the replay ended would prove nothing"
     assert server.kill_connections() == 1
     kills.total += 1
     kills.at_minute.append(server.minutes_played)
 
 
-async def _kill_at_random_minutes(server: ReplayServer, tap: Tap, kills: Kills) -> None:
+async def _kill_at_random_minutes(server: ReplayHarness, tap: Tap, kills: Kills) -> None:
     """`KILL_EVENTS` kills at seeded random minutes; every third event lets the feed
     reconnect, holds its backfill on the REST side and kills it right then."""
     rng = random.Random(SEED)
@@ -218,7 +219,7 @@ async def test_server_killed_at_random_minutes_and_mid_backfill_loses_and_repeat
     clean = await _run_daemon(clean_dir, df, level)
     kills = Kills()
 
-    async def faults(server: ReplayServer, tap: Tap) -> None:
+    async def faults(server: ReplayHarness, tap: Tap) -> None:
         await _kill_at_random_minutes(server, tap, kills)
 
     faulty = await _run_daemon(faulty_dir, df, level, faults)

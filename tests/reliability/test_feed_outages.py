@@ -1,4 +1,4 @@
-"""Feed faults at daemon level (issue 8): the real Alpaca feed against the real local ReplayServer.
+"""Feed faults at daemon level: the real Alpaca feed against the real local ReplayHarness.
 
 1. "Connection limit exceeded" (Alpaca 406) for five fake minutes: a handful of
    attempts, then bars flow as soon as the server lets us in.
@@ -34,8 +34,9 @@ from daemon.delivery import DeliveryLoop
 from daemon.feeds.alpaca import AlpacaFeed
 from daemon.feeds.base import FeedBatch
 from daemon.feeds.market_hours import xnys_is_open
+from daemon.feeds.options import FeedOptions
 from daemon.feeds.reconnect import ReconnectPolicy
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplaySettings
 from daemon.outbox import Outbox
 from daemon.sinks.jsonl import JsonlSink
 from signals.alerts import decode_alert
@@ -52,6 +53,7 @@ from tests.daemon.feeds.feedkit import (
     running,
     wait_until,
 )
+from tests.daemon.feeds.replay_harness import ReplayHarness
 from tests.daemon.minute_market import minute_market
 from tests.reliability.faultkit import SEED, report
 from tests.reliability.scale import scale
@@ -64,7 +66,7 @@ WATCHDOG_TICK_S = DEFAULTS.silence_timeout_s / 4  # while closed, the watchdog l
 
 
 def _daemon_feed(
-    server: ReplayServer,
+    server: ReplayHarness,
     *,
     now: Callable[[], float],
     sleep: Callable[[float], Awaitable[None]],
@@ -76,19 +78,21 @@ def _daemon_feed(
     return AlpacaFeed(
         KEY,
         SECRET,
-        SYMBOLS,
-        url=server.url,
-        rest_url=server.rest_url,
-        max_frame_bytes=DEFAULTS.max_frame_bytes,
-        silence_timeout_s=DEFAULTS.silence_timeout_s,
-        policy=ReconnectPolicy(
-            backoff_initial_s=DEFAULTS.backoff_initial_s, backoff_max_s=DEFAULTS.backoff_max_s
+        FeedOptions(
+            SYMBOLS,
+            url=server.url,
+            rest_url=server.rest_url,
+            max_frame_bytes=DEFAULTS.max_frame_bytes,
+            silence_timeout_s=DEFAULTS.silence_timeout_s,
+            policy=ReconnectPolicy(
+                backoff_initial_s=DEFAULTS.backoff_initial_s, backoff_max_s=DEFAULTS.backoff_max_s
+            ),
+            warmup_s=300.0,
+            now=now,
+            sleep=sleep,
+            is_market_open=is_market_open,
+            rand=rand,
         ),
-        warmup_s=300.0,
-        now=now,
-        sleep=sleep,
-        is_market_open=is_market_open,
-        rand=rand,
     )
 
 
@@ -101,7 +105,7 @@ MAX_ATTEMPTS = 10
 @pytest.mark.parametrize("seed", range(scale(1, 5)))
 async def test_connection_limit_for_five_minutes_costs_at_most_ten_attempts(seed: int) -> None:
     frame = make_frame(10)
-    async with ReplayServer(frame) as server:
+    async with ReplayHarness(frame) as server:
         server.refuse_with(406)
         clock = FakeClock(T0)
         window = clock.passed(T0 + REFUSED_S)
@@ -180,7 +184,7 @@ class Market:
     meanwhile). Silence detections are timed as they happen, and end the silence."""
 
     def __init__(
-        self, server: ReplayServer, clock: SteppedClock, feed: AlpacaFeed, out: Collector
+        self, server: ReplayHarness, clock: SteppedClock, feed: AlpacaFeed, out: Collector
     ) -> None:
         self.server, self.clock, self.feed, self.out = server, clock, feed, out
         self.silent = False
@@ -230,7 +234,7 @@ async def test_socket_silent_in_market_hours_is_detected_reconnected_and_repaire
     minutes = _minutes(frame)
     rng = random.Random(SEED)
     silent_at = rng.randrange(5, SILENT_MINUTES_TOTAL - 15)
-    async with ReplayServer(frame, manual=True) as server:
+    async with ReplayHarness(frame, ReplaySettings(manual=True)) as server:
         clock = SteppedClock(T0)
         feed = _daemon_feed(server, now=clock.now, sleep=clock.sleep, rand=rng.random)
         with structlog.testing.capture_logs() as logs:
@@ -277,7 +281,7 @@ async def test_silence_while_the_market_is_closed_is_not_a_fault() -> None:
     frame = make_frame(40 + scale(15, 45), start=early)
     minutes = _minutes(frame)
     silent_at = 10  # 09:00 New York
-    async with ReplayServer(frame, manual=True) as server:
+    async with ReplayHarness(frame, ReplaySettings(manual=True)) as server:
         clock = SteppedClock(early)
         feed = _daemon_feed(
             server, now=clock.now, sleep=clock.sleep, rand=random.Random(SEED).random
@@ -370,7 +374,10 @@ async def test_thirty_minute_outage_alerts_delayed_stale_dropped_none_twice(
     pipeline = build_pipeline(config, datetime.fromtimestamp(minutes[0], UTC))
     handed: list[FeedBatch] = []
     sent_path = tmp_path / "alerts.jsonl"
-    async with ReplayServer(df, manual=True) as server, JsonlSink(sent_path) as sink:
+    async with (
+        ReplayHarness(df, ReplaySettings(manual=True)) as server,
+        JsonlSink(sent_path) as sink,
+    ):
         clock = SteppedClock(minutes[0])
         feed = _daemon_feed(
             server, now=clock.now, sleep=clock.sleep, rand=random.Random(SEED).random

@@ -21,13 +21,14 @@ import aiomqtt
 import httpx
 import pytest
 
-from daemon.app import Ingest, Warmup
+from daemon.app import Ingest
 from daemon.config import load_config
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplayServer, ReplaySettings
 from daemon.sample import demo_market
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
 from daemon.telegram.subscribers import SubscriberStore
+from daemon.warmup import Warmup
 from tests.daemon.daemon_config import write_config
 from tests.daemon.sinks.mosquitto import Mosquitto, free_port
 from tests.daemon.telegram.botapi import BotApiServer
@@ -85,7 +86,7 @@ async def _run_demo(
     `until(ingest)` holds."""
     m = demo_market()
     last = int(m.today["time"].max())  # type: ignore[arg-type]
-    async with ReplayServer(m.today, speed=120.0) as server:
+    async with ReplayServer(m.today, ReplaySettings(speed=120.0)) as server:
         cfg = load_config(
             write_config(
                 tmp, feed=f'url = "{server.url}"\nrest_url = "{server.rest_url}"', extra=extra,

@@ -28,7 +28,8 @@ from daemon.feeds.alpaca import AlpacaFeed
 from daemon.feeds.base import FeedStats
 from daemon.feeds.finnhub import FinnhubFeed
 from daemon.feeds.massive import MassiveFeed
-from daemon.feeds.replay import ReplayServer, frame_from_rows
+from daemon.feeds.options import FeedOptions
+from daemon.feeds.replay import frame_from_rows
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
 from signals.bar import Bar
@@ -37,6 +38,7 @@ from tests.daemon.feeds.feedkit import FAST, KEY, SECRET, never_open, wait_until
 from tests.daemon.feeds.finnhub_server import FinnhubServer, make_tape
 from tests.daemon.feeds.massive_server import MassiveServer
 from tests.daemon.feeds.massive_server import running as run_feed
+from tests.daemon.feeds.replay_harness import ReplayHarness
 from tests.reliability.hostile import (
     ALPACA_BAD_UTF8,
     SYMBOLS,
@@ -203,12 +205,12 @@ def _initial_frame(minutes: int) -> list[tuple[str, int, float, float, float, fl
 
 async def test_alpaca_feed_survives_hostile_frames_over_a_real_socket_and_counts_them() -> None:
     rows = _initial_frame(3)
-    async with ReplayServer(frame_from_rows(rows)) as server:
-        feed = AlpacaFeed(
-            KEY, SECRET, SYMBOLS, url=server.url, rest_url=server.rest_url, warmup_s=0.0,
+    async with ReplayHarness(frame_from_rows(rows)) as server:
+        feed = AlpacaFeed(KEY, SECRET, FeedOptions(
+            SYMBOLS, url=server.url, rest_url=server.rest_url, warmup_s=0.0,
             silence_timeout_s=0.0, is_market_open=never_open, policy=FAST,
             max_frame_bytes=MAX_FRAME_BYTES,
-        )  # fmt: skip
+        ))  # fmt: skip
         wire = Wire(server.send_raw, lambda: set(server._subscribed))
         await _run_live("alpaca", feed, wire, _replay_bars(3))
 
@@ -216,11 +218,11 @@ async def test_alpaca_feed_survives_hostile_frames_over_a_real_socket_and_counts
 async def test_massive_feed_survives_hostile_frames_over_a_real_socket_and_counts_them() -> None:
     rows = _initial_frame(3)
     async with MassiveServer(frame_from_rows(rows)) as server:
-        feed = MassiveFeed(
-            "mAsSiVe-KEY-0123456789abcdef", SYMBOLS, url=server.url, rest_url=server.rest_url,
+        feed = MassiveFeed("mAsSiVe-KEY-0123456789abcdef", FeedOptions(
+            SYMBOLS, url=server.url, rest_url=server.rest_url,
             warmup_s=0.0, silence_timeout_s=0.0, is_market_open=never_open, policy=FAST,
             max_frame_bytes=MAX_FRAME_BYTES,
-        )  # fmt: skip
+        ))  # fmt: skip
         wire = Wire(server.send_raw, lambda: {ws for ws, s in server._clients.items() if s})
         await _run_live("massive", feed, wire, _replay_bars(3))
 
@@ -229,22 +231,22 @@ async def test_finnhub_feed_survives_hostile_frames_over_a_real_socket_and_count
     tape = make_tape(1)
     async with FinnhubServer(tape) as server:
         server.rest_unavailable = True  # no backfill: what comes out is what was streamed
-        feed = FinnhubFeed(
-            "fInNhUb-tok3n-0123456789", SYMBOLS, url=server.url, rest_url=server.rest_url,
+        feed = FinnhubFeed("fInNhUb-tok3n-0123456789", FeedOptions(
+            SYMBOLS, url=server.url, rest_url=server.rest_url,
             warmup_s=0.0, silence_timeout_s=0.0, is_market_open=never_open, policy=FAST,
-            max_frame_bytes=MAX_FRAME_BYTES, flush_interval_s=60.0,
-        )  # fmt: skip
+            max_frame_bytes=MAX_FRAME_BYTES,
+        ), flush_interval_s=60.0)  # fmt: skip
         wire = Wire(server.send_raw, lambda: set(server._clients))
         initial = minute_bars([(s, t, p, v) for s, t, p, v in tape])
         await _run_live("finnhub", feed, wire, initial)
 
 
 async def test_alpaca_feed_survives_a_binary_frame_with_invalid_utf8_in_a_string() -> None:
-    async with ReplayServer(frame_from_rows(_initial_frame(1))) as server:
-        feed = AlpacaFeed(
-            KEY, SECRET, SYMBOLS, url=server.url, rest_url=server.rest_url, warmup_s=0.0,
+    async with ReplayHarness(frame_from_rows(_initial_frame(1))) as server:
+        feed = AlpacaFeed(KEY, SECRET, FeedOptions(
+            SYMBOLS, url=server.url, rest_url=server.rest_url, warmup_s=0.0,
             silence_timeout_s=0.0, is_market_open=never_open, policy=FAST,
-        )  # fmt: skip
+        ))  # fmt: skip
         out: list[object] = []
         task = asyncio.create_task(feed.run(out.append), name="alpaca-under-test")
         try:
@@ -279,7 +281,7 @@ async def test_hostile_frames_into_the_daemon_raise_no_alert_and_one_valid_bar_d
     tmp_path: Path,
 ) -> None:
     (tmp_path / "rules.toml").write_text(ANY_BAR_RULE)
-    async with ReplayServer(frame_from_rows([])) as server:
+    async with ReplayHarness(frame_from_rows([])) as server:
         path = write_config(
             tmp_path,
             feed=f'url = "{server.url}"\nrest_url = "{server.rest_url}"\n'

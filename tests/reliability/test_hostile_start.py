@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.feeds.replay import ReplayServer
 from daemon.sample import DemoMarket
+from tests.daemon.feeds.replay_harness import ReplayHarness
 from tests.reliability.startkit import (
     Seen,
     alerts,
@@ -36,7 +36,7 @@ OUTAGE_S = 45.0
 
 async def _run(
     tmp: Path, m: DemoMarket, *, down_s: float = 0.0, rest_503_s: float = 0.0
-) -> tuple[Seen, int, ReplayServer]:
+) -> tuple[Seen, int, ReplayHarness]:
     """One daemon run; the server comes up after `down_s` (connection refused until
     then), and answers 503 to every REST request for the first `rest_503_s`."""
     ws_port, http_port, health_port = free_port(), free_port(), free_port()
@@ -44,7 +44,7 @@ async def _run(
     seen = Seen()
     sock = notify_socket(tmp / "notify.sock")
     started, done = asyncio.Event(), asyncio.Event()
-    holder: list[ReplayServer] = []
+    holder: list[ReplayHarness] = []
 
     async def provider() -> None:
         await asyncio.sleep(down_s)

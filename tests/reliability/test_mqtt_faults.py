@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon.app import Ingest
 from daemon.config import load_config
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplayServer, ReplaySettings
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
 from daemon.sinks import ha_discovery as ha
@@ -211,7 +211,7 @@ async def test_broker_restarted_under_a_stream_of_alerts_loses_none_repeats_none
         async with ExactlyOnceSubscriber(
             broker.port, "persistent-sub", [f"{BASE}/#", f"{PREFIX}/#"], seen
         ):
-            async with ReplayServer(df, speed=SPEED) as server:
+            async with ReplayServer(df, ReplaySettings(speed=SPEED)) as server:
                 config = load_config(_config(tmp_path, server, broker.port, qos))
                 stop = asyncio.Event()
                 ingests: list[Ingest] = []
@@ -333,7 +333,7 @@ async def test_sigkill_leaves_the_last_will_offline_on_the_availability_topic(
                 _subscribe_forever(broker.port, "availability-watch", [status], seen, ready)
             )
             await asyncio.wait_for(ready.wait(), 10)
-            async with ReplayServer(df, speed=20.0) as server:
+            async with ReplayServer(df, ReplaySettings(speed=20.0)) as server:
                 config = _config(tmp_path, server, broker.port)
                 log = tmp_path / "daemon.log"
                 with log.open("wb") as err:

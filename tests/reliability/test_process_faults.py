@@ -29,7 +29,7 @@ import pytest
 
 from daemon.app import Ingest
 from daemon.config import load_config
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplayServer, ReplaySettings
 from daemon.secrets import Secrets
 from daemon.service import run_daemon
 from daemon.snapshot import last_minute, load_snapshot
@@ -110,7 +110,7 @@ def _events(log: Path) -> list[dict[str, object]]:
 async def _clean_run(tmp: Path, df: pl.DataFrame, level: float) -> set[str]:
     """The same config and product path (`run` in feed time), in-process, no fault."""
     last = int(df["time"].max())  # type: ignore[arg-type]
-    async with ReplayServer(df, speed=0.0) as server:
+    async with ReplayServer(df, ReplaySettings(speed=0.0)) as server:
         config = load_config(_config(tmp, server, level))
         stop = asyncio.Event()
         ingests: list[Ingest] = []
@@ -171,7 +171,7 @@ async def test_kill_9_mid_replay_loses_no_alert_and_repeats_at_most_the_in_fligh
     started = time.monotonic()
     rng = random.Random(8)
     kill_minutes: list[int] = []
-    async with ReplayServer(df, speed=SPEED) as server:
+    async with ReplayServer(df, ReplaySettings(speed=SPEED)) as server:
         config = _config(tmp, server, level)
         runs = [await _start(config, tmp / "run-0.log", tmp)]
         try:

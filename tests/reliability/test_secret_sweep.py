@@ -42,7 +42,7 @@ import structlog
 from daemon.app import Ingest
 from daemon.config import load_config
 from daemon.config_errors import ConfigError
-from daemon.feeds.replay import ReplayServer, frame_from_rows
+from daemon.feeds.replay import ReplayServer, ReplaySettings, frame_from_rows
 from daemon.logs import configure_logging
 from daemon.secrets import SECRET_NAMES, Secrets
 from daemon.service import run_daemon
@@ -289,7 +289,7 @@ async def _happy_run(
     key, secret = CANARIES["ALPACA_API_KEY"], CANARIES["ALPACA_API_SECRET"]
     token = CANARIES["TELEGRAM_BOT_TOKEN"]
     async with (
-        ReplayServer(df, speed=400.0, key=key, secret=secret) as server,
+        ReplayServer(df, ReplaySettings(speed=400.0, key=key, secret=secret)) as server,
         BotApiServer(token) as api,
     ):
         (tmp / "state").mkdir(parents=True)
@@ -333,7 +333,9 @@ port = {health_port}
 async def _failure_runs(tmp: Path, port: int, sweep: Sweep, logs: io.StringIO) -> None:
     """Refused feed key with a wrong MQTT password; a Telegram 401; Finnhub, then its token refused."""
     one_bar = frame_from_rows([("IWM", 1_704_205_800, 1.0, 1.0, 1.0, 1.0, 1.0)])
-    async with ReplayServer(one_bar, key="other-key", secret="other-secret") as server:
+    async with ReplayServer(
+        one_bar, ReplaySettings(key="other-key", secret="other-secret")
+    ) as server:
         (tmp / "refused").mkdir()
         (tmp / "refused" / "rules.toml").write_text(RULES.format(level=1e9))
         extra = f'[sinks.mqtt]\nurl = "mqtt://127.0.0.1:{port}"\nusername = "nobody"\n[health]\nenabled = false\n'

@@ -12,8 +12,9 @@ import structlog
 
 from daemon.feeds.alpaca import AlpacaFeed, rfc3339
 from daemon.feeds.base import Feed, FeedFatal
+from daemon.feeds.options import FeedOptions
 from daemon.feeds.reconnect import ReconnectPolicy
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplaySettings
 from signals.bar import Bar
 from tests.daemon.feeds.feedkit import (
     FAST,
@@ -29,9 +30,10 @@ from tests.daemon.feeds.feedkit import (
     running,
     wait_until,
 )
+from tests.daemon.feeds.replay_harness import ReplayHarness
 
 
-def _feed(server: ReplayServer, **kwargs: Any) -> AlpacaFeed:
+def _feed(server: ReplayHarness, **kwargs: Any) -> AlpacaFeed:
     options: dict[str, Any] = {
         "url": server.url,
         "rest_url": server.rest_url,
@@ -41,12 +43,14 @@ def _feed(server: ReplayServer, **kwargs: Any) -> AlpacaFeed:
         "policy": FAST,
     }
     options.update(kwargs)
-    return AlpacaFeed(options.pop("key", KEY), options.pop("secret", SECRET), SYMBOLS, **options)
+    key, secret = options.pop("key", KEY), options.pop("secret", SECRET)
+    own = {name: options.pop(name) for name in ("stream", "channels") if name in options}
+    return AlpacaFeed(key, secret, FeedOptions(SYMBOLS, **options), **own)
 
 
 async def test_bars_arrive_as_batches_with_epoch_times_and_values() -> None:
     frame = make_frame(20)
-    async with ReplayServer(frame, key=KEY, secret=SECRET) as server:
+    async with ReplayHarness(frame, ReplaySettings(key=KEY, secret=SECRET)) as server:
         feed = _feed(server)
         with structlog.testing.capture_logs() as logs:
             async with running(feed) as out:
@@ -87,7 +91,7 @@ async def test_bars_arrive_as_batches_with_epoch_times_and_values() -> None:
 
 
 async def test_auth_failure_is_fatal_after_n_tries_with_a_clear_log_line() -> None:
-    async with ReplayServer(make_frame(5), key=KEY, secret=SECRET) as server:
+    async with ReplayHarness(make_frame(5), ReplaySettings(key=KEY, secret=SECRET)) as server:
         clock = FakeClock(T0)
         feed = _feed(
             server,
@@ -110,7 +114,7 @@ async def test_auth_failure_is_fatal_after_n_tries_with_a_clear_log_line() -> No
 
 @pytest.mark.parametrize("code", [405, 408, 409, 410])
 async def test_plan_and_request_errors_are_fatal_at_once(code: int) -> None:
-    async with ReplayServer(make_frame(5)) as server:
+    async with ReplayHarness(make_frame(5)) as server:
         server.refuse_with(code)
         clock = FakeClock(T0)
         feed = _feed(server, now=clock.now, sleep=clock.sleep)
@@ -121,7 +125,7 @@ async def test_plan_and_request_errors_are_fatal_at_once(code: int) -> None:
 
 
 async def test_internal_error_500_is_retried() -> None:
-    async with ReplayServer(make_frame(5)) as server:
+    async with ReplayHarness(make_frame(5)) as server:
         server.refuse_with(500)
         clock = FakeClock(T0)
         feed = _feed(server, now=clock.now, sleep=clock.sleep)
@@ -133,7 +137,7 @@ async def test_internal_error_500_is_retried() -> None:
 
 
 async def test_connection_limit_406_backs_off_long_with_bounded_attempts() -> None:
-    async with ReplayServer(make_frame(5)) as server:
+    async with ReplayHarness(make_frame(5)) as server:
         server.refuse_with(406)
         clock = FakeClock(T0)
         window = clock.passed(T0 + 1800)
@@ -149,7 +153,7 @@ async def test_connection_limit_406_backs_off_long_with_bounded_attempts() -> No
 
 async def test_killed_mid_stream_repeatedly_then_repaired_without_duplicates() -> None:
     frame = make_frame(150)
-    async with ReplayServer(frame, speed=300.0) as server:
+    async with ReplayHarness(frame, ReplaySettings(speed=300.0)) as server:
         feed = _feed(server)
         async with running(feed) as out:
             for minute in (20, 55, 90):
@@ -168,7 +172,7 @@ async def test_killed_mid_stream_repeatedly_then_repaired_without_duplicates() -
 
 
 async def test_accept_then_close_gets_a_bounded_number_of_attempts() -> None:
-    async with ReplayServer(make_frame(5)) as server:
+    async with ReplayHarness(make_frame(5)) as server:
         server.close_after_subscribe()
         clock = FakeClock(T0)
         window = clock.passed(T0 + 600)
@@ -185,7 +189,7 @@ async def test_accept_then_close_gets_a_bounded_number_of_attempts() -> None:
 
 @pytest.mark.parametrize("market_open", [True, False])
 async def test_silence_watchdog_reconnects_only_while_the_market_is_open(market_open: bool) -> None:
-    async with ReplayServer(make_frame(30), speed=1.0) as server:
+    async with ReplayHarness(make_frame(30), ReplaySettings(speed=1.0)) as server:
         server.go_silent()
         clock = FakeClock(T0)
         window = clock.passed(T0 + 900)
@@ -255,7 +259,7 @@ async def test_hostile_frames_are_rejected_and_counted_while_the_stream_goes_on(
         ("too_deep", "[" * 50_000 + "]" * 50_000),
         ("bad_json", b"\x00\xff binary junk"),
     ]
-    async with ReplayServer(frame) as server:
+    async with ReplayHarness(frame) as server:
         feed = _feed(server)
         async with running(feed) as out:
             await wait_until(lambda: len(out.pairs()) == frame.height)
@@ -273,7 +277,7 @@ async def test_hostile_frames_are_rejected_and_counted_while_the_stream_goes_on(
 
 async def test_frames_over_the_size_cap_close_with_1009_are_counted_and_reconnect() -> None:
     frame = make_frame(10)
-    async with ReplayServer(frame) as server:
+    async with ReplayHarness(frame) as server:
         feed = _feed(server, max_frame_bytes=2048)
         async with running(feed) as out:
             await wait_until(lambda: len(out.pairs()) == frame.height)
@@ -287,12 +291,12 @@ async def test_frames_over_the_size_cap_close_with_1009_are_counted_and_reconnec
 
 def test_constructor_validates_without_echoing_secrets() -> None:
     with pytest.raises(ValueError, match="non-empty"):
-        AlpacaFeed("", SECRET, SYMBOLS)
+        AlpacaFeed("", SECRET, FeedOptions(SYMBOLS))
     with pytest.raises(ValueError, match="symbols"):
-        AlpacaFeed(KEY, SECRET, ["iwm"])
+        AlpacaFeed(KEY, SECRET, FeedOptions(["iwm"]))
     with pytest.raises(ValueError, match="stream"):
-        AlpacaFeed(KEY, SECRET, SYMBOLS, stream="crypto")  # type: ignore[arg-type]
-    feed: Feed = AlpacaFeed(KEY, SECRET, SYMBOLS, stream="sip")
+        AlpacaFeed(KEY, SECRET, FeedOptions(SYMBOLS), stream="crypto")  # type: ignore[arg-type]
+    feed: Feed = AlpacaFeed(KEY, SECRET, FeedOptions(SYMBOLS), stream="sip")
     assert isinstance(feed, AlpacaFeed)
     assert feed.url == "wss://stream.data.alpaca.markets/v2/sip"
     assert KEY not in repr(feed) and SECRET not in repr(feed)

@@ -13,8 +13,10 @@ from daemon.feeds.base import (
     FeedThrottled,
     FeedUnavailable,
 )
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplaySettings
+from daemon.feeds.rest_options import RestOptions
 from tests.daemon.feeds.feedkit import KEY, SECRET, SYMBOLS, T0, FakeClock, keys_of, make_frame
+from tests.daemon.feeds.replay_harness import ReplayHarness
 
 
 def _row(minute: int) -> dict[str, object]:
@@ -36,13 +38,15 @@ def _rest(
     http = httpx.AsyncClient(transport=handler)
     rest = AlpacaRest(
         http,
-        key=KEY,
-        secret=SECRET,
-        symbols=SYMBOLS,
-        rest_url="https://data.example.test",
-        now=clock.now,
-        sleep=clock.sleep,
-        **kwargs,  # type: ignore[arg-type]
+        KEY,
+        SECRET,
+        RestOptions(
+            SYMBOLS,
+            rest_url="https://data.example.test",
+            now=clock.now,
+            sleep=clock.sleep,
+            **kwargs,  # type: ignore[arg-type]
+        ),
     )
     return rest, http
 
@@ -192,15 +196,15 @@ async def test_page_count_is_bounded() -> None:
 
 async def test_real_http_against_the_replay_rest_endpoint() -> None:
     frame = make_frame(40)
-    async with ReplayServer(frame, key=KEY, secret=SECRET) as server:
+    async with ReplayHarness(frame, ReplaySettings(key=KEY, secret=SECRET)) as server:
         server.start()  # play without a websocket client
         await server.wait_played(30)
         clock = FakeClock(T0 + 7200)
         async with httpx.AsyncClient() as http:
-            rest = AlpacaRest(
-                http, key=KEY, secret=SECRET, symbols=SYMBOLS, rest_url=server.rest_url,
+            rest = AlpacaRest(http, KEY, SECRET, RestOptions(
+                SYMBOLS, rest_url=server.rest_url,
                 now=clock.now, sleep=clock.sleep, page_limit=7,
-            )  # fmt: skip
+            ))  # fmt: skip
             got = await rest.bars(T0 + 60 * 5, T0 + 7200)
             played = server.played_until
             assert played is not None
@@ -215,10 +219,9 @@ async def test_real_http_against_the_replay_rest_endpoint() -> None:
 
             wrong = AlpacaRest(
                 http,
-                key="PKWRONGKEY",
-                secret="wrong-secret",
-                symbols=SYMBOLS,
-                rest_url=server.rest_url,
+                "PKWRONGKEY",
+                "wrong-secret",
+                RestOptions(SYMBOLS, rest_url=server.rest_url),
             )
             with pytest.raises(FeedAuthFailed, match="401"):
                 await wrong.bars(T0, T0 + 60)
@@ -226,5 +229,5 @@ async def test_real_http_against_the_replay_rest_endpoint() -> None:
 
 async def test_repr_hides_credentials() -> None:
     async with httpx.AsyncClient() as http:
-        rest = AlpacaRest(http, key=KEY, secret=SECRET, symbols=SYMBOLS)
+        rest = AlpacaRest(http, KEY, SECRET, RestOptions(SYMBOLS))
         assert KEY not in repr(rest) and SECRET not in repr(rest)

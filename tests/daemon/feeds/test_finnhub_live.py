@@ -15,6 +15,7 @@ import structlog
 
 from daemon.feeds.base import Feed, FeedFatal
 from daemon.feeds.finnhub import DEFAULT_STREAM_URL, FinnhubFeed
+from daemon.feeds.options import FeedOptions
 from daemon.feeds.reconnect import ReconnectPolicy
 from signals.bar import Bar
 from tests.daemon.feeds.feedkit import FAST, SYMBOLS, T0, FakeClock, never_open, wait_until
@@ -36,7 +37,9 @@ def _feed(server: FinnhubServer, **kwargs: Any) -> FinnhubFeed:
         "flush_interval_s": 0.02,
     }
     options.update(kwargs)
-    return FinnhubFeed(options.pop("token", TOKEN), SYMBOLS, **options)
+    token = options.pop("token", TOKEN)
+    own = {n: options.pop(n) for n in ("bar_close_delay_s", "flush_interval_s") if n in options}
+    return FinnhubFeed(token, FeedOptions(SYMBOLS, **options), **own)
 
 
 def _expected(minutes: int) -> list[Bar]:
@@ -205,17 +208,17 @@ async def test_frames_over_the_size_cap_close_with_1009_are_counted_and_reconnec
 
 def test_constructor_validates_and_hides_the_token() -> None:
     with pytest.raises(ValueError, match="non-empty"):
-        FinnhubFeed("", SYMBOLS)
+        FinnhubFeed("", FeedOptions(SYMBOLS))
     with pytest.raises(ValueError, match="symbols"):
-        FinnhubFeed(TOKEN, ["BINANCE:BTCUSDT"])
+        FinnhubFeed(TOKEN, FeedOptions(["BINANCE:BTCUSDT"]))
     with pytest.raises(ValueError, match="close_delay_s"):
-        FinnhubFeed(TOKEN, SYMBOLS, bar_close_delay_s=-1.0)
+        FinnhubFeed(TOKEN, FeedOptions(SYMBOLS), bar_close_delay_s=-1.0)
     with pytest.raises(ValueError, match="flush_interval_s"):
-        FinnhubFeed(TOKEN, SYMBOLS, flush_interval_s=0.0)
+        FinnhubFeed(TOKEN, FeedOptions(SYMBOLS), flush_interval_s=0.0)
     for bad in ("https://ws.finnhub.io", "ws://[bad"):
         with pytest.raises(ValueError, match="url must be") as info:
-            FinnhubFeed(TOKEN, SYMBOLS, url=bad)
+            FinnhubFeed(TOKEN, FeedOptions(SYMBOLS, url=bad))
         assert TOKEN not in str(info.value)
-    feed: Feed = FinnhubFeed(TOKEN, SYMBOLS)
+    feed: Feed = FinnhubFeed(TOKEN, FeedOptions(SYMBOLS))
     assert isinstance(feed, FinnhubFeed) and feed.url == DEFAULT_STREAM_URL
     assert TOKEN not in repr(feed) and TOKEN not in repr(feed._settings)

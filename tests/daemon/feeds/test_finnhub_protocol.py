@@ -22,6 +22,7 @@ from daemon.feeds.finnhub import (
 )
 from daemon.feeds.minute_builder import MinuteBuilder
 from daemon.feeds.reconnect import Received, Rejection
+from daemon.feeds.rest_options import RestOptions
 from signals.bar import Bar
 from tests.daemon.feeds.feedkit import SYMBOLS, T0, FakeClock
 
@@ -224,10 +225,10 @@ def _rest(handler: httpx.MockTransport, clock: FakeClock, **kwargs: object) -> t
     FinnhubRest, httpx.AsyncClient
 ]:  # fmt: skip
     http = httpx.AsyncClient(transport=handler)
-    rest = FinnhubRest(
-        http, token=TOKEN, symbols=SYMBOLS, rest_url="https://finnhub.example",
+    rest = FinnhubRest(http, TOKEN, RestOptions(
+        SYMBOLS, rest_url="https://finnhub.example",
         now=clock.now, sleep=clock.sleep, **kwargs,  # type: ignore[arg-type]
-    )  # fmt: skip
+    ))  # fmt: skip
     return rest, http
 
 

@@ -12,6 +12,7 @@ import structlog
 
 from daemon.feeds.base import Feed, FeedFatal
 from daemon.feeds.massive import DEFAULT_STREAM_URL, DELAYED_STREAM_URL, MassiveFeed
+from daemon.feeds.options import FeedOptions
 from daemon.feeds.reconnect import ReconnectPolicy
 from signals.bar import Bar
 from tests.daemon.feeds.feedkit import (
@@ -39,7 +40,9 @@ def _feed(server: MassiveServer, **kwargs: Any) -> MassiveFeed:
         "policy": FAST,
     }
     options.update(kwargs)
-    return MassiveFeed(options.pop("api_key", KEY), SYMBOLS, **options)
+    key = options.pop("api_key", KEY)
+    own = {name: options.pop(name) for name in ("delayed",) if name in options}
+    return MassiveFeed(key, FeedOptions(SYMBOLS, **options), **own)
 
 
 async def test_bars_arrive_as_batches_with_epoch_times_and_values() -> None:
@@ -211,17 +214,19 @@ async def test_silence_while_the_market_is_open_reconnects() -> None:
 
 def test_constructor_validates_and_hides_the_key() -> None:
     with pytest.raises(ValueError, match="non-empty"):
-        MassiveFeed("", SYMBOLS)
+        MassiveFeed("", FeedOptions(SYMBOLS))
     with pytest.raises(ValueError, match="symbols"):
-        MassiveFeed(KEY, ["iwm"])
+        MassiveFeed(KEY, FeedOptions(["iwm"]))
     with pytest.raises(ValueError, match="max_frame_bytes"):
-        MassiveFeed(KEY, SYMBOLS, max_frame_bytes=10)
+        MassiveFeed(KEY, FeedOptions(SYMBOLS, max_frame_bytes=10))
     with pytest.raises(ValueError, match="url must be"):
-        MassiveFeed(KEY, SYMBOLS, url="https://socket.massive.com/stocks")
-    feed: Feed = MassiveFeed(KEY, SYMBOLS)
+        MassiveFeed(KEY, FeedOptions(SYMBOLS, url="https://socket.massive.com/stocks"))
+    feed: Feed = MassiveFeed(KEY, FeedOptions(SYMBOLS))
     assert isinstance(feed, MassiveFeed) and feed.url == DEFAULT_STREAM_URL
-    assert MassiveFeed(KEY, SYMBOLS, delayed=True).url == DELAYED_STREAM_URL
-    assert MassiveFeed(KEY, SYMBOLS, url="ws://127.0.0.1:1/x").url == "ws://127.0.0.1:1/x"
+    assert MassiveFeed(KEY, FeedOptions(SYMBOLS), delayed=True).url == DELAYED_STREAM_URL
+    assert (
+        MassiveFeed(KEY, FeedOptions(SYMBOLS, url="ws://127.0.0.1:1/x")).url == "ws://127.0.0.1:1/x"
+    )
     assert KEY not in repr(feed) and KEY not in repr(feed._settings)
 
 

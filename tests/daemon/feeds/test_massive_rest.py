@@ -13,6 +13,7 @@ from daemon.feeds.base import (
     FeedUnavailable,
 )
 from daemon.feeds.massive import MassiveRest
+from daemon.feeds.rest_options import RestOptions
 from tests.daemon.feeds.feedkit import SYMBOLS, T0, FakeClock, keys_of, make_frame
 from tests.daemon.feeds.massive_server import MassiveServer
 
@@ -38,12 +39,14 @@ def _rest(
     http = httpx.AsyncClient(transport=handler)
     rest = MassiveRest(
         http,
-        api_key=KEY,
-        symbols=SYMBOLS,
-        rest_url=BASE,
-        now=clock.now,
-        sleep=clock.sleep,
-        **kwargs,  # type: ignore[arg-type]
+        KEY,
+        RestOptions(
+            SYMBOLS,
+            rest_url=BASE,
+            now=clock.now,
+            sleep=clock.sleep,
+            **kwargs,  # type: ignore[arg-type]
+        ),
     )
     return rest, http
 
@@ -191,10 +194,10 @@ async def test_real_http_against_the_local_server_with_pages() -> None:
         await server.wait_played(30)
         clock = FakeClock(T0 + 7200)
         async with httpx.AsyncClient() as http:
-            rest = MassiveRest(
-                http, api_key=KEY, symbols=SYMBOLS, rest_url=server.rest_url,
+            rest = MassiveRest(http, KEY, RestOptions(
+                SYMBOLS, rest_url=server.rest_url,
                 now=clock.now, sleep=clock.sleep,
-            )  # fmt: skip
+            ))  # fmt: skip
             got = await rest.bars(T0 + 300, T0 + 7200)
             played = server.played_until
             assert played is not None
@@ -205,7 +208,7 @@ async def test_real_http_against_the_local_server_with_pages() -> None:
             assert all(KEY not in r[0].geturl() for r in server.rest_requests)
 
             wrong = MassiveRest(
-                http, api_key="wrong-key-000", symbols=SYMBOLS, rest_url=server.rest_url
+                http, "wrong-key-000", RestOptions(SYMBOLS, rest_url=server.rest_url)
             )
             with pytest.raises(FeedAuthFailed, match="401"):
                 await wrong.bars(T0, T0 + 60)
@@ -213,4 +216,4 @@ async def test_real_http_against_the_local_server_with_pages() -> None:
 
 async def test_repr_hides_the_key() -> None:
     async with httpx.AsyncClient() as http:
-        assert KEY not in repr(MassiveRest(http, api_key=KEY, symbols=SYMBOLS))
+        assert KEY not in repr(MassiveRest(http, KEY, RestOptions(SYMBOLS)))

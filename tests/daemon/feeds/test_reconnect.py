@@ -24,6 +24,7 @@ from daemon.feeds.base import (
 )
 from daemon.feeds.reconnect import (
     FeedLoop,
+    LoopSettings,
     Received,
     ReconnectPolicy,
     Rejection,
@@ -239,13 +240,15 @@ def _loop(
     loop = FeedLoop(
         source,
         stats,
-        policy=policy or ReconnectPolicy(),
-        silence_timeout_s=silence_timeout_s,
-        warmup_s=warmup_s,
-        now=clock.now,
-        sleep=clock.sleep,
-        is_market_open=lambda t: market_open,
-        rand=random.Random(3).random if rand is None else (lambda: rand),
+        LoopSettings(
+            policy=policy or ReconnectPolicy(),
+            silence_timeout_s=silence_timeout_s,
+            warmup_s=warmup_s,
+            now=clock.now,
+            sleep=clock.sleep,
+            is_market_open=lambda t: market_open,
+            rand=random.Random(3).random if rand is None else (lambda: rand),
+        ),
     )
     return loop, stats
 

@@ -14,8 +14,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from daemon.feeds.alpaca import rfc3339
-from daemon.feeds.replay import ReplayServer
+from daemon.feeds.replay import ReplaySettings
 from tests.daemon.feeds.feedkit import KEY, SECRET, SYMBOLS, T0, make_frame
+from tests.daemon.feeds.replay_harness import ReplayHarness
 
 
 async def _recv(ws: ClientConnection) -> Any:
@@ -30,7 +31,10 @@ async def _login(ws: ClientConnection, key: str = KEY, secret: str = SECRET) -> 
 
 async def test_handshake_and_minute_frames_in_alpaca_format() -> None:
     frame = make_frame(4)
-    async with ReplayServer(frame, key=KEY, secret=SECRET) as server, connect(server.url) as ws:
+    async with (
+        ReplayHarness(frame, ReplaySettings(key=KEY, secret=SECRET)) as server,
+        connect(server.url) as ws,
+    ):
         assert server.url.startswith("ws://127.0.0.1:") and server.url.endswith("/v2/iex")
         assert await _login(ws) == [{"T": "success", "msg": "authenticated"}]
         await ws.send(
@@ -57,7 +61,7 @@ async def test_handshake_and_minute_frames_in_alpaca_format() -> None:
     ],
 )
 async def test_protocol_errors_by_code(request_: dict[str, object], code: int) -> None:
-    async with ReplayServer(make_frame(2)) as server, connect(server.url) as ws:
+    async with ReplayHarness(make_frame(2)) as server, connect(server.url) as ws:
         await _recv(ws)
         await ws.send(json.dumps(request_))
         reply = await _recv(ws)
@@ -66,7 +70,7 @@ async def test_protocol_errors_by_code(request_: dict[str, object], code: int) -
 
 async def test_wrong_credentials_get_402_and_a_close() -> None:
     async with (
-        ReplayServer(make_frame(2), key=KEY, secret=SECRET) as server,
+        ReplayHarness(make_frame(2), ReplaySettings(key=KEY, secret=SECRET)) as server,
         connect(server.url) as ws,
     ):
         assert await _login(ws, secret="wrong") == [
@@ -78,7 +82,7 @@ async def test_wrong_credentials_get_402_and_a_close() -> None:
 
 async def test_no_auth_in_time_gets_404() -> None:
     async with (
-        ReplayServer(make_frame(2), auth_timeout_s=0.05) as server,
+        ReplayHarness(make_frame(2), ReplaySettings(auth_timeout_s=0.05)) as server,
         connect(server.url) as ws,
     ):
         await _recv(ws)
@@ -86,7 +90,7 @@ async def test_no_auth_in_time_gets_404() -> None:
 
 
 async def test_refuse_with_answers_auth_with_the_code_and_closes() -> None:
-    async with ReplayServer(make_frame(2)) as server:
+    async with ReplayHarness(make_frame(2)) as server:
         server.refuse_with(406)
         async with connect(server.url) as ws:
             reply = await _login(ws)
@@ -99,7 +103,10 @@ async def test_refuse_with_answers_auth_with_the_code_and_closes() -> None:
 
 
 async def test_speed_is_minutes_per_second() -> None:
-    async with ReplayServer(make_frame(11), speed=40.0) as server, connect(server.url) as ws:
+    async with (
+        ReplayHarness(make_frame(11), ReplaySettings(speed=40.0)) as server,
+        connect(server.url) as ws,
+    ):
         await _login(ws)
         await ws.send(json.dumps({"action": "subscribe", "bars": ["*"]}))
         await _recv(ws)
@@ -111,7 +118,10 @@ async def test_speed_is_minutes_per_second() -> None:
 
 
 async def test_kill_silence_and_raw_hooks() -> None:
-    async with ReplayServer(make_frame(400), speed=200.0) as server, connect(server.url) as ws:
+    async with (
+        ReplayHarness(make_frame(400), ReplaySettings(speed=200.0)) as server,
+        connect(server.url) as ws,
+    ):
         await _login(ws)
         await ws.send(json.dumps({"action": "subscribe", "bars": list(SYMBOLS)}))
         await _recv(ws)
@@ -137,7 +147,7 @@ async def test_kill_silence_and_raw_hooks() -> None:
 async def test_rest_serves_only_what_was_played_with_pages() -> None:
     frame = make_frame(30)
     async with (
-        ReplayServer(frame, speed=5.0, key=KEY, secret=SECRET) as server,
+        ReplayHarness(frame, ReplaySettings(speed=5.0, key=KEY, secret=SECRET)) as server,
         httpx.AsyncClient() as http,
     ):
         url = f"{server.rest_url}/v2/stocks/bars"
@@ -185,8 +195,8 @@ async def test_rest_serves_only_what_was_played_with_pages() -> None:
 
 def test_loopback_only_and_frame_checked() -> None:
     with pytest.raises(ValueError, match="loopback"):
-        ReplayServer(make_frame(1), host="0.0.0.0")
+        ReplayHarness(make_frame(1), ReplaySettings(host="0.0.0.0"))
     with pytest.raises(ValueError, match="missing"):
-        ReplayServer(pl.DataFrame({"symbol": ["IWM"], "time": [T0]}))
+        ReplayHarness(pl.DataFrame({"symbol": ["IWM"], "time": [T0]}))
     with pytest.raises(ValueError, match="speed"):
-        ReplayServer(make_frame(1), speed=-1.0)
+        ReplayHarness(make_frame(1), ReplaySettings(speed=-1.0))

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import httpx
 
 from daemon.feeds.alpaca import AlpacaRest, rfc3339
+from daemon.feeds.rest_options import RestOptions
 from tests.daemon.feeds.feedkit import KEY, SECRET, SYMBOLS, T0, FakeClock
 
 _BARS = {"bars": {"IWM": [{"t": rfc3339(T0), "o": 1, "h": 2, "l": 0.5, "c": 1.5, "v": 100}]}}
@@ -31,12 +32,11 @@ async def test_backoff_a_shorter_retry_after_and_an_http_date_on_the_injected_cl
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     rest = AlpacaRest(
         http,
-        key=KEY,
-        secret=SECRET,
-        symbols=SYMBOLS,
-        rest_url="https://data.example.test",
-        now=clock.now,
-        sleep=clock.sleep,
+        KEY,
+        SECRET,
+        RestOptions(
+            SYMBOLS, rest_url="https://data.example.test", now=clock.now, sleep=clock.sleep
+        ),
     )
     async with http:
         got = await rest.bars(T0, T0 + 59)
