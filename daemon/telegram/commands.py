@@ -83,6 +83,8 @@ _MAX_LONG_QUOTE = 1500
 _MESSAGES = filters.UpdateType.MESSAGE & ~filters.FORWARDED & ~filters.IS_AUTOMATIC_FORWARD
 
 Reply = str | Chart | None
+# Recent alerts looked at for /chart's markers (the outbox keeps the newest).
+_CHART_ALERTS: Final = 200
 
 
 def parse_duration(text: str) -> int:
@@ -307,7 +309,10 @@ class Commands:
         if symbol is None:
             return error
         chart = render_chart(
-            symbol, self._backend.bars(symbol, self._chart_bars), self._backend.levels(symbol)
+            symbol,
+            self._backend.bars(symbol, self._chart_bars),
+            self._backend.levels(symbol),
+            self._backend.recent_alerts(_CHART_ALERTS),
         )
         return chart or f"No bars for {html.escape(symbol)} yet."
 
