@@ -160,14 +160,24 @@ def _style(ax: Axes, fontsize: float) -> None:
         spine.set_color(_GRID)
 
 
-def _time_ticks(ax: Axes, times: npt.NDArray[np.int64], intraday: bool, fontsize: float) -> None:
-    """Up to five date (or time) labels on the bar-index axis."""
+def _time_ticks(
+    ax: Axes, times: npt.NDArray[np.int64], intraday: bool, fontsize: float, most: int = 5
+) -> None:
+    """Up to `most` date (or time) labels on the bar-index axis; over years, at the
+    first bar of evenly spaced years."""
     n = len(times)
     if n == 0:
         return
-    ticks = np.unique(np.linspace(0, n - 1, min(5, n)).round().astype(int))
     days = (int(times[-1]) - int(times[0])) / 86_400
-    fmt = "%H:%M\n%b %d" if intraday else ("%b %d\n%Y" if days < 3 * 365 else "%Y")
+    if not intraday and days >= 3 * 365:
+        years = (times // 86_400 * 86_400).astype("datetime64[s]").astype("datetime64[Y]")
+        starts = np.flatnonzero(np.r_[True, years[1:] != years[:-1]])[1:]
+        step = max(1, math.ceil(len(starts) / most))
+        ticks = starts[::step]
+        fmt = "%Y"
+    else:
+        ticks = np.unique(np.linspace(0, n - 1, min(most, n)).round().astype(int))
+        fmt = "%H:%M\n%b %d" if intraday else "%b %d\n%Y"
     ax.set_xticks(ticks.tolist())
     ax.set_xticklabels(
         [datetime.fromtimestamp(int(times[i]), UTC).strftime(fmt) for i in ticks],
@@ -356,40 +366,65 @@ def render_history(
     intraday: bool = False,
     size_px: tuple[int, int] = REPORT_PX,
 ) -> Picture:
-    """The report's picture of one symbol: close (candles are unreadable over years)
-    with every alert marked by rule, and the score with its 30 and 70 lines.
-    `frame`: `time`, `close`, `score`, oldest first."""
+    """The report's picture of one symbol over the whole backtest: the close (candles
+    are unreadable over years) with a dot at each alert, a strip with one row per rule
+    and a tick at each of its alerts (where the count is read), and the score with its
+    30 and 70 lines. `frame`: `time`, `close`, `score`, oldest first."""
     times = frame["time"].cast(pl.Int64).to_numpy()
     close, score = _column(frame, "close"), _column(frame, "score")
     n = len(close)
+    by_rule: dict[str, list[int]] = {}
+    for t, rule in alerts:
+        i = int(np.searchsorted(times, t, side="right")) - 1
+        if 0 <= i < n:
+            by_rule.setdefault(rule, []).append(i)
     small = 13.0
     fig = _figure(size_px)
+    rows = max(len(by_rule), 1)
     grid = fig.add_gridspec(
-        2, 1, height_ratios=(3, 1.3), hspace=0.06, left=0.06, right=0.98, top=0.84, bottom=0.1
-    )
+        3, 1, height_ratios=(3, 0.22 * rows + 0.3, 1.2), hspace=0.05,
+        left=0.14, right=0.98, top=0.92, bottom=0.08,
+    )  # fmt: skip
     ax_p = fig.add_subplot(grid[0])
-    ax_s = fig.add_subplot(grid[1], sharex=ax_p)
-    for ax in (ax_p, ax_s):
+    ax_a = fig.add_subplot(grid[1], sharex=ax_p)
+    ax_s = fig.add_subplot(grid[2], sharex=ax_p)
+    for ax in (ax_p, ax_a, ax_s):
         _style(ax, small)
     x = np.arange(n, dtype=np.float64)
     ax_p.plot(x, close, color="#24292f", linewidth=1.0, zorder=2)
-    finite = close[np.isfinite(close)]
-    span = float(np.ptp(finite)) if len(finite) else 1.0
-    marked = _mark(ax_p, times, alerts, (close, close), 0.02 * span, small - 1, above=True)
     ax_p.set_xlim(-1, max(n, 1))
-    ax_p.tick_params(labelbottom=False)
     ax_p.set_ylabel("close", fontsize=small, color=_FG)
-
+    marked = {}
+    for k, (rule, idx) in enumerate(by_rule.items()):
+        color, _ = _RULE_STYLES[k % len(_RULE_STYLES)]
+        ax_p.scatter(idx, close[idx], s=14, color=color, zorder=3, linewidths=0)
+        row = rows - 1 - k
+        coll = ax_a.scatter(idx, np.full(len(idx), row), s=120, marker="|", color=color,
+                            linewidths=1.6)  # fmt: skip
+        marked[rule] = len(np.asarray(coll.get_offsets()))
+    ax_a.set_ylim(-0.7, rows - 0.3)
+    ax_a.set_yticks(list(range(rows)))
+    ax_a.set_yticklabels(
+        [f"{rule_words(r)} ({len(i)})" for r, i in reversed(by_rule.items())] or [""],
+        fontsize=small - 1,
+    )
+    for tick, (color, _) in zip(
+        ax_a.get_yticklabels(), reversed(_RULE_STYLES[: len(by_rule)]), strict=False
+    ):
+        tick.set_color(color)
+    ax_a.grid(False)
     for guide in (30.0, 70.0):
         ax_s.axhline(guide, color="#8c959f", linewidth=1.0, linestyle=(0, (4, 3)))
-    ax_s.plot(x, score, color="#8250df", linewidth=0.9)
+    ax_s.plot(x, score, color=_FG, linewidth=0.8)
     ax_s.set_ylim(0, 100)
     ax_s.set_yticks([30, 70])
     ax_s.set_ylabel("score", fontsize=small, color=_FG)
-    _time_ticks(ax_s, times, intraday, small)
-    fig.suptitle(title, fontsize=18, color=_FG, x=0.06, ha="left", fontweight="bold")
+    for ax in (ax_p, ax_a):
+        ax.tick_params(labelbottom=False)
+    _time_ticks(ax_s, times, intraday, small, most=10)
+    fig.suptitle(title, fontsize=18, color=_FG, x=0.14, ha="left", fontweight="bold")
     fig.canvas.draw()
-    panels = _panels(fig, {"price": ax_p, "score": ax_s})
+    panels = _panels(fig, {"price": ax_p, "alerts": ax_a, "score": ax_s})
     return Picture(_png(fig), *size_px, panels, marked)
 
 
