@@ -85,6 +85,7 @@ _MESSAGES = filters.UpdateType.MESSAGE & ~filters.FORWARDED & ~filters.IS_AUTOMA
 Reply = str | Chart | None
 # Recent alerts looked at for /chart's markers (the outbox keeps the newest).
 _CHART_ALERTS: Final = 200
+CHART_BARS: Final = 120  # daily bars in /chart and in a chart attached to an alert
 
 
 def parse_duration(text: str) -> int:
@@ -132,7 +133,7 @@ class Commands:
         access: Access,
         *,
         clock: Callable[[], float] = time.time,
-        chart_bars: int = 120,
+        chart_bars: int = CHART_BARS,
     ) -> None:
         self._store = store
         self._backend = backend
