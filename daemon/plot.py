@@ -292,8 +292,7 @@ def render_candles(
     up = c >= o
     width = 0.7
     ax_p.vlines(x, lo_, h, colors=np.where(up, _UP, _DOWN).tolist(), linewidth=1.4, zorder=2)
-    body_lo, body_h = np.minimum(o, c), np.maximum(np.abs(c - o), 1e-9)
-    ax_p.bar(x, body_h, width, bottom=body_lo, color=np.where(up, _UP, _DOWN).tolist(), zorder=3)
+    _boxes(ax_p, x, np.minimum(o, c), np.maximum(o, c), width, up)
 
     finite = np.isfinite(lo_) & np.isfinite(h)
     p_lo = float(np.min(lo_[finite])) if finite.any() else 0.0
@@ -327,8 +326,10 @@ def render_candles(
         )  # fmt: skip
     marked = _mark(ax_p, times, alerts, (lo_, h), 0.03 * span, small - 2)
 
-    colors = np.where(up, _UP, _DOWN).tolist()
-    ax_v.bar(x, np.nan_to_num(volume), width, color=colors)
+    _boxes(ax_v, x, np.zeros(n), np.nan_to_num(volume), width, up)
+    ax_v.set_ylim(
+        0, max(float(np.nanmax(volume)) if np.isfinite(volume).any() else 1.0, 1.0) * 1.05
+    )
     rvol = _rvol(volume)
     last_rvol = next((float(v) for v in rvol[::-1] if math.isfinite(v)), None)
     v_text = "volume" + ("" if last_rvol is None else f" · RVOL {last_rvol:.1f}x")
@@ -352,7 +353,6 @@ def render_candles(
         ax.tick_params(labelbottom=False)
     _time_ticks(ax_r, times, intraday, small)
     fig.suptitle(title, fontsize=big, color=_FG, x=0.12, ha="left", fontweight="bold")
-    fig.canvas.draw()  # so the panel extents below are the drawn ones
     panels = _panels(fig, {"price": ax_p, "volume": ax_v, "rsi": ax_r})
     png = _png(fig)
     return Picture(png, *size_px, panels, marked, tuple(labels))
@@ -423,9 +423,33 @@ def render_history(
         ax.tick_params(labelbottom=False)
     _time_ticks(ax_s, times, intraday, small, most=10)
     fig.suptitle(title, fontsize=18, color=_FG, x=0.14, ha="left", fontweight="bold")
-    fig.canvas.draw()
     panels = _panels(fig, {"price": ax_p, "alerts": ax_a, "score": ax_s})
     return Picture(_png(fig), *size_px, panels, marked)
+
+
+def _boxes(
+    ax: Axes,
+    x: FloatArray,
+    bottom: FloatArray,
+    top: FloatArray,
+    width: float,
+    up: npt.NDArray[np.bool_],
+) -> None:
+    """Candle bodies or volume bars as one collection (one patch per bar is 4x slower)."""
+    from matplotlib.collections import PolyCollection  # noqa: PLC0415 - lazy, see the module docstring
+
+    top = np.maximum(top, bottom + 1e-9 * np.maximum(np.abs(bottom), 1.0))  # a doji stays visible
+    left, right = x - width / 2, x + width / 2
+    verts = np.stack(
+        [np.c_[left, bottom], np.c_[left, top], np.c_[right, top], np.c_[right, bottom]], axis=1
+    )
+    keep = np.isfinite(verts).all(axis=(1, 2))
+    colors = np.where(up, _UP, _DOWN)[keep].tolist()
+    ax.add_collection(
+        PolyCollection(
+            list(verts[keep]), facecolors=colors, edgecolors=colors, linewidths=0.5, zorder=3
+        )
+    )
 
 
 def _volume_formatter() -> Formatter:
