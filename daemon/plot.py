@@ -18,11 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 
+from signals.alerts import Alert
 from signals.indicators.rsi import rsi_batch
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from matplotlib.ticker import Formatter, Locator
 
 FloatArray = npt.NDArray[np.float64]
+NEW_YORK = ZoneInfo("America/New_York")
 
 # Phone-first: Telegram shows a photo about 400 points wide, so text is large
 # against the picture (about 1/40 of its width) and the panels are few.
@@ -140,6 +143,12 @@ class Picture:
     labels: tuple[LevelLabel, ...] = ()
 
 
+def mark_time(alert: Alert, timeframe: str) -> int:
+    """Where to mark `alert` on a chart of `timeframe` bars: its bar on that timeframe, or
+    else the moment it was decided (a daily alert fires during some minute of the day)."""
+    return alert.bar_time if alert.timeframe == timeframe else alert.time - 1
+
+
 def rule_words(rule: str) -> str:
     """A rule name for a legend: `volume_breakout` -> `volume breakout`."""
     return rule.replace("_", " ")
@@ -178,9 +187,10 @@ def _time_ticks(
     else:
         ticks = np.unique(np.linspace(0, n - 1, min(most, n)).round().astype(int))
         fmt = "%H:%M\n%b %d" if intraday else "%b %d\n%Y"
+    zone = NEW_YORK if intraday else UTC  # a daily bar's time is its date at 00:00 UTC
     ax.set_xticks(ticks.tolist())
     ax.set_xticklabels(
-        [datetime.fromtimestamp(int(times[i]), UTC).strftime(fmt) for i in ticks],
+        [datetime.fromtimestamp(int(times[i]), zone).strftime(fmt) for i in ticks],
         fontsize=fontsize,
     )
 

@@ -17,7 +17,7 @@ import polars as pl
 
 from daemon import rule_stats
 from daemon.backtest import BacktestResult
-from daemon.plot import render_history, rule_words
+from daemon.plot import mark_time, render_history, rule_words
 from daemon.rule_stats import FORWARD_BARS, TRADING_DAYS_PER_YEAR, ReturnStats, RuleStats, Summary
 
 MAX_CHARTS = 4  # symbols drawn, those with the most alerts first
@@ -122,7 +122,7 @@ def _rule_line(
 
 def _picture(result: BacktestResult, symbol: str) -> str:
     frame = result.main.filter(pl.col("symbol") == symbol).sort("time")
-    marks = [(a.bar_time, a.rule) for a in result.alerts if a.symbol == symbol]
+    marks = [(mark_time(a, result.timeframe), a.rule) for a in result.alerts if a.symbol == symbol]
     title = f"{symbol} · {result.timeframe} · close, every alert by rule · score with 30 / 70"
     picture = render_history(title, frame, marks, intraday=result.timeframe != "1d")
     data = base64.b64encode(picture.png).decode("ascii")

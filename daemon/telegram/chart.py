@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from daemon.plot import level_words, render_candles
+from daemon.plot import level_words, mark_time, render_candles
 from signals.alerts import Alert
 from signals.indicators.rsi import rsi_batch
 
@@ -45,7 +45,7 @@ def render_chart(
     head = f"{symbol} · {timeframe} · close {close:.2f}"
     if rsi.len():
         head += f" · RSI {rsi[-1]:.0f}"
-    marks = [(a.bar_time, a.rule) for a in alerts if a.symbol == symbol]
+    marks = [(mark_time(a, timeframe), a.rule) for a in alerts if a.symbol == symbol]
     picture = render_candles(head, bars, levels, marks, intraday=timeframe != "1d")
     drawn = {name for label in picture.labels for name, _ in label.levels}
     off = [

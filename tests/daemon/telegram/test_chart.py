@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from matplotlib.image import imread
 
-from daemon.plot import Picture, level_words, merge_levels, render_candles
+from daemon.plot import Picture, level_words, mark_time, merge_levels, render_candles
 from daemon.telegram.chart import render_chart
 from daemon.telegram.commands import parse_duration
 from daemon.telegram.replies import format_levels, number
@@ -150,3 +150,18 @@ def test_numbers_and_levels() -> None:
         "0.0123",
     ]
     assert format_levels("IWM", {}, None) == "No levels for IWM yet."
+
+
+def test_an_alert_of_another_timeframe_is_marked_where_it_was_decided() -> None:
+    day = 1_773_273_600  # 2026-03-12 00:00 UTC, a daily bar's time
+    daily = Alert(id="d", rule="rsi_entry_zone", symbol="IWM", timeframe="1d", bar_time=day,
+                  time=day + 14 * 3600 + 60, title="d")  # fmt: skip
+    minute = Alert(id="m", rule="volume_breakout", symbol="IWM", timeframe="1m",
+                   bar_time=day + 15 * 3600, time=day + 15 * 3600 + 60, title="m")  # fmt: skip
+    # On 1-minute bars the daily alert sits at the minute that decided it (14:00 UTC) ...
+    assert (
+        mark_time(daily, "1m") == day + 14 * 3600 + 59
+        and mark_time(minute, "1m") == minute.bar_time
+    )
+    # ... and on daily bars the minute alert inside its day.
+    assert day <= mark_time(minute, "1d") < day + 86_400 and mark_time(daily, "1d") == day
