@@ -374,12 +374,14 @@ def render_history(
     alerts: Sequence[tuple[int, str]],
     *,
     intraday: bool = False,
+    rules: Sequence[str] = (),
     size_px: tuple[int, int] = REPORT_PX,
 ) -> Picture:
     """The report's picture of one symbol over the whole backtest: the close (candles
     are unreadable over years) with a dot at each alert, a strip with one row per rule
     and a tick at each of its alerts (where the count is read), and the score with its
-    30 and 70 lines. `frame`: `time`, `close`, `score`, oldest first."""
+    30 and 70 lines. `frame`: `time`, `close`, `score`, oldest first. A rule's colour
+    is its place in `rules` (so one rule has one colour in every picture of a report)."""
     times = frame["time"].cast(pl.Int64).to_numpy()
     close, score = _column(frame, "close"), _column(frame, "score")
     n = len(close)
@@ -404,9 +406,12 @@ def render_history(
     ax_p.plot(x, close, color="#24292f", linewidth=1.0, zorder=2)
     ax_p.set_xlim(-1, max(n, 1))
     ax_p.set_ylabel("close", fontsize=small, color=_FG)
+    order = [*rules, *(r for r in by_rule if r not in rules)]
+    by_rule = {r: by_rule[r] for r in order if r in by_rule}
+    colors = [_RULE_STYLES[order.index(r) % len(_RULE_STYLES)][0] for r in by_rule]
     marked = {}
     for k, (rule, idx) in enumerate(by_rule.items()):
-        color, _ = _RULE_STYLES[k % len(_RULE_STYLES)]
+        color = colors[k]
         ax_p.scatter(idx, close[idx], s=14, color=color, zorder=3, linewidths=0)
         row = rows - 1 - k
         coll = ax_a.scatter(idx, np.full(len(idx), row), s=120, marker="|", color=color,
@@ -418,9 +423,7 @@ def render_history(
         [f"{rule_words(r)} ({len(i)})" for r, i in reversed(by_rule.items())] or [""],
         fontsize=small - 1,
     )
-    for tick, (color, _) in zip(
-        ax_a.get_yticklabels(), reversed(_RULE_STYLES[: len(by_rule)]), strict=False
-    ):
+    for tick, color in zip(ax_a.get_yticklabels(), reversed(colors), strict=False):
         tick.set_color(color)
     ax_a.grid(False)
     for guide in (30.0, 70.0):

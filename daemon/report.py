@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -120,11 +121,11 @@ def _rule_line(
     return f"  {short:<20} {tf:>3} {count:>6} {rate:>6} | {cells[0]} | {cells[1]}"
 
 
-def _picture(result: BacktestResult, symbol: str) -> str:
+def _picture(result: BacktestResult, symbol: str, rules: Sequence[str]) -> str:
     frame = result.main.filter(pl.col("symbol") == symbol).sort("time")
     marks = [(mark_time(a, result.timeframe), a.rule) for a in result.alerts if a.symbol == symbol]
     title = f"{symbol} · {result.timeframe} · close, every alert by rule · score with 30 / 70"
-    picture = render_history(title, frame, marks, intraday=result.timeframe != "1d")
+    picture = render_history(title, frame, marks, intraday=result.timeframe != "1d", rules=rules)
     data = base64.b64encode(picture.png).decode("ascii")
     alt = html.escape(f"{symbol}: close with {len(marks)} alerts marked, and the score")
     return f'<p><img alt="{alt}" src="data:image/png;base64,{data}"></p>'
@@ -183,10 +184,11 @@ def _years_table(rules: Sequence[RuleStats]) -> str:
 
 def render_report(result: BacktestResult, summary: Summary) -> str:
     """The report as one HTML page."""
-    symbols = sorted(
-        summary.symbols, key=lambda s: -sum(1 for a in result.alerts if a.symbol == s)
-    )[:MAX_CHARTS]
-    charts = "".join(_picture(result, s) for s in symbols) if result.main.height else ""
+    counts = Counter(a.symbol for a in result.alerts)
+    # The symbols with alerts, most first; with none at all, the first one for its score.
+    symbols = [s for s, _ in counts.most_common(MAX_CHARTS)] or summary.symbols[:1]
+    names = list(dict.fromkeys(r.rule for r in summary.rules))
+    charts = "".join(_picture(result, s, names) for s in symbols if s in summary.symbols)
     span = (
         f"{summary.first} to {summary.last}, {summary.trading_days} trading days = "
         f"{summary.years:.2f} years ({summary.trading_days} / {TRADING_DAYS_PER_YEAR}), "
