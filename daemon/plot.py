@@ -154,6 +154,12 @@ def rule_words(rule: str) -> str:
     return rule.replace("_", " ")
 
 
+def _plain(text: str) -> str:
+    """`text` as it reads: a `$` would otherwise start matplotlib's math mode (rule names
+    come from the user's rules file)."""
+    return text.replace("$", r"\$")
+
+
 def _figure(size_px: tuple[int, int]) -> Figure:
     from matplotlib.figure import Figure  # noqa: PLC0415 - lazy: the daemon's start-up must not load it
 
@@ -250,7 +256,7 @@ def _mark(
         ys = high[idx] + pad if down else low[idx] - pad
         coll = ax.scatter(
             xs, ys, s=110, marker=marker, color=color, edgecolors=_FG, linewidths=0.6,
-            zorder=5, label=f"{rule_words(rule)} ({len(idx)})",
+            zorder=5, label=_plain(f"{rule_words(rule)} ({len(idx)})"),
         )  # fmt: skip
         marked[rule] = len(np.asarray(coll.get_offsets()))
     if marked and above:  # many rules over years: a row above the panel, off the line
@@ -329,7 +335,7 @@ def render_candles(
     for lab in labels:
         color = _LEVEL_COLORS[_level_kind(lab.levels[-1][0])] if len(lab.levels) == 1 else _FG
         ax_p.annotate(
-            lab.text, xy=(1.0, lab.mid), xycoords=("axes fraction", "data"),
+            _plain(lab.text), xy=(1.0, lab.mid), xycoords=("axes fraction", "data"),
             xytext=(1.02, lab.y), textcoords=("axes fraction", "data"), fontsize=label_pt,
             color=color, va="center", ha="left", annotation_clip=False,
             arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.8},
@@ -362,7 +368,7 @@ def render_candles(
     for ax in (ax_p, ax_v):
         ax.tick_params(labelbottom=False)
     _time_ticks(ax_r, times, intraday, small)
-    fig.suptitle(title, fontsize=big, color=_FG, x=0.12, ha="left", fontweight="bold")
+    fig.suptitle(_plain(title), fontsize=big, color=_FG, x=0.12, ha="left", fontweight="bold")
     panels = _panels(fig, {"price": ax_p, "volume": ax_v, "rsi": ax_r})
     png = _png(fig)
     return Picture(png, *size_px, panels, marked, tuple(labels))
@@ -420,7 +426,7 @@ def render_history(
     ax_a.set_ylim(-0.7, rows - 0.3)
     ax_a.set_yticks(list(range(rows)))
     ax_a.set_yticklabels(
-        [f"{rule_words(r)} ({len(i)})" for r, i in reversed(by_rule.items())] or [""],
+        [_plain(f"{rule_words(r)} ({len(i)})") for r, i in reversed(by_rule.items())] or [""],
         fontsize=small - 1,
     )
     for tick, color in zip(ax_a.get_yticklabels(), reversed(colors), strict=False):
@@ -435,7 +441,7 @@ def render_history(
     for ax in (ax_p, ax_a):
         ax.tick_params(labelbottom=False)
     _time_ticks(ax_s, times, intraday, small, most=10)
-    fig.suptitle(title, fontsize=18, color=_FG, x=0.14, ha="left", fontweight="bold")
+    fig.suptitle(_plain(title), fontsize=18, color=_FG, x=0.14, ha="left", fontweight="bold")
     panels = _panels(fig, {"price": ax_p, "alerts": ax_a, "score": ax_s})
     return Picture(_png(fig), *size_px, panels, marked)
 

@@ -165,3 +165,10 @@ def test_an_alert_of_another_timeframe_is_marked_where_it_was_decided() -> None:
     )
     # ... and on daily bars the minute alert inside its day.
     assert day <= mark_time(minute, "1d") < day + 86_400 and mark_time(daily, "1d") == day
+
+
+def test_dollar_signs_are_text_not_math() -> None:
+    bars = FakeBackend().bars("IWM", 30)
+    # Unescaped, matplotlib would parse "$\frac$" as math and fail at draw time.
+    picture = render_candles(r"IWM $\frac$ 5", bars, {}, [(int(bars["time"][3]), r"x$\frac$")])
+    assert picture.png.startswith(b"\x89PNG") and picture.marked == {r"x$\frac$": 1}
