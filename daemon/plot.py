@@ -51,6 +51,7 @@ _RULE_STYLES = (
 )  # fmt: skip
 _TEXT_BOX = {"facecolor": _BG, "edgecolor": "none", "alpha": 0.8, "pad": 2}
 RSI_ZONE = (35.0, 42.0)
+LABEL_CHARS = 30  # what fits right of the price panel at the label size
 RVOL_BARS = 20
 
 _WORDS = {
@@ -88,11 +89,16 @@ class LevelLabel:
 
     @property
     def lines(self) -> list[str]:
-        """One line per distinct price, highest first: `247.18 20-day high · swing high`."""
+        """One line per distinct price, highest first: `247.18 20-day high · swing high`;
+        a line longer than `LABEL_CHARS` becomes one line per level."""
         by_price: dict[str, list[str]] = {}
         for name, value in sorted(self.levels, key=lambda item: -item[1]):
             by_price.setdefault(f"{value:.2f}", []).append(level_words(name))
-        return [f"{price} {' · '.join(words)}" for price, words in by_price.items()]
+        out = []
+        for price, words in by_price.items():
+            line = f"{price} {' · '.join(words)}"
+            out += [line] if len(line) <= LABEL_CHARS else [f"{price} {w}" for w in words]
+        return out
 
     @property
     def text(self) -> str:

@@ -101,9 +101,12 @@ def test_level_words() -> None:
     ]  # fmt: skip
 
 
-def test_levels_at_one_price_share_a_line() -> None:
+def test_levels_at_one_price_share_a_label() -> None:
+    labels = merge_levels({"fib_500": 95.69, "swing_low": 95.69}, 0.0, 300.0, 1.0, 1.0)
+    assert [label.text for label in labels] == ["95.69 Fib 50% · swing low"]
+    # Too long for the right margin on one line: a line each, still one label.
     labels = merge_levels({"donchian_high20": 201.35, "swing_high": 201.35}, 0.0, 300.0, 1.0, 1.0)
-    assert [label.text for label in labels] == ["201.35 20-day high · swing high"]
+    assert [label.text for label in labels] == ["201.35 20-day high\n201.35 swing high"]
 
 
 @given(
