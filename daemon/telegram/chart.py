@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from daemon import heap
 from daemon.plot import level_words, mark_time, render_candles
 from signals.alerts import Alert
 from signals.indicators.rsi import rsi_batch
@@ -47,6 +48,9 @@ def render_chart(
         head += f" · RSI {rsi[-1]:.0f}"
     marks = [(mark_time(a, timeframe), a.rule) for a in alerts if a.symbol == symbol]
     picture = render_candles(head, bars, levels, marks, intraday=timeframe != "1d")
+    # Drawing leaves freed heap in glibc's arenas: the daemon's RSS went from 129 to 240 MiB
+    # over 40 charts; handed back after each (~70 ms), it stays at 178 MiB (matplotlib).
+    heap.release()
     drawn = {name for label in picture.labels for name, _ in label.levels}
     off = [
         f"{level_words(name)} {value:.2f}"
