@@ -1,8 +1,9 @@
 """Benchmark 5: drawing pictures. `python -m bench.chart [--quick]`, or `bench.run --only chart`.
 
 A fresh process (so the first call pays matplotlib's import, as the daemon's
-first /chart does) draws the /chart picture of 120 daily bars with 13 levels
-and 10 alerts, then draws it again `repeats` times; and the report's history
+first /chart does) makes the /chart reply (`render_chart`: the picture, the
+caption, handing freed heap back) for 120 daily bars with 13 levels and 10
+alerts, then makes it again `repeats` times; and the report's history
 picture of 6,300 daily bars (IWM since 2000) with 500 alerts. Medians of the
 repeated draws, each from data built before timing.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from bench.common import fmt_time, median, random_walk, table, yes_no
+from signals.alerts import Alert
 
 DAY = 86_400
 START = 946_684_800  # 2000-01-01
@@ -55,24 +57,30 @@ def _timed(draw: Callable[[], object], repeats: int) -> list[float]:
 
 def measure(repeats: int) -> dict[str, object]:
     """In this process: import + first /chart, then repeated /chart and history draws."""
-    from daemon.plot import render_candles, render_history  # noqa: PLC0415 - timed below
+    from daemon.plot import render_history  # noqa: PLC0415 - timed below
+    from daemon.telegram.chart import render_chart  # noqa: PLC0415 - timed below
 
     bars = _bars(120, 3)
     close = bars["close"].to_numpy()
     levels = {name: float(close[-1] * (0.85 + 0.025 * i)) for i, name in enumerate(LEVELS)}
-    marks = _alerts(bars["time"].to_list(), 10, 4)
+    alerts = [
+        Alert(id=f"a{i}", rule=rule, symbol="IWM", timeframe="1d", bar_time=t, time=t + DAY,
+              title=rule)
+        for i, (t, rule) in enumerate(_alerts(bars["time"].to_list(), 10, 4))
+    ]  # fmt: skip
     history = _bars(6_300, 5)
     history_marks = _alerts(history["time"].to_list(), 500, 6)
 
     def chart() -> object:
-        return render_candles("IWM · 1d", bars, levels, marks)
+        return render_chart("IWM", bars, levels, alerts)
 
     def report() -> object:
         return render_history("IWM · 1d", history, history_marks)
 
     t0 = time.perf_counter()
-    png = render_candles("IWM · 1d", bars, levels, marks).png
+    first_chart = render_chart("IWM", bars, levels, alerts)
     first = time.perf_counter() - t0
+    png = b"" if first_chart is None else first_chart.png
     return {
         "first_s": first,
         "chart_s": _timed(chart, repeats),
