@@ -14,11 +14,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from matplotlib.image import imread
 
+from daemon.backend import DaemonBackend
+from daemon.bars import frame_to_batch
 from daemon.plot import Picture, level_words, mark_time, merge_levels, render_candles
+from daemon.rules_file import load_rules
+from daemon.sample import sample_daily
 from daemon.telegram.chart import render_chart
-from daemon.telegram.commands import parse_duration
+from daemon.telegram.commands import CHART_BARS, parse_duration
 from daemon.telegram.replies import format_levels, number
 from signals.alerts import Alert
+from signals.engine import EngineConfig
+from signals.pipeline import Pipeline
 from tests.daemon.telegram.kit import FakeBackend
 
 UP, DOWN = (0x1A, 0x7F, 0x37), (0xCF, 0x22, 0x2E)
@@ -175,3 +181,28 @@ def test_dollar_signs_are_text_not_math() -> None:
     # Unescaped, matplotlib would parse "$\frac$" as math and fail at draw time.
     picture = render_candles(r"IWM $\frac$ 5", bars, {}, [(int(bars["time"][3]), r"x$\frac$")])
     assert picture.png.startswith(b"\x89PNG") and picture.marked == {r"x$\frac$": 1}
+
+
+def test_chart_from_the_daemons_own_backend() -> None:
+    """The real backend's bars (its daily rings) and levels draw, named in words."""
+    pipeline = Pipeline(EngineConfig(), load_rules())
+    frame = (
+        sample_daily()
+        .with_columns(time=pl.col("date").cast(pl.Datetime("ms")).dt.epoch("s"))
+        .drop("date")
+        .sort("time", "symbol")
+    )
+    step = pipeline.on_daily_bars(frame_to_batch(frame))
+    backend = DaemonBackend(pipeline, ["IWM", "SPY", "QQQ"], None)
+    bars = backend.bars("IWM", CHART_BARS)
+    assert bars.height == CHART_BARS and "time" in bars.columns
+    alerts = [a for a in step.alerts if a.symbol == "IWM" and a.bar_time >= bars["time"][0]]
+    assert alerts  # the sample fires on IWM within its last 120 days
+    chart = render_chart("IWM", bars, backend.levels("IWM"), step.alerts)
+    assert chart is not None and len(pixels(chart.png)) == 1200
+    marks = [(a.bar_time, a.rule) for a in alerts]
+    picture = render_candles("IWM", bars, backend.levels("IWM"), marks)
+    assert sum(picture.marked.values()) == len(alerts)
+    named = {name for label in picture.labels for name, _ in label.levels}
+    assert named <= set(backend.levels("IWM")) and "prior_day_high" in named
+    assert any("prior-day high" in label.text for label in picture.labels)
