@@ -1,6 +1,6 @@
 """The benchmark suite: `python -m bench.run [--quick] [--only NAME...]`.
 
-Names: hotpath, backtest, latency, memory. Prints one markdown table per benchmark
+Names: hotpath, backtest, latency, memory, chart. Prints one markdown table per benchmark
 (medians over repeated runs; ratios measured in the same process) plus the
 machine. `--quick` uses scaled-down sizes (said so in each title) and takes
 about a minute; the full run takes several minutes.
@@ -17,10 +17,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench import hotpath, latency
+from bench import chart, hotpath, latency
 from bench.common import fmt_time, median, table, yes_no
 
-NAMES = ("hotpath", "backtest", "latency", "memory")
+NAMES = ("hotpath", "backtest", "latency", "memory", "chart")
 
 
 def _log(msg: str) -> None:
@@ -146,11 +146,16 @@ def bench_memory(quick: bool) -> str:
     return table(title, ["case", "median", "target", "met"], rows)
 
 
+def bench_chart(quick: bool) -> str:
+    return chart.main(quick, _log)
+
+
 BENCHES: dict[str, Callable[[bool], str]] = {
     "hotpath": bench_hotpath,
     "backtest": bench_backtest,
     "latency": bench_latency,
     "memory": bench_memory,
+    "chart": bench_chart,
 }
 
 

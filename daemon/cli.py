@@ -11,13 +11,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from daemon import runner
-from daemon.backtest import run_backtest, summary_lines, write_outputs
+from daemon.backtest import run_backtest, write_outputs
 from daemon.bars import BarFileError, load_bars
 from daemon.config import check_config_main, load_config
 from daemon.config_errors import ConfigError
 from daemon.fatal import ExitCode, Fatal, find_fatal
 from daemon.fred import RatesFileError, read_fred_csv
 from daemon.logs import on_journal
+from daemon.report import summary_lines, write_report
 from daemon.rules_file import load_rules
 from daemon.sample import sample_daily
 from daemon.secrets import SecretError
@@ -164,9 +165,10 @@ def _backtest(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None, daily_history=daily,
     )  # fmt: skip
     paths = write_outputs(result, args.out)
-    for line in summary_lines(result):
+    stats, report = write_report(result, args.out)
+    for line in summary_lines(result, stats, report[0]):
         print(line)
-    print("wrote " + ", ".join(str(p) for p in paths))
+    print("wrote " + ", ".join(p.name for p in [*paths, *report]) + f" in {args.out}")
     return 0
 
 

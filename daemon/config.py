@@ -272,7 +272,9 @@ class TelegramSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     `access = "open"` lets anyone /start; `"allowlist"` only `allowed_user_ids`
     and `admin_user_ids`. Admin commands always need `admin_user_ids`.
     `rate_per_chat_s` is the minimum gap between two messages to one chat;
-    `rate_global_per_s` the most messages per second overall.
+    `rate_global_per_s` the most messages per second overall. `attach_chart`
+    sends each alert as the /chart picture of its symbol with the alert as
+    the caption (a text message when the alert is too long for a caption).
     """
 
     api_base_url: str = "https://api.telegram.org/bot"
@@ -281,6 +283,7 @@ class TelegramSinkSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     admin_user_ids: tuple[int, ...] = ()
     rate_per_chat_s: PositiveFloat = 1.0
     rate_global_per_s: PositiveFloat = 30.0
+    attach_chart: bool = False
 
     def __post_init__(self) -> None:
         # http is for a self-hosted Bot API server on the same machine.

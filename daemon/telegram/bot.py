@@ -46,7 +46,8 @@ from daemon.secrets import Secret
 from daemon.sinks.base import SinkUnavailable
 from daemon.sinks.render import render_html, render_text
 from daemon.telegram.backend import BotBackend
-from daemon.telegram.commands import Access, Commands
+from daemon.telegram.chart import render_chart
+from daemon.telegram.commands import CHART_BARS, Access, Commands
 from daemon.telegram.menu import CommandMenu
 from daemon.telegram.sink import TelegramSink
 from daemon.telegram.start import StartTries, TelegramAuthError, TelegramStartError
@@ -265,11 +266,27 @@ class TelegramBot:
                 backoff_s=self._send_retry[1],
                 render_html=self._render[0],
                 render_text=self._render[1],
+                chart=self._alert_chart if self._settings.attach_chart else None,
             )
             self._app, self._store, self._menu = app, store, menu
             self._stack = stack.pop_all()
         _log.info("telegram.started", username=app.bot.username)
         return self
+
+    def _alert_chart(self, alert: Alert) -> bytes | None:
+        """The /chart picture of the alert's symbol with this alert marked, or None
+        (no bars yet, or drawing failed: the alert then goes as text)."""
+        try:
+            chart = render_chart(
+                alert.symbol,
+                self._backend.bars(alert.symbol, CHART_BARS),
+                self._backend.levels(alert.symbol),
+                [alert],
+            )
+        except Exception as exc:  # a picture is never worth losing the alert over
+            _log.warning("telegram.chart_failed", alert_id=alert.id, error=repr(exc))
+            return None
+        return None if chart is None else chart.png
 
     async def __aexit__(
         self,

@@ -83,6 +83,9 @@ _MAX_LONG_QUOTE = 1500
 _MESSAGES = filters.UpdateType.MESSAGE & ~filters.FORWARDED & ~filters.IS_AUTOMATIC_FORWARD
 
 Reply = str | Chart | None
+# Recent alerts looked at for /chart's markers (the outbox keeps the newest).
+_CHART_ALERTS: Final = 200
+CHART_BARS: Final = 120  # daily bars in /chart and in a chart attached to an alert
 
 
 def parse_duration(text: str) -> int:
@@ -130,7 +133,7 @@ class Commands:
         access: Access,
         *,
         clock: Callable[[], float] = time.time,
-        chart_bars: int = 120,
+        chart_bars: int = CHART_BARS,
     ) -> None:
         self._store = store
         self._backend = backend
@@ -307,7 +310,10 @@ class Commands:
         if symbol is None:
             return error
         chart = render_chart(
-            symbol, self._backend.bars(symbol, self._chart_bars), self._backend.levels(symbol)
+            symbol,
+            self._backend.bars(symbol, self._chart_bars),
+            self._backend.levels(symbol),
+            self._backend.recent_alerts(_CHART_ALERTS),
         )
         return chart or f"No bars for {html.escape(symbol)} yet."
 

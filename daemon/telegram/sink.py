@@ -66,6 +66,7 @@ _PARSE_ERROR: Final = "can't parse entities"
 _NO_PREVIEW: Final = LinkPreviewOptions(is_disabled=True)
 # Timeouts raised before the request reached the server: safe to send again.
 _NOT_SENT: Final = (httpx.ConnectTimeout, httpx.PoolTimeout)
+CAPTION_MAX: Final = 1024  # Telegram's limit on a photo caption, in characters after parsing
 
 
 def retry_after_s(exc: RetryAfter) -> float:
@@ -119,6 +120,8 @@ class TelegramSink:
     message counts as maybe delivered. `render_html` / `render_text` make the
     message and its plain-text fallback (default: `daemon.sinks.render` with
     SPY and QQQ as benchmark and comparator; pass a `functools.partial` for others).
+    `chart`, when given, makes the PNG sent with an alert (None: text only); the
+    alert is then the photo's caption, if it fits in one.
     """
 
     name = "telegram"
@@ -137,6 +140,7 @@ class TelegramSink:
         keep_deliveries_s: float = 14 * 86400.0,
         render_html: Callable[[Alert], str] = render_html,
         render_text: Callable[[Alert], str] = render_text,
+        chart: Callable[[Alert], bytes | None] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -158,6 +162,7 @@ class TelegramSink:
         self._keep_deliveries_s = keep_deliveries_s
         self._render_html = render_html
         self._render_text = render_text
+        self._chart = chart
         self._clock = clock
         self._sleep = sleep
         self._lock = asyncio.Lock()
@@ -210,9 +215,13 @@ class TelegramSink:
             return
 
         html, plain = self._render_html(alert), self._render_text(alert)
+        # Drawn once for every chat; an alert too long for a caption goes as text.
+        photo = self._chart(alert) if self._chart and len(plain) <= CAPTION_MAX else None
         async with asyncio.TaskGroup() as tg:
             tasks = [
-                tg.create_task(self._deliver(alert, chat, html, plain), name=f"telegram-{chat}")
+                tg.create_task(
+                    self._deliver(alert, chat, html, plain, photo), name=f"telegram-{chat}"
+                )
                 for chat in targets
             ]
         outcomes = [t.result() for t in tasks]
@@ -240,20 +249,16 @@ class TelegramSink:
         if rejected and len(rejected) == len(outcomes):
             raise SinkRejected(self.name, rejected[0].detail)
 
-    async def _deliver(self, alert: Alert, chat_id: int, html: str, plain: str) -> _Outcome:
+    async def _deliver(
+        self, alert: Alert, chat_id: int, html: str, plain: str, photo: bytes | None = None
+    ) -> _Outcome:
         """One chat's delivery, with its retries; never raises for a Telegram error."""
         send = _Send(alert.id, chat_id, html, plain)
         while True:
             send.attempt += 1
             await self._limiter.acquire(send.chat_id)
             try:
-                await self._bot.send_message(
-                    chat_id=send.chat_id,
-                    text=send.text,
-                    parse_mode=send.mode,
-                    link_preview_options=_NO_PREVIEW,
-                    read_timeout=self._send_timeout_s,
-                )
+                await self._post(send.chat_id, send.text, send.mode, photo)
             except TelegramError as exc:
                 if outcome := await self._failed(send, exc):
                     return outcome
@@ -306,6 +311,27 @@ class TelegramSink:
             "alert.rejected", chat_id=send.chat_id, alert_id=send.alert_id, error=exc.message
         )
         return _Outcome(send.chat_id, "rejected", detail=_detail(exc))
+
+    async def _post(
+        self, chat_id: int, text: str, mode: ParseMode | None, photo: bytes | None
+    ) -> None:
+        """The alert as a message, or as the caption of `photo` (same errors either way)."""
+        if photo is None:
+            await self._bot.send_message(
+                chat_id=chat_id,
+                text=text,
+                parse_mode=mode,
+                link_preview_options=_NO_PREVIEW,
+                read_timeout=self._send_timeout_s,
+            )
+        else:
+            await self._bot.send_photo(
+                chat_id=chat_id,
+                photo=photo,
+                caption=text,
+                parse_mode=mode,
+                read_timeout=self._send_timeout_s,
+            )
 
     async def _backoff(self, attempt: int, chat_id: int, exc: TelegramError) -> _Outcome | None:
         """Wait before the next attempt, or the giving-up outcome after the last one."""

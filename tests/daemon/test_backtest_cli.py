@@ -136,7 +136,10 @@ def test_backtest_writes_alerts_and_the_rule_summary(
     assert len({r["id"] for r in records}) == len(records)
     assert {r["timeframe"] for r in records} == {"1d"}
     out = capsys.readouterr().out
-    assert "alerts per rule per year:" in out and "mean forward return" in out
+    assert "alerts per year over the data span" in out and "after 20 bars" in out
+    assert (tmp_path / "o" / "report.html").is_file() and (
+        tmp_path / "o" / "summary.json"
+    ).is_file()
     for rule in {r["rule"] for r in records}:
         assert rule in out
 

@@ -366,6 +366,11 @@ def test_unknown_keys(tmp_path: Path, text: str, key: str, detail: str) -> None:
         ("[sinks]\nconsole = true", "sinks.console", "expected a table, got a boolean"),
         ("[engine.weights]\nrsi = 'high'", "engine.weights.rsi", "expected a number, got a string"),
         ("[engine.symbols]\nSPY = 1", "engine.symbols.SPY", "expected a table, got an integer"),
+        (
+            "[sinks.telegram]\nattach_chart = 'yes'",
+            "sinks.telegram.attach_chart",
+            "expected a boolean, got a string",
+        ),
     ],
 )
 def test_wrong_types(tmp_path: Path, text: str, key: str, detail: str) -> None:

@@ -58,12 +58,15 @@ class FakeBackend:
 
     def bars(self, symbol: str, n: int) -> pl.DataFrame:
         close = [195.0 + 5.0 * math.sin(i / 9.0) + i * 0.03 for i in range(n)]
+        start = 1_735_776_000  # 2025-01-02, one bar a day
         return pl.DataFrame(
             {
+                "time": [start + 86_400 * i for i in range(n)],
                 "open": [c - 0.3 * math.cos(i) for i, c in enumerate(close)],
                 "high": [c + 0.8 for c in close],
                 "low": [c - 0.8 for c in close],
                 "close": close,
+                "volume": [1e6 * (2.0 + math.sin(i / 3.0)) for i in range(n)],
             }
         )
 

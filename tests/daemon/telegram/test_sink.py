@@ -269,3 +269,59 @@ async def test_sends_are_paced_per_chat_and_overall(
     times = sorted(c.at for c in api.sent() if c.chat_id and c.chat_id > 7000)
     assert len(times) == 10
     assert times[-1] - times[0] >= 9 / 20 - 0.06  # 0.45 s paced; ~0.05 s unpaced
+
+
+PNG = b"\x89PNG\r\n\x1a\nnot really a picture"
+
+
+async def test_a_chart_goes_with_the_alert_as_its_caption(
+    api: BotApiServer, store: SubscriberStore, backend: FakeBackend
+) -> None:
+    store.subscribe(USER, USER)
+    store.subscribe(5001, 5001)
+    drawn: list[str] = []
+
+    def chart(alert: Alert) -> bytes:
+        drawn.append(alert.id)
+        return PNG
+
+    alert = make_alert()
+    async with sink_on(api, store, backend, chart=chart) as sink:
+        await sink.send(alert)
+    for chat in (USER, 5001):
+        (call,) = api.sent(chat)
+        assert call.method == "sendPhoto" and call.files["photo"] == PNG
+        assert call.text == render_html(alert)
+    assert drawn == [alert.id]  # drawn once for every chat
+
+
+async def test_without_a_picture_or_with_a_long_alert_the_alert_goes_as_text(
+    api: BotApiServer, store: SubscriberStore, backend: FakeBackend
+) -> None:
+    store.subscribe(USER, USER)
+    drawn: list[str] = []
+
+    def chart(alert: Alert) -> bytes | None:
+        drawn.append(alert.id)
+        return None if alert.symbol == "SPY" else PNG
+
+    def text(alert: Alert) -> str:  # the plain rendering is how long the caption would be
+        return "long " * 300 if alert.title == "long" else render_text(alert)
+
+    long = make_alert(1, title="long")
+    async with sink_on(api, store, backend, chart=chart, render_text=text) as sink:
+        await sink.send(make_alert(0, symbol="SPY"))
+        await sink.send(long)
+    assert [c.method for c in api.sent(USER)] == ["sendMessage", "sendMessage"]
+    assert drawn == [make_alert(0, symbol="SPY").id]  # the long one is not drawn at all
+
+
+async def test_attach_chart_sends_the_symbols_chart_from_the_bot(
+    api: BotApiServer, store: SubscriberStore, backend: FakeBackend
+) -> None:
+    store.subscribe(USER, USER)
+    async with running_bot(api, store, backend, attach_chart=True) as bot:
+        await bot.send(make_alert())
+    (call,) = api.sent(USER)
+    assert call.method == "sendPhoto" and call.files["photo"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(call.files["photo"]) > 20_000  # a drawn chart, not a stub
