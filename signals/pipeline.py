@@ -103,6 +103,8 @@ class Pipeline:
             self._aggregators
         ):
             raise ValueError("the snapshot has other timeframes than this pipeline")
+        for name, engine in engines.items():  # every engine checked before any is loaded
+            engine.check(snap["engines"][name][0])
         for name, engine in engines.items():
             engine.restore(*snap["engines"][name])
         for name, agg in self._aggregators.items():

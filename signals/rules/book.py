@@ -18,7 +18,7 @@ import numpy as np
 
 from signals.alerts import SEVERITIES, Alert, alert_id
 from signals.arrays import BoolArray, FloatArray, IntArray, RowMemo
-from signals.engine import RAW_COLUMN, Evaluation
+from signals.engine import Evaluation
 from signals.indicators.swing import FIB_LEVEL_NAMES, FIB_RATIOS
 from signals.rules.spec import RuleSpec
 from signals.score import Breakdown
@@ -254,7 +254,7 @@ class RuleBook:
             # A rule on a short timeframe explains itself with the daily picture,
             # the same one its score and breakdown come from.
             for part in bd.parts:
-                column = RAW_COLUMN[part.name]
+                column = ev.signals[part.name].raw
                 if column in values and column != "volume_signal":
                     values[column] = _opt(part.raw)
         if spec.operator == "breakout":
