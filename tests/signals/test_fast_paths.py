@@ -20,7 +20,8 @@ from signals.engine import COLUMNS, Engine, EngineConfig, Evaluation, join
 from signals.indicators.ema import EMA
 from signals.indicators.rvol import RelativeVolume
 from signals.indicators.swing import Swing, _masked_frame
-from signals.rules.book import _breakout, _crossed
+from signals.rules.conditions import breakout as _breakout
+from signals.rules.conditions import crossed as _crossed
 from signals.rules.spec import RuleSpec
 from signals.score import SIGNALS, Composite
 from signals.sessions import SessionTable
