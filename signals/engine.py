@@ -6,6 +6,9 @@ indicator and in the rings; `on_bars` advances the rows a batch touches
 may hold several bar times: it is processed time by time, vectorised across
 the symbols of each time.
 
+Each step makes the base columns, then the signals of `EngineConfig.signals`
+in order: their own columns, their sub-scores and the composite score.
+
 Cross-symbol signals (relative strength against a benchmark, breadth against a
 comparator) need the other symbol's bar of the same time: it must come in the
 same batch or an earlier one, else the signal is unavailable for that bar.
@@ -15,6 +18,7 @@ The daemon batches a minute's bars to keep it so.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -74,10 +78,10 @@ class Engine:
         self._last_ret = np.zeros(0)
         self.rings = Rings(cfg.ring_capacity)
         self._ind = BaseIndicators(cfg)
-        self._composite = Composite(cfg.weights, cfg.min_signals)
-        self.signals: Mapping[str, Signal] = cfg.signals
-        self.columns = columns_of(cfg.signals)
         check_signals(cfg.signals)
+        self._composite = Composite(cfg.weights, cfg.min_signals)
+        self.signals: Mapping[str, Signal] = cfg.signals  # in composite order
+        self.columns = columns_of(cfg.signals)  # every output column, in order
         self._signal_state = {
             name: s.state(cfg) for name, s in cfg.signals.items() if s.state is not None
         }
@@ -365,14 +369,13 @@ class Engine:
         cols.update(self._ind.linked(rows, b, pre, commit, proxy))
         if commit:
             self._commit(rows, t, b, cols)
-        step = SignalStep(rows, t, b, cols, commit)
+        step = SignalStep(rows, t, b, MappingProxyType(cols), commit)  # a live, read-only view
         for name, s in self.signals.items():
             if s.step is not None:
                 made = s.step(step, self._signal_state.get(name))
                 cols.update({c: np.asarray(made[c], dtype=np.float64) for c in s.columns})
         subs = {n: s.score(*(cols[c] for c in s.inputs)) for n, s in self.signals.items()}
-        for n, arr in subs.items():
-            cols[f"sub_{n}"] = arr
+        cols.update({f"sub_{n}": arr for n, arr in subs.items()})
         cols["score"] = self._composite(subs)
         return cols
 
@@ -385,14 +388,7 @@ class Engine:
         self._last_time[rows] = t
         self._last_close[rows] = c
         self._last_ret[rows] = cols["ret20"]
-        self.rings.push(
-            rows,
-            {
-                "time": np.full(len(rows), t),
-                "open": b.open,
-                "high": b.high,
-                "low": b.low,
-                "close": c,
-                "volume": b.volume,
-            },
-        )
+        self.rings.push(rows, {
+            "time": np.full(len(rows), t), "open": b.open, "high": b.high, "low": b.low,
+            "close": c, "volume": b.volume,
+        })  # fmt: skip
