@@ -32,7 +32,8 @@ from signals.pipeline import Pipeline
 
 _log = structlog.get_logger(__name__)
 
-VERSION = 1
+# 2: engine state keyed by indicator and signal name, with its own schema (1 keyed by position).
+VERSION = 2
 
 
 def _table(arrays: dict[str, np.ndarray]) -> pl.DataFrame:
@@ -116,7 +117,7 @@ def load_snapshot(pipeline: Pipeline, directory: Path) -> float | None:
     try:
         meta = json.loads(meta_path.read_text())
         if meta.get("version") != VERSION:
-            raise ValueError(f"snapshot version {meta.get('version')}, expected {VERSION}")
+            raise ValueError(f"snapshot version {meta.get('version')}, this daemon reads {VERSION}")
         snap = {
             "engines": {
                 name: (m, _arrays(pl.read_parquet(directory / f"engine-{name}.parquet")))
@@ -132,7 +133,7 @@ def load_snapshot(pipeline: Pipeline, directory: Path) -> float | None:
     except (OSError, ValueError, KeyError, pl.exceptions.PolarsError) as exc:
         # A snapshot from another configuration (or a damaged one) is not an error:
         # the daemon warms up from the provider instead.
-        _log.warning("snapshot.ignored", path=str(directory), reason=str(exc))
+        _log.warning("snapshot.ignored", path=str(directory), reason=str(exc), start="cold")
         return None
     _log.info("snapshot.restored", path=str(directory), taken_at=meta["taken_at"])
     return float(meta["taken_at"])

@@ -62,31 +62,27 @@ class Bar(msgspec.Struct, frozen=True):
             and 0.0 <= v < _INF
         ):
             return
-        reason = bar_problem(self.symbol, o, h, lo, c, v)
+        reason = bar_problem(self.symbol, (o, h, lo, c, v))
         if reason is not None:
             raise BarRejected(reason, _describe(reason, self))
         if type(self.symbol) is str and len(_GOOD_SYMBOLS) < _GOOD_SYMBOLS_MAX:
             _GOOD_SYMBOLS.add(self.symbol)
 
 
-def bar_problem(
-    symbol: object, open_: float, high: float, low: float, close: float, volume: float
-) -> str | None:
-    """The first reason these values do not make a bar, or None if they do."""
+def bar_problem(symbol: object, ohlcv: tuple[float, float, float, float, float]) -> str | None:
+    """The first reason `symbol` and (open, high, low, close, volume) do not make a bar, or None."""
     if not isinstance(symbol, str) or SYMBOL_PATTERN.fullmatch(symbol) is None:
         return "bad_symbol"
-    prices = (open_, high, low, close)
-    if not all(isinstance(p, int | float) and math.isfinite(p) for p in (*prices, volume)):
+    if not all(isinstance(x, int | float) and math.isfinite(x) for x in ohlcv):
         return "non_finite"
-    if min(prices) <= 0.0:
-        return "non_positive_price"
-    if high < low:
-        return "high_below_low"
-    if not (low <= open_ <= high and low <= close <= high):
-        return "open_close_outside_range"
-    if volume < 0.0:
-        return "negative_volume"
-    return None
+    open_, high, low, close, volume = ohlcv
+    problems = (  # in the order they are reported
+        ("non_positive_price", min(open_, high, low, close) <= 0.0),
+        ("high_below_low", high < low),
+        ("open_close_outside_range", not (low <= open_ <= high and low <= close <= high)),
+        ("negative_volume", volume < 0.0),
+    )
+    return next((reason for reason, found in problems if found), None)
 
 
 def _describe(reason: str, bar: Bar) -> str:

@@ -1,11 +1,13 @@
-"""The engine's configuration: periods, cross-symbol links and score weights."""
+"""The engine's configuration: periods, cross-symbol links, the signals and their weights."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from signals.registry import SIGNALS
 from signals.score import MIN_SIGNALS
+from signals.signal import Signal
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,10 @@ class Links:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Periods, links and weights. Every number of DESIGN section 5 is here to change."""
+    """Periods, links, signals and weights: every number of the score is here to change.
+
+    `signals` is the registry the engine scores, in composite order.
+    """
 
     intraday: bool = False
     rsi_period: int = 14
@@ -43,6 +48,7 @@ class EngineConfig:
     # 2-year yield: its log price over its duration (years), in points, inverted.
     rates_proxy: str | None = None
     rates_proxy_duration: float = 1.9
+    signals: Mapping[str, Signal] = field(default_factory=lambda: SIGNALS, repr=False)
 
     def links_for(self, symbol: str) -> Links:
         """The links of `symbol`: its own entry, else the default."""

@@ -6,6 +6,9 @@ indicator and in the rings; `on_bars` advances the rows a batch touches
 may hold several bar times: it is processed time by time, vectorised across
 the symbols of each time.
 
+Each step makes the base columns, then the signals of `EngineConfig.signals`
+in order: their own columns, their sub-scores and the composite score.
+
 Cross-symbol signals (relative strength against a benchmark, breadth against a
 comparator) need the other symbol's bar of the same time: it must come in the
 same batch or an earlier one, else the signal is unavailable for that bar.
@@ -15,52 +18,37 @@ The daemon batches a minute's bars to keep it so.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from signals.arrays import BoolArray, FloatArray, IntArray, RowMemo
 from signals.bar import BarBatch
+from signals.base_indicators import BaseIndicators
 from signals.config import EngineConfig, Links
+from signals.engine_snapshot import SCHEMA, check, settings_of, state_arrays, state_of
 from signals.evaluation import (
     COLUMNS,
     FIB_COLUMNS,
-    RAW_COLUMN,
     Breakdowns,
     Evaluation,
     JoinedColumns,
     Rejection,
+    check_signals,
+    columns_of,
     join,
 )
-from signals.indicators.atr import ATR
-from signals.indicators.columnar import Columnar, Window
-from signals.indicators.donchian import Donchian
-from signals.indicators.ema import EMA
-from signals.indicators.macd import MACD
-from signals.indicators.rsi import RSI
-from signals.indicators.rvol import RelativeVolume
-from signals.indicators.swing import Swing
-from signals.indicators.volume_ratio import VolumeRatio
 from signals.rates import RatesSeries
 from signals.ring import Rings
-from signals.score import (
-    Composite,
-    sub_atr,
-    sub_breadth,
-    sub_fib,
-    sub_macd,
-    sub_rates,
-    sub_rs,
-    sub_rsi,
-    sub_volume,
-)
+from signals.score import Composite
+from signals.signal import Signal, SignalStep
 from signals.step_inputs import StepInputs
 from signals.time_runs import run_part, time_runs
 
 __all__ = [
     "COLUMNS",
     "FIB_COLUMNS",
-    "RAW_COLUMN",
     "Breakdowns",
     "Engine",
     "EngineConfig",
@@ -69,15 +57,7 @@ __all__ = [
     "Links",
     "Rejection",
     "join",
-    "proxy_yield",
 ]
-
-
-def proxy_yield(price: float | FloatArray, duration: float) -> FloatArray:
-    """A yield level (percentage points, up to a constant) implied by a bond ETF's price:
-    dy = -dP/P / duration, so y = -100 * ln(P) / duration. NaN where there is no price."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.asarray(-100.0 * np.log(price) / duration, dtype=np.float64)
 
 
 class Engine:
@@ -97,21 +77,18 @@ class Engine:
         self._last_close = np.zeros(0)
         self._last_ret = np.zeros(0)
         self.rings = Rings(cfg.ring_capacity)
-        self._rsi = RSI(cfg.rsi_period)
-        self._macd = MACD(cfg.macd_fast, cfg.macd_slow, cfg.macd_signal)
-        self._atr = ATR(cfg.atr_period)
-        self._donchian = Donchian(cfg.donchian_period)
-        self._swing = Swing(cfg.swing_lookback)
-        self._vratio = VolumeRatio(cfg.volume_period)
-        self._rvol = (
-            RelativeVolume(cfg.rvol_sessions, cfg.minutes_per_session) if cfg.intraday else None
-        )
-        self._rs_fast = EMA(cfg.rs_ema_fast)
-        self._rs_slow = EMA(cfg.rs_ema_slow)
-        self._close_lag = Window(cfg.change_period)
-        self._ratio_lag = Window(cfg.change_period)
-        self._rates_lag = Window(cfg.change_period)
+        self._ind = BaseIndicators(cfg)
+        check_signals(cfg.signals)
         self._composite = Composite(cfg.weights, cfg.min_signals)
+        self.signals: Mapping[str, Signal] = cfg.signals  # in composite order
+        self.columns = columns_of(cfg.signals)  # every output column, in order
+        self._signal_state = {
+            name: s.state(cfg) for name, s in cfg.signals.items() if s.state is not None
+        }
+        # Every piece of per-row state by name: what snapshots key it by.
+        self._states = self._ind.named() | {
+            f"signal.{n}": st for n, st in self._signal_state.items()
+        }
         self.rejected_total: dict[str, int] = {}
         # Bumped by every change of state; a peek's state-only inputs are kept
         # for the rows they were made for until it moves (see `_before`).
@@ -184,28 +161,22 @@ class Engine:
         self._last_close = np.concatenate([self._last_close, np.full(n - old, np.nan)])
         self._last_ret = np.concatenate([self._last_ret, np.full(n - old, np.nan)])
         self.rings.resize(n)
-        for ind in self._indicators():
-            ind.resize(n)
-
-    def _indicators(self) -> list[Columnar]:
-        inds: list[Columnar] = [
-            self._rsi, self._macd, self._atr, self._donchian, self._swing, self._vratio,
-            self._close_lag, self._ratio_lag, self._rates_lag, self._rs_fast, self._rs_slow,
-        ]  # fmt: skip
-        if self._rvol is not None:
-            inds.append(self._rvol)
-        return inds
+        for state in self._states.values():
+            state.resize(n)
 
     # -- snapshots -------------------------------------------------------------------
     def snapshot(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(meta, arrays): everything needed to continue exactly where this engine is.
 
         All arrays share their first dimension (the allocated rows), so they fit
-        one table. Restoring needs an engine built with the same config.
+        one table. State is keyed by name (see `signals.engine_snapshot`);
+        restoring needs an engine with the same settings and named state.
         """
         meta = {
+            "schema": SCHEMA,
+            "settings": settings_of(self.config),
+            "state": list(self._states),
             "symbols": list(self._symbols),
-            "config": repr(self.config),
             "rejected_total": dict(self.rejected_total),
         }
         arrays: dict[str, np.ndarray] = {
@@ -216,14 +187,16 @@ class Engine:
             "last_ret": self._last_ret.copy(),
             **self.rings.state(),
         }
-        for i, ind in enumerate(self._indicators()):
-            arrays.update({f"ind{i}.{k}": v for k, v in ind.state().items()})
+        arrays.update(state_arrays(self._states))
         return meta, arrays
 
+    def check(self, meta: Mapping[str, Any]) -> None:
+        """`ValueError` (saying what differs) unless `restore` can take this snapshot."""
+        check(meta, self.config, list(self._states))
+
     def restore(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-        """Continue from `snapshot()` output; `ValueError` if it came from another config."""
-        if meta["config"] != repr(self.config):
-            raise ValueError("the snapshot was taken with another engine configuration")
+        """Continue from `snapshot()` output; `ValueError`, changing nothing, if `check` refuses it."""
+        self.check(meta)
         self._version += 1
         self._symbols = list(meta["symbols"])
         self._rows = {sym: i for i, sym in enumerate(self._symbols)}
@@ -235,9 +208,8 @@ class Engine:
         self._last_close = np.asarray(arrays["last_close"], dtype=np.float64).copy()
         self._last_ret = np.asarray(arrays["last_ret"], dtype=np.float64).copy()
         self.rings.load_state(dict(arrays))
-        for i, ind in enumerate(self._indicators()):
-            prefix = f"ind{i}."
-            ind.load_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+        for name, state in self._states.items():
+            state.load_state(state_of(name, arrays))
 
     def newest_time(self) -> int | None:
         """Start time of the newest closed bar of any symbol, or None before the first."""
@@ -276,7 +248,10 @@ class Engine:
             if idx is None and b - a == n:
                 group = rows  # the whole batch: the memoised rows themselves (see `_before`)
             t = int(batch.time[a] if idx is None else batch.time[idx[0]])
-            ok = self._accept(group, t, unique, rejected, batch, a if idx is None else idx)
+            ok, refused = self._accept(group, t, unique)
+            for j, reason in refused:
+                pos = a + j if idx is None else int(idx[j])
+                rejected.append(Rejection(batch.symbol[pos], t, reason))
             if ok is None:  # every bar of this time is new: the common case
                 sub = batch if b - a == n and idx is None else run_part(batch, a, b, idx)
             else:
@@ -285,56 +260,49 @@ class Engine:
                 group = group[ok]
                 sub = batch.take(np.arange(a, b)[ok] if idx is None else idx[ok])
             parts.append(
-                Evaluation(
-                    symbol=tuple(sub.symbol),
-                    time=sub.time,
-                    columns=self._step(group, t, sub, commit),
-                    rejected=(),
-                    weights=self.config.weights,
-                    min_signals=self.config.min_signals,
-                )
+                self._evaluation(tuple(sub.symbol), sub.time, self._step(group, t, sub, commit))
             )
         for r in rejected:
             self.rejected_total[r.reason] = self.rejected_total.get(r.reason, 0) + 1
         if not parts:
-            return Evaluation(
-                symbol=(),
-                time=np.zeros(0, np.int64),
-                columns={c: np.zeros(0) for c in COLUMNS},
-                rejected=tuple(rejected),
-                weights=self.config.weights,
-                min_signals=self.config.min_signals,
-            )
+            empty = {c: np.zeros(0) for c in self.columns}
+            return self._evaluation((), np.zeros(0, np.int64), empty, tuple(rejected))
         return join(parts, tuple(rejected))
 
-    def _accept(
+    def _evaluation(
         self,
-        group: IntArray,
-        t: int,
-        unique: bool,
-        rejected: list[Rejection],
-        batch: BarBatch,
-        where: int | IntArray,
-    ) -> BoolArray | None:
+        symbol: tuple[str, ...],
+        time: IntArray,
+        columns: Mapping[str, FloatArray],
+        rejected: tuple[Rejection, ...] = (),
+    ) -> Evaluation:
+        cfg = self.config
+        return Evaluation(
+            symbol, time, columns, rejected, cfg.weights, cfg.min_signals, signals=self.signals
+        )
+
+    def _accept(
+        self, group: IntArray, t: int, unique: bool
+    ) -> tuple[BoolArray | None, list[tuple[int, str]]]:
         """Which bars of one time may advance their symbol: newer than its last bar, once each.
 
-        None when all of them may (the common case). `where` locates the group in
-        `batch` for the rejections: its first position, or the positions themselves.
+        The mask is None when all of them may (the common case); the refused ones
+        come as (position in `group`, reason).
         """
         last = self._last_time[group]
         newer = last < t
         if unique and newer.all():
-            return None
+            return None, []
         first = np.ones(len(group), dtype=np.bool_)
         if not unique:
             first[:] = False
             first[np.unique(group, return_index=True)[1]] = True  # a repeat is a duplicate
         ok = first & newer
-        for j in np.flatnonzero(~ok).tolist():
-            reason = "out_of_order" if first[j] and last[j] > t else "duplicate"
-            pos = where + j if isinstance(where, int) else int(where[j])
-            rejected.append(Rejection(batch.symbol[pos], t, reason))
-        return None if ok.all() else ok
+        refused = [
+            (j, "out_of_order" if first[j] and last[j] > t else "duplicate")
+            for j in np.flatnonzero(~ok).tolist()
+        ]
+        return (None if ok.all() else ok), refused
 
     def _before(self, rows: IntArray, t: int, keep: bool) -> StepInputs:
         """What the bars of time `t` at `rows` are measured against: the state only.
@@ -362,14 +330,14 @@ class Engine:
             y = None  # the proxy's close at this time may come with the batch
         else:
             y = np.full(n, np.nan)
-        lag_rates = self._rates_lag.oldest(rows)
+        lag_rates = self._ind.rates_lag.oldest(rows)
         rates_delta = None if y is None else y - lag_rates
         before = StepInputs(
             prev_close=np.where(
                 last_time[rows] > np.iinfo(np.int64).min, self._last_close[rows], np.nan
             ),
-            lag_close=self._close_lag.oldest(rows),
-            lag_ratio=self._ratio_lag.oldest(rows),
+            lag_close=self._ind.close_lag.oldest(rows),
+            lag_ratio=self._ind.ratio_lag.oldest(rows),
             lag_rates=lag_rates,
             here_close=np.where(here, self._last_close, np.nan),
             here_ret=np.where(here, self._last_ret, np.nan),
@@ -377,10 +345,9 @@ class Engine:
             comp=self._comp[rows],
             y=y,
             rates_delta=rates_delta,
-            sub_rates=None if rates_delta is None else sub_rates(rates_delta),
-            donchian=self._donchian.levels(rows),
-            swing=self._swing.frame(rows),
-            volume_normal=self._vratio.normal(rows),
+            donchian=self._ind.donchian.levels(rows),
+            swing=self._ind.swing.frame(rows),
+            volume_normal=self._ind.volume_ratio.normal(rows),
             nan=np.full(n, np.nan),
         )
         if keep and not rows.flags.writeable and rows.base is None:
@@ -389,107 +356,39 @@ class Engine:
         return before
 
     def _step(self, rows: IntArray, t: int, b: BarBatch, commit: bool) -> dict[str, FloatArray]:
-        cfg = self.config
-        c, h, lo, v = b.close, b.high, b.low, b.volume
-        n = len(rows)
+        """Every output column for the bars `b` of time `t` at `rows`; `commit` advances the state."""
         pre = self._before(rows, t, keep=not commit)
         if commit:
             self._version += 1
-            rsi = self._rsi.update(rows, c)
-            macd, macd_sig, macd_hist = self._macd.update(rows, c)
-            atr = self._atr.update(rows, h, lo, c)
-            self._donchian.push(rows, h, lo)
-            self._swing.push(rows, h, lo)
-            self._vratio.push(rows, v)
-        else:
-            rsi = self._rsi.peek(rows, c)
-            macd, macd_sig, macd_hist = self._macd.peek(rows, c)
-            atr = self._atr.peek(rows, h, lo, c)
-        don_hi, don_lo = pre.donchian
-        sw = Swing.place(pre.swing, c)
-        vratio = np.asarray(v / pre.volume_normal, dtype=np.float64)
-        rvol = pre.nan
-        if self._rvol is not None:
-            assert b.session is not None and b.minute is not None
-            step = self._rvol.update if commit else self._rvol.peek
-            rvol = step(rows, b.session, b.minute, v)
-        volume_signal = rvol if cfg.intraday else vratio
-        prev_close = pre.prev_close
-
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ret20 = c / pre.lag_close - 1.0
-            # Closes and 20-bar returns of every symbol at this bar time, for the links.
-            close_now = pre.here_close.copy()
-            ret_now = pre.here_ret.copy()
-            close_now[rows] = c
-            ret_now[rows] = ret20
-            bench, comp = pre.bench, pre.comp
-            ratio = np.where(bench >= 0, c / close_now[bench], np.nan)
-            rs_roc = ratio / pre.lag_ratio - 1.0
-            breadth = np.where(comp >= 0, ret20 - ret_now[comp], np.nan)
-            y: FloatArray
-            if pre.y is None:
-                assert cfg.rates_proxy is not None
-                y = np.full(
-                    n, proxy_yield(close_now[self._rows[cfg.rates_proxy]], cfg.rates_proxy_duration)
-                )
-                rates_delta = y - pre.lag_rates
-                rates_sub = sub_rates(rates_delta)
-            else:
-                assert pre.rates_delta is not None and pre.sub_rates is not None
-                y, rates_delta, rates_sub = pre.y, pre.rates_delta, pre.sub_rates
-            has_ratio = ~np.isnan(ratio)
-            rs_fast = self._rs_fast.step_where(rows, ratio, has_ratio, advance=commit)
-            rs_slow = self._rs_slow.step_where(rows, ratio, has_ratio, advance=commit)
-            rs_spread = rs_fast / rs_slow - 1.0
-            atr_pct = 100.0 * atr / c
-
+        cfg = self.config
+        proxy = None
+        if pre.y is None:  # the yield comes from the proxy's close
+            assert cfg.rates_proxy is not None
+            proxy = (self._rows[cfg.rates_proxy], cfg.rates_proxy_duration)
+        cols = self._ind.own(rows, b, pre, commit)
+        cols.update(self._ind.linked(rows, b, pre, commit, proxy))
         if commit:
-            self._close_lag.push(rows, c)
-            self._ratio_lag.push(rows, ratio)
-            self._rates_lag.push(rows, y)
-            self._last_time[rows] = t
-            self._last_close[rows] = c
-            self._last_ret[rows] = ret20
-            self.rings.push(
-                rows,
-                {
-                    "time": np.full(n, t),
-                    "open": b.open,
-                    "high": h,
-                    "low": lo,
-                    "close": c,
-                    "volume": v,
-                },
-            )
-
-        subs = {
-            "rsi": sub_rsi(rsi),
-            "macd": sub_macd(macd_hist, atr),
-            "fib": sub_fib(sw.direction, sw.fib_ratio),
-            "volume": sub_volume(volume_signal, c, prev_close),
-            "atr": sub_atr(atr_pct),
-            "rs": sub_rs(rs_roc),
-            "breadth": sub_breadth(breadth),
-            "rates": rates_sub,
-        }
-        cols: dict[str, FloatArray] = {  # in the order of COLUMNS
-            "open": b.open, "high": h, "low": lo, "close": c, "volume": v, "prev_close": prev_close,
-            "rsi14": rsi, "macd": macd, "macd_signal": macd_sig, "macd_hist": macd_hist,
-            "atr14": atr, "atr_pct": atr_pct,
-            "volume_ratio": vratio, "rvol": rvol, "volume_signal": volume_signal,
-            "donchian_high20": don_hi, "donchian_low20": don_lo,
-            "swing_high": sw.swing_high, "swing_low": sw.swing_low,
-            "swing_dir": sw.direction, "fib_ratio": sw.fib_ratio,
-        }  # fmt: skip
-        for j, name in enumerate(FIB_COLUMNS):
-            cols[name] = sw.levels[:, j]
-        cols.update({
-            "ret20": ret20, "rs_ratio": ratio, "rs_roc20": rs_roc,
-            "rs_ema_fast": rs_fast, "rs_ema_slow": rs_slow, "rs_ema_spread": rs_spread, "breadth20": breadth,
-            "rates": y, "rates_delta20": rates_delta,
-        })  # fmt: skip
-        for s, arr in subs.items():
-            cols[f"sub_{s}"] = arr
+            self._commit(rows, t, b, cols)
+        step = SignalStep(rows, t, b, MappingProxyType(cols), commit)  # a live, read-only view
+        for name, s in self.signals.items():
+            if s.step is not None:
+                made = s.step(step, self._signal_state.get(name))
+                cols.update({c: np.asarray(made[c], dtype=np.float64) for c in s.columns})
+        subs = {n: s.score(*(cols[c] for c in s.inputs)) for n, s in self.signals.items()}
+        cols.update({f"sub_{n}": arr for n, arr in subs.items()})
         cols["score"] = self._composite(subs)
         return cols
+
+    def _commit(self, rows: IntArray, t: int, b: BarBatch, cols: Mapping[str, FloatArray]) -> None:
+        """Advance the lags, the last bar of each row and the rings past the bars of time `t`."""
+        c = b.close
+        self._ind.close_lag.push(rows, c)
+        self._ind.ratio_lag.push(rows, cols["rs_ratio"])
+        self._ind.rates_lag.push(rows, cols["rates"])
+        self._last_time[rows] = t
+        self._last_close[rows] = c
+        self._last_ret[rows] = cols["ret20"]
+        self.rings.push(rows, {
+            "time": np.full(len(rows), t), "open": b.open, "high": b.high, "low": b.low,
+            "close": c, "volume": b.volume,
+        })  # fmt: skip

@@ -10,32 +10,20 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
-from types import MappingProxyType
 
 import numpy as np
 import polars as pl
 
 from signals.arrays import FloatArray, IntArray
 from signals.indicators.swing import FIB_RATIOS
-from signals.score import SIGNALS, Breakdown, breakdown
+from signals.registry import SIGNALS
+from signals.score import Breakdown, breakdown
+from signals.signal import Signal
 
 FIB_COLUMNS = tuple(f"fib_{round(r * 1000):d}" for r in FIB_RATIOS)
 
-# Which output column holds each signal's raw value.
-RAW_COLUMN: Mapping[str, str] = MappingProxyType(
-    {
-        "rsi": "rsi14",
-        "macd": "macd_hist",
-        "fib": "fib_ratio",
-        "volume": "volume_signal",
-        "atr": "atr_pct",
-        "rs": "rs_roc20",
-        "breadth": "breadth20",
-        "rates": "rates_delta20",
-    }
-)
-
-COLUMNS: tuple[str, ...] = (
+# What the engine makes from the bars, before any signal's own columns.
+BASE_COLUMNS: tuple[str, ...] = (
     "open", "high", "low", "close", "volume", "prev_close",
     "rsi14", "macd", "macd_signal", "macd_hist", "atr14", "atr_pct",
     "volume_ratio", "rvol", "volume_signal",
@@ -43,8 +31,36 @@ COLUMNS: tuple[str, ...] = (
     "swing_high", "swing_low", "swing_dir", "fib_ratio", *FIB_COLUMNS,
     "ret20", "rs_ratio", "rs_roc20", "rs_ema_fast", "rs_ema_slow", "rs_ema_spread",
     "breadth20", "rates", "rates_delta20",
-    *(f"sub_{s}" for s in SIGNALS), "score",
 )  # fmt: skip
+
+
+def columns_of(signals: Mapping[str, Signal]) -> tuple[str, ...]:
+    """Every output column of an engine scoring `signals`, in order.
+
+    The base columns, each signal's own columns, a `sub_<name>` per signal, `score`.
+    """
+    return (
+        *BASE_COLUMNS,
+        *(c for s in signals.values() for c in s.columns),
+        *(f"sub_{n}" for n in signals),
+        "score",
+    )
+
+
+COLUMNS: tuple[str, ...] = columns_of(SIGNALS)
+
+
+def check_signals(signals: Mapping[str, Signal]) -> None:
+    """`ValueError` unless every signal reads columns made before it and makes only new ones."""
+    known = set(BASE_COLUMNS)
+    for name, s in signals.items():
+        clash = [c for c in s.columns if c in known or c.startswith("sub_") or c == "score"]
+        if clash:
+            raise ValueError(f"signal {name!r} makes columns that exist already: {clash}")
+        known.update(s.columns)
+        missing = [c for c in (*s.inputs, s.raw) if c not in known]
+        if missing:
+            raise ValueError(f"signal {name!r} reads columns nothing makes before it: {missing}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,10 @@ class Evaluation:
     # The same elements as evaluations of one bar time each, in order, when the
     # engine made them so (a batch of several times): `by_time` hands them out.
     parts: tuple[Evaluation, ...] = field(default=(), repr=False, compare=False)
+    # The signals scored, in composite order: where each one's raw value is.
+    signals: Mapping[str, Signal] = field(
+        default_factory=lambda: SIGNALS, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return len(self.symbol)
@@ -89,6 +109,7 @@ class Evaluation:
             rejected=(),
             weights=self.weights,
             min_signals=self.min_signals,
+            signals=self.signals,
         )
 
     def by_time(self) -> list[Evaluation]:
@@ -102,9 +123,10 @@ class Evaluation:
 
     def breakdown(self, i: int) -> Breakdown:
         """The score of element `i` with each signal's raw value, sub-score and weight."""
-        raw = {s: float(self.columns[RAW_COLUMN[s]][i]) for s in SIGNALS}
-        subs = {s: float(self.columns[f"sub_{s}"][i]) for s in SIGNALS}
-        return breakdown(raw, subs, self.weights, self.min_signals)
+        signals = self.signals
+        raw = {n: float(self.columns[s.raw][i]) for n, s in signals.items()}
+        subs = {n: float(self.columns[f"sub_{n}"][i]) for n in signals}
+        return breakdown(raw, subs, self.weights, self.min_signals, tuple(signals))
 
 
 def join(evs: Sequence[Evaluation], rejected: tuple[Rejection, ...] | None = None) -> Evaluation:
@@ -125,6 +147,7 @@ def join(evs: Sequence[Evaluation], rejected: tuple[Rejection, ...] | None = Non
         weights=first.weights,
         min_signals=first.min_signals,
         parts=parts,
+        signals=first.signals,
     )
 
 

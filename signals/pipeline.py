@@ -25,7 +25,7 @@ from signals.bar import BarBatch
 from signals.engine import Breakdowns, Engine, EngineConfig, Evaluation, join
 from signals.indicators.swing import FIB_LEVEL_NAMES
 from signals.rates import RatesSeries
-from signals.rules.book import RuleBook
+from signals.rules.book import RuleBook, RuleOptions
 from signals.rules.spec import RuleSpec
 from signals.sessions import DAY_S, SessionTable
 
@@ -103,6 +103,8 @@ class Pipeline:
             self._aggregators
         ):
             raise ValueError("the snapshot has other timeframes than this pipeline")
+        for name, engine in engines.items():  # every engine checked before any is loaded
+            engine.check(snap["engines"][name][0])
         for name, engine in engines.items():
             engine.restore(*snap["engines"][name])
         for name, agg in self._aggregators.items():
@@ -225,13 +227,15 @@ class Pipeline:
         context = Breakdowns(peek)
         levels = self._levels(ev, peek)
         now = int(ev.time.max()) + 60 if len(ev) else 0
+        delayed = self._delayed(now, wall_now)
         step.alerts += self.book.evaluate(
-            "1m", ev, closed=True, now=now, levels=levels, context=context,
-            delayed=self._delayed(now, wall_now), only_sessions="regular",
+            "1m", ev, closed=True, now=now,
+            options=RuleOptions(levels, None, context, delayed, only_sessions="regular"),
         )  # fmt: skip
         step.alerts += self.book.evaluate(
-            "1d", peek, closed=False, now=now, context=context, delayed=self._delayed(now, wall_now)
-        )
+            "1d", peek, closed=False, now=now,
+            options=RuleOptions(context=context, delayed=delayed),
+        )  # fmt: skip
         return step
 
     def _extended_alerts(
@@ -253,10 +257,10 @@ class Pipeline:
             [bool(regular[pos[(s, int(t))]]) for s, t in zip(ev.symbol, ev.time, strict=True)]
         )
         now = int(ev.time.max()) + 60
-        return self.book.evaluate(
-            "1m", ev, closed=True, now=now, levels=self._levels(ev, peek), regular=mask,
-            context=context, delayed=self._delayed(now, wall_now), only_sessions="extended",
-        )  # fmt: skip
+        options = RuleOptions(
+            self._levels(ev, peek), mask, context, self._delayed(now, wall_now), "extended"
+        )
+        return self.book.evaluate("1m", ev, closed=True, now=now, options=options)
 
     def flush(self, now: int, wall_now: int | None = None) -> Step:
         """Close aggregated bars whose end has passed by `now` (their last minutes never came)."""
@@ -278,10 +282,8 @@ class Pipeline:
                 continue
             now = self._bar_end(timeframe, int(part.time[0]))
             context = self._daily_context(part) if timeframe != "1d" else None
-            alerts += self.book.evaluate(
-                timeframe, part, closed=True, now=now, context=context,
-                delayed=self._delayed(now, wall_now),
-            )  # fmt: skip
+            options = RuleOptions(context=context, delayed=self._delayed(now, wall_now))
+            alerts += self.book.evaluate(timeframe, part, closed=True, now=now, options=options)
         return alerts
 
     def _bar_end(self, timeframe: str, start: int) -> int:

@@ -24,7 +24,6 @@ class StepInputs:
     comp: IntArray
     y: FloatArray | None  # None: from the proxy's close, per step
     rates_delta: FloatArray | None
-    sub_rates: FloatArray | None
     donchian: tuple[FloatArray, FloatArray]
     swing: SwingFrame
     volume_normal: FloatArray
@@ -34,7 +33,7 @@ class StepInputs:
         """Make every array read-only: kept ones are shared by the evaluations of many peeks."""
         arrays: list[np.ndarray | None] = [
             self.prev_close, self.lag_close, self.lag_ratio, self.lag_rates, self.here_close,
-            self.here_ret, self.bench, self.comp, self.y, self.rates_delta, self.sub_rates,
+            self.here_ret, self.bench, self.comp, self.y, self.rates_delta,
             *self.donchian, self.volume_normal, self.nan,
             *(getattr(self.swing, f) for f in SwingFrame.__dataclass_fields__),
         ]  # fmt: skip

@@ -95,7 +95,7 @@ class Swing(Columnar):
         high_age, low_age = high_back.astype(np.float64), low_back.astype(np.float64)
         up = low_age > high_age
         direction = np.where(up, 1.0, -1.0)
-        return _finish(top, bottom, high_age, low_age, direction, up, -direction)
+        return _finish((top, bottom), (high_age, low_age), direction, up, -direction)
 
     @staticmethod
     def place(frame: SwingFrame, close: FloatArray) -> SwingValues:
@@ -213,18 +213,19 @@ def _masked_frame(
     low_age = np.where(warm, low_back.astype(np.float64), np.nan)
     up = low_age > high_age
     direction = np.where(warm, np.where(up, 1.0, -1.0), np.nan)
-    return _finish(h, lo, high_age, low_age, direction, up, np.where(up, -1.0, 1.0))
+    return _finish((h, lo), (high_age, low_age), direction, up, np.where(up, -1.0, 1.0))
 
 
 def _finish(
-    h: FloatArray,
-    lo: FloatArray,
-    high_age: FloatArray,
-    low_age: FloatArray,
+    extremes: tuple[FloatArray, FloatArray],
+    ages: tuple[FloatArray, FloatArray],
     direction: FloatArray,
     up: BoolArray,
     sign: FloatArray,
 ) -> SwingFrame:
+    """The frame from the swing's (high, low), their (high, low) ages and its direction."""
+    h, lo = extremes
+    high_age, low_age = ages
     # The swing's end is H going up and L going down; ratios run back from it.
     end, start = np.where(up, h, lo), np.where(up, lo, h)
     span = h - lo

@@ -12,14 +12,15 @@ from __future__ import annotations
 import string
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from signals.alerts import SEVERITIES, Alert, alert_id
 from signals.arrays import BoolArray, FloatArray, IntArray, RowMemo
-from signals.engine import RAW_COLUMN, Evaluation
-from signals.indicators.swing import FIB_LEVEL_NAMES, FIB_RATIOS
+from signals.engine import Evaluation
+from signals.rules.conditions import breakout, condition
 from signals.rules.spec import RuleSpec
 from signals.score import Breakdown
 
@@ -30,17 +31,6 @@ CONTEXT_COLUMNS = (
     "close", "prev_close", "rsi14", "macd_hist", "atr_pct", "volume_signal",
     "rs_roc20", "breadth20", "rates_delta20",
 )  # fmt: skip
-
-FIB_LABELS = {
-    name: f"Fib {r * 100:.1f}%" for name, r in zip(FIB_LEVEL_NAMES, FIB_RATIOS, strict=True)
-}
-LEVEL_LABELS = {
-    "prior_day_high": "prior-day high",
-    "prior_day_low": "prior-day low",
-    "donchian_high20": "20-day high",
-    "donchian_low20": "20-day low",
-    **FIB_LABELS,
-}
 
 _STATE_FIELDS = ("armed", "prev", "last_fire", "fired_bar", "done")
 
@@ -69,6 +59,61 @@ class _RuleState:
         self.last_fire = np.r_[self.last_fire, np.full(k, NONE, np.int64)]
         self.fired_bar = np.r_[self.fired_bar, np.full(k, NONE, np.int64)]
         self.done = np.r_[self.done, np.zeros(k, np.bool_)]
+
+    def fired(self, rows: IntArray, bar_time: IntArray, now: int) -> None:
+        """The rule fired at `rows` for bars of `bar_time`, at `now`."""
+        self.fired_bar[rows] = bar_time
+        self.last_fire[rows] = now
+        if self.rearms:
+            self.armed[rows] = False
+        if self.spec.frequency == "only_once":
+            self.done[rows] = True
+
+    def close(self, rows: IntArray, value: FloatArray, fired_rows: IntArray) -> None:
+        """Closed bars of `value` at `rows`: re-arm past the hysteresis, remember the value."""
+        spec = self.spec
+        rearm: BoolArray | None = None
+        if spec.rearm_below is not None:
+            rearm = value <= spec.rearm_below
+        elif spec.rearm_above is not None:
+            rearm = value >= spec.rearm_above
+        if rearm is not None:
+            if len(fired_rows):
+                rearm &= ~np.isin(rows, fired_rows)
+            self.armed[rows[rearm]] = True
+        self.prev[rows] = value
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """What an evaluation of the rules may come with besides its values.
+
+    `levels` are breakout levels aligned with the evaluation (`prior_day_high`,
+    `donchian_high20`, `fib_*`, and the `_low` mirrors); `regular` marks bars
+    inside regular hours (default: all); `context` gives the score breakdown to
+    attach per symbol (default: the evaluation's own); `delayed` marks the
+    alerts as late; `only_sessions` ("regular" or "extended") runs only the
+    rules that say so (the pipeline feeds extended-hours rules from their own
+    engine).
+    """
+
+    levels: Mapping[str, FloatArray] | None = None
+    regular: BoolArray | None = None
+    context: Mapping[str, Breakdown] | None = None
+    delayed: bool = False
+    only_sessions: str | None = None
+
+
+_PLAIN = RuleOptions()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One `RuleBook.evaluate` call: closed or forming bars, at `now`, with its options."""
+
+    closed: bool
+    now: int
+    options: RuleOptions
 
 
 class RuleBook:
@@ -122,73 +167,42 @@ class RuleBook:
         *,
         closed: bool,
         now: int,
-        levels: Mapping[str, FloatArray] | None = None,
-        regular: BoolArray | None = None,
-        context: Mapping[str, Breakdown] | None = None,
-        delayed: bool = False,
-        only_sessions: str | None = None,
+        options: RuleOptions = _PLAIN,
     ) -> list[Alert]:
-        """Alerts fired by `ev` (closed bars if `closed`, else forming bars) of `timeframe`.
-
-        `only_sessions` ("regular" or "extended") runs only the rules that say so
-        (the pipeline feeds extended-hours rules from their own engine).
-
-        `levels` are breakout levels aligned with `ev` (`prior_day_high`,
-        `donchian_high20`, `fib_*`, and the `_low` mirrors); `regular` marks
-        bars inside regular hours (default: all); `context` gives the score
-        breakdown to attach per symbol (default: the evaluation's own).
-        """
+        """Alerts fired by `ev` (closed bars if `closed`, else forming bars) of `timeframe`."""
         if len(ev) == 0:
             return []
         rows = self._row_of(ev.symbol)
+        run = _Run(closed, now, options)
         alerts: list[Alert] = []
         for st in self._rules.values():
             spec = st.spec
             if spec.timeframe != timeframe or (not closed and not spec.evaluates_forming):
                 continue
-            if only_sessions is not None and spec.sessions != only_sessions:
+            if options.only_sessions is not None and spec.sessions != options.only_sessions:
                 continue
-            alerts += self._run(st, ev, rows, closed, now, levels, regular, context, delayed)
+            alerts += self._run(st, ev, rows, run)
         return alerts
 
-    def _run(
-        self,
-        st: _RuleState,
-        ev: Evaluation,
-        rows: IntArray,
-        closed: bool,
-        now: int,
-        levels: Mapping[str, FloatArray] | None,
-        regular: BoolArray | None,
-        context: Mapping[str, Breakdown] | None,
-        delayed: bool,
-    ) -> list[Alert]:
+    def _run(self, st: _RuleState, ev: Evaluation, rows: IntArray, run: _Run) -> list[Alert]:
         spec = st.spec
         applies: BoolArray | None = None  # None: every element (the usual case)
         if spec.symbols:
             applies = np.isin(np.asarray(ev.symbol, dtype=object), spec.symbols)
+        regular = run.options.regular
         if spec.sessions == "regular" and regular is not None:
             applies = regular if applies is None else applies & regular
         cur = _column(ev, "close" if spec.operator == "breakout" else spec.value)
-        prev = st.prev[rows]
         level: FloatArray | None = None
         level_name: list[str | None] | None = None
         # NaN compares False without a warning: no np.errstate needed.
         if spec.operator == "breakout":
-            cond, level, level_name = _breakout(spec, ev, levels)
+            cond, level, level_name = breakout(spec, ev, run.options.levels)
         else:
-            cond = _condition(spec, cur, prev)
+            cond = condition(spec, cur, st.prev[rows])
         if applies is not None:
             cond &= applies
-        expired = st.expires_at is not None and now >= st.expires_at
-        if expired or not cond.any():  # most bars: nothing can fire, so skip the bookkeeping
-            fire = np.zeros(0, np.int64)
-        else:
-            ok = cond & st.armed[rows] & ~st.done[rows] & (st.fired_bar[rows] != ev.time)
-            if st.cooldown_s:
-                last = st.last_fire[rows]
-                ok &= (last == NONE) | (now - last >= st.cooldown_s)
-            fire = np.flatnonzero(ok)
+        fire = _firing(st, ev, rows, cond, run.now)
         alerts = (
             []
             if self._quiet or not len(fire)
@@ -197,38 +211,23 @@ class RuleBook:
                     spec,
                     ev,
                     int(i),
-                    now,
-                    float(cur[i]),
-                    np.nan if level is None else float(level[i]),
-                    None if level_name is None else level_name[i],
-                    context,
-                    delayed,
+                    run,
+                    (
+                        float(cur[i]),
+                        np.nan if level is None else float(level[i]),
+                        None if level_name is None else level_name[i],
+                    ),
                 )
                 for i in fire
             ]
         )
         fired_rows = rows[fire]
         if len(fire):
-            st.fired_bar[fired_rows] = ev.time[fire]
-            st.last_fire[fired_rows] = now
-            if st.rearms:
-                st.armed[fired_rows] = False
-            if spec.frequency == "only_once":
-                st.done[fired_rows] = True
-        if closed:
+            st.fired(fired_rows, ev.time[fire], run.now)
+        if run.closed:
             # Hysteresis and the previous value move on closed bars only.
             touch, value = (rows, cur) if applies is None else (rows[applies], cur[applies])
-            if spec.rearm_below is not None:
-                rearm: BoolArray | None = value <= spec.rearm_below
-            elif spec.rearm_above is not None:
-                rearm = value >= spec.rearm_above
-            else:
-                rearm = None
-            if rearm is not None:
-                if len(fire):
-                    rearm &= ~np.isin(touch, fired_rows)
-                st.armed[touch[rearm]] = True
-            st.prev[touch] = value
+            st.close(touch, value, fired_rows)
         return alerts
 
     def _alert(
@@ -236,13 +235,12 @@ class RuleBook:
         spec: RuleSpec,
         ev: Evaluation,
         i: int,
-        now: int,
-        value: float,
-        level: float,
-        level_name: str | None,
-        context: Mapping[str, Breakdown] | None,
-        delayed: bool,
+        run: _Run,
+        hit: tuple[float, float, str | None],
     ) -> Alert:
+        """The alert of element `i`; `hit` is (value, level, level name) where it fired."""
+        value, level, level_name = hit
+        context = run.options.context
         symbol = ev.symbol[i]
         bd = context.get(symbol) if context is not None else None
         if bd is None:
@@ -254,7 +252,7 @@ class RuleBook:
             # A rule on a short timeframe explains itself with the daily picture,
             # the same one its score and breakdown come from.
             for part in bd.parts:
-                column = RAW_COLUMN[part.name]
+                column = ev.signals[part.name].raw
                 if column in values and column != "volume_signal":
                     values[column] = _opt(part.raw)
         if spec.operator == "breakout":
@@ -263,25 +261,20 @@ class RuleBook:
             values["level_name"] = level_name
         elif spec.value not in values:
             values[spec.value] = _opt(value)
-        severity = spec.severity
-        for tier in spec.severity_tiers:
-            x = float(_column(ev, tier.value)[i]) if tier.value in ev.columns else np.nan
-            if x >= tier.at_least and SEVERITIES.index(tier.level) > SEVERITIES.index(severity):
-                severity = tier.level
         return Alert(
             id=alert_id(spec.name, symbol, spec.timeframe, int(ev.time[i])),
             rule=spec.name,
             symbol=symbol,
             timeframe=spec.timeframe,
             bar_time=int(ev.time[i]),
-            time=now,
-            severity=severity,
+            time=run.now,
+            severity=_severity(spec, ev, i),
             title=_title(spec, symbol, values, level_name),
             values=values,
             score=_opt(bd.score),
             label=bd.label,
             breakdown=bd.as_dict(),
-            delayed=delayed,
+            delayed=run.options.delayed,
         )
 
     # -- persistence --------------------------------------------------------------
@@ -320,93 +313,26 @@ def _column(ev: Evaluation, name: str) -> FloatArray:
     return col
 
 
-def _condition(spec: RuleSpec, cur: FloatArray, prev: FloatArray) -> BoolArray:
-    op = spec.operator
-    if op in ("crossing_up", "crossing_down", "greater_than", "less_than"):
-        th = float(spec.threshold)  # type: ignore[arg-type]  # checked by RuleSpec.check
-        if op == "crossing_up":
-            return (cur > th) & (prev <= th)
-        if op == "crossing_down":
-            return (cur < th) & (prev >= th)
-        return cur > th if op == "greater_than" else cur < th
-    lo, hi = float(spec.lower), float(spec.upper)  # type: ignore[arg-type]
-    inside_now = (cur >= lo) & (cur <= hi)
-    inside_before = (prev >= lo) & (prev <= hi)
-    if op == "exiting_channel":
-        return inside_before & ~inside_now & ~np.isnan(cur)
-    came_from = {"any": ~inside_before & ~np.isnan(prev), "above": prev > hi, "below": prev < lo}
-    return inside_now & came_from[spec.entering_from]
+def _firing(st: _RuleState, ev: Evaluation, rows: IntArray, cond: BoolArray, now: int) -> IntArray:
+    """Positions where the rule fires: its condition holds, it is armed, not spent or cooling down."""
+    expired = st.expires_at is not None and now >= st.expires_at
+    if expired or not cond.any():  # most bars: nothing can fire, so skip the bookkeeping
+        return np.zeros(0, np.int64)
+    ok = cond & st.armed[rows] & ~st.done[rows] & (st.fired_bar[rows] != ev.time)
+    if st.cooldown_s:
+        last = st.last_fire[rows]
+        ok &= (last == NONE) | (now - last >= st.cooldown_s)
+    return np.flatnonzero(ok)
 
 
-def _breakout(
-    spec: RuleSpec, ev: Evaluation, levels: Mapping[str, FloatArray] | None
-) -> tuple[BoolArray, FloatArray, list[str | None]]:
-    """Volume at or above `min_rvol` while the close crosses a level; names the furthest crossed."""
-    n = len(ev)
-    loud = np.flatnonzero(ev.columns["volume_signal"] >= spec.min_rvol)
-    cond = np.zeros(n, np.bool_)
-    level = np.full(n, np.nan)
-    label: list[str | None] = [None] * n
-    if not len(loud):  # the usual minute: no volume to break out with, no level to look at
-        return cond, level, label
-    # Levels only where the volume is there: every step is per element.
-    close, prev = ev.columns["close"][loud], ev.columns["prev_close"][loud]
-    lv = {k: v[loud] for k, v in (levels or {}).items()}
-    crossed_any, at, names = _crossed(spec, close, prev, lv)
-    cond[loud] = crossed_any
-    level[loud] = at
-    for i, name in zip(loud.tolist(), names, strict=True):
-        label[i] = name
-    return cond, level, label
-
-
-def _crossed(
-    spec: RuleSpec, close: FloatArray, prev: FloatArray, lv: Mapping[str, FloatArray]
-) -> tuple[BoolArray, FloatArray, list[str | None]]:
-    """Per element: whether the close crossed a breakout level, the furthest one, its label."""
-    n = len(close)
-    up = spec.direction == "up"
-    names: list[str] = []
-    cols: list[FloatArray] = []
-    fib_pick: IntArray = np.zeros(n, np.int64)
-    fibs: list[str] = []
-    side = "high" if up else "low"
-    if "prior_day" in spec.levels and f"prior_day_{side}" in lv:
-        names.append(f"prior_day_{side}")
-        cols.append(lv[f"prior_day_{side}"])
-    if "donchian20" in spec.levels and f"donchian_{side}20" in lv:
-        names.append(f"donchian_{side}20")
-        cols.append(lv[f"donchian_{side}20"])
-    if "fib" in spec.levels:
-        fibs = [f for f in FIB_LEVEL_NAMES if f in lv]
-        if fibs:
-            grid = np.column_stack([lv[f] for f in fibs])
-            # The nearest Fibonacci level beyond the previous close, in the breakout's direction.
-            beyond = np.where(grid > prev[:, None] if up else grid < prev[:, None], grid, np.nan)
-            pick = np.all(np.isnan(beyond), axis=1)
-            safe = np.where(np.isnan(beyond), np.inf if up else -np.inf, beyond)
-            j = np.argmin(safe, axis=1) if up else np.argmax(safe, axis=1)
-            nearest = np.where(pick, np.nan, safe[np.arange(n), j])
-            names.append("fib")
-            cols.append(nearest)
-            fib_pick = j
-    if not cols:
-        return np.zeros(n, np.bool_), np.full(n, np.nan), [None] * n
-    grid = np.column_stack(cols)
-    crossed = (
-        (close[:, None] > grid) & (prev[:, None] <= grid)
-        if up
-        else (close[:, None] < grid) & (prev[:, None] >= grid)
-    )
-    masked = np.where(crossed, grid, -np.inf if up else np.inf)
-    k = np.argmax(masked, axis=1) if up else np.argmin(masked, axis=1)
-    any_cross: BoolArray = np.asarray(crossed.any(axis=1), dtype=np.bool_)
-    level = np.where(any_cross, grid[np.arange(n), k], np.nan)
-    label: list[str | None] = [None] * n
-    for i in np.flatnonzero(any_cross).tolist():  # few: only where a level was crossed
-        name = names[k[i]]
-        label[i] = LEVEL_LABELS[fibs[fib_pick[i]] if name == "fib" else name]
-    return any_cross, level, label
+def _severity(spec: RuleSpec, ev: Evaluation, i: int) -> str:
+    """The spec's severity, raised by any tier whose value at element `i` reaches it."""
+    severity = spec.severity
+    for tier in spec.severity_tiers:
+        x = float(_column(ev, tier.value)[i]) if tier.value in ev.columns else np.nan
+        if x >= tier.at_least and SEVERITIES.index(tier.level) > SEVERITIES.index(severity):
+            severity = tier.level
+    return severity
 
 
 class _SafeValues(dict[str, Any]):

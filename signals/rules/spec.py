@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -112,62 +112,115 @@ class RuleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
     def _problem(self) -> tuple[str, str] | None:
         """The first problem as (key path, detail), or None."""
-        for f in msgspec.structs.fields(self):
-            choices = literal_choices(f.type)
-            value = getattr(self, f.name)
-            if choices is not None and value not in choices:
-                return f.encode_name, one_of(choices, value)
+        return next((p for check in _CHECKS if (p := check(self)) is not None), None)
+
+
+# A problem: (key path, detail).
+Problem = tuple[str, str]
+
+
+def _choice_problem(spec: RuleSpec) -> Problem | None:
+    for f in msgspec.structs.fields(spec):
+        choices = literal_choices(f.type)
+        value = getattr(spec, f.name)
+        if choices is not None and value not in choices:
+            return f.encode_name, one_of(choices, value)
+    return None
+
+
+def _timeframe_problem(spec: RuleSpec) -> Problem | None:
+    try:
+        Timeframe.parse(spec.timeframe)
+    except ValueError as exc:
+        expected = str(exc).partition("expected one of ")[2]
+        if expected:
+            return "timeframe", f"expected one of {expected}; got {shown(spec.timeframe)}"
+        return "timeframe", str(exc)
+    return None
+
+
+def _name_problem(spec: RuleSpec) -> Problem | None:
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", spec.name):
+        return "name", "must be lower_snake_case (a-z, 0-9 and _, up to 63 characters)"
+    return None
+
+
+def _operand_problem(spec: RuleSpec) -> Problem | None:
+    thresholded = ("crossing_up", "crossing_down", "greater_than", "less_than")
+    if spec.operator in thresholded and spec.threshold is None:
+        return "threshold", f"required for operator {spec.operator}"
+    if spec.operator in ("entering_channel", "exiting_channel"):
+        for key, bound in (("lower", spec.lower), ("upper", spec.upper)):
+            if bound is None:
+                return key, f"required for operator {spec.operator}"
+        if spec.lower is not None and spec.upper is not None and spec.lower > spec.upper:
+            return "lower", f"must be <= upper ({spec.lower:g} > {spec.upper:g})"
+    return None
+
+
+def _arming_problem(spec: RuleSpec) -> Problem | None:
+    if spec.rearm_below is not None and spec.rearm_above is not None:
+        return "rearm_above", "give rearm_below or rearm_above, not both"
+    if not spec.start_armed and spec.rearm_below is None and spec.rearm_above is None:
+        return "start_armed", "false needs rearm_below or rearm_above"
+    return None
+
+
+def _listed_problem(spec: RuleSpec) -> Problem | None:
+    """Severity, severity tiers, breakout levels and symbols: each from its fixed set."""
+    if spec.severity not in SEVERITIES:
+        return "severity", one_of(SEVERITIES, spec.severity)
+    for i, tier in enumerate(spec.severity_tiers):
+        if tier.level not in SEVERITIES:
+            return f"severity_tiers[{i}].level", one_of(SEVERITIES, tier.level)
+    for i, level in enumerate(spec.levels):
+        if level not in BREAKOUT_LEVELS:
+            return f"levels[{i}]", one_of(BREAKOUT_LEVELS, level)
+    for i, symbol in enumerate(spec.symbols):
+        if not SYMBOL_PATTERN.fullmatch(symbol):
+            return f"symbols[{i}]", f"{symbol!r} is not a symbol"
+    return None
+
+
+def _time_problem(spec: RuleSpec) -> Problem | None:
+    if spec.cooldown is not None:
         try:
-            Timeframe.parse(self.timeframe)
+            parse_duration(spec.cooldown)
         except ValueError as exc:
-            expected = str(exc).partition("expected one of ")[2]
-            if expected:
-                return "timeframe", f"expected one of {expected}; got {shown(self.timeframe)}"
-            return "timeframe", str(exc)
-        if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", self.name):
-            return "name", "must be lower_snake_case (a-z, 0-9 and _, up to 63 characters)"
-        thresholded = ("crossing_up", "crossing_down", "greater_than", "less_than")
-        if self.operator in thresholded and self.threshold is None:
-            return "threshold", f"required for operator {self.operator}"
-        if self.operator in ("entering_channel", "exiting_channel"):
-            for key, bound in (("lower", self.lower), ("upper", self.upper)):
-                if bound is None:
-                    return key, f"required for operator {self.operator}"
-            if self.lower is not None and self.upper is not None and self.lower > self.upper:
-                return "lower", f"must be <= upper ({self.lower:g} > {self.upper:g})"
-        if self.rearm_below is not None and self.rearm_above is not None:
-            return "rearm_above", "give rearm_below or rearm_above, not both"
-        if not self.start_armed and self.rearm_below is None and self.rearm_above is None:
-            return "start_armed", "false needs rearm_below or rearm_above"
-        if self.severity not in SEVERITIES:
-            return "severity", one_of(SEVERITIES, self.severity)
-        for i, tier in enumerate(self.severity_tiers):
-            if tier.level not in SEVERITIES:
-                return f"severity_tiers[{i}].level", one_of(SEVERITIES, tier.level)
-        for i, level in enumerate(self.levels):
-            if level not in BREAKOUT_LEVELS:
-                return f"levels[{i}]", one_of(BREAKOUT_LEVELS, level)
-        for i, symbol in enumerate(self.symbols):
-            if not SYMBOL_PATTERN.fullmatch(symbol):
-                return f"symbols[{i}]", f"{symbol!r} is not a symbol"
-        if self.cooldown is not None:
-            try:
-                parse_duration(self.cooldown)
-            except ValueError as exc:
-                return "cooldown", str(exc)
-        if self.expires is not None:
-            try:
-                stamp = datetime.fromisoformat(self.expires)
-            except ValueError as exc:
-                return "expires", str(exc)
-            if stamp.tzinfo is None:
-                return "expires", "needs a UTC offset, e.g. 2027-01-01T00:00:00+00:00"
-        for _, name, _, _ in string.Formatter().parse(self.title):
-            if name is not None and not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-                return "title", f"field {{{name}}} must be a plain name"
-        if self.min_rvol <= 0:
-            return "min_rvol", "must be > 0"
-        return None
+            return "cooldown", str(exc)
+    if spec.expires is not None:
+        try:
+            stamp = datetime.fromisoformat(spec.expires)
+        except ValueError as exc:
+            return "expires", str(exc)
+        if stamp.tzinfo is None:
+            return "expires", "needs a UTC offset, e.g. 2027-01-01T00:00:00+00:00"
+    return None
+
+
+def _title_problem(spec: RuleSpec) -> Problem | None:
+    for _, name, _, _ in string.Formatter().parse(spec.title):
+        if name is not None and not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            return "title", f"field {{{name}}} must be a plain name"
+    return None
+
+
+def _rvol_problem(spec: RuleSpec) -> Problem | None:
+    return ("min_rvol", "must be > 0") if spec.min_rvol <= 0 else None
+
+
+# In the order problems are reported: the first found is the one raised.
+_CHECKS: tuple[Callable[[RuleSpec], Problem | None], ...] = (
+    _choice_problem,
+    _timeframe_problem,
+    _name_problem,
+    _operand_problem,
+    _arming_problem,
+    _listed_problem,
+    _time_problem,
+    _title_problem,
+    _rvol_problem,
+)
 
 
 def parse_duration(text: str) -> int:

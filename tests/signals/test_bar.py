@@ -102,7 +102,7 @@ def test_fast_path_gives_the_full_checks_verdict(
     """
     for _ in range(2):
         try:
-            want = bar_problem(sym, o, h, lo, c, v)  # type: ignore[arg-type]
+            want = bar_problem(sym, (o, h, lo, c, v))  # type: ignore[arg-type]
         except TypeError:
             want = "type_error"
         try:
@@ -129,7 +129,7 @@ def test_fast_path_on_nearly_valid_bars(xs: list[float], v: float, order: list[i
     lo, a, b, h = sorted(xs) if not any(math.isnan(x) for x in xs) else xs
     o, c = (a, b) if order[0] < 2 else (h, lo)
     for _ in range(2):
-        want = bar_problem("IWM", o, h, lo, c, v)
+        want = bar_problem("IWM", (o, h, lo, c, v))
         try:
             Bar("IWM", 0, o, h, lo, c, v)
             got = None

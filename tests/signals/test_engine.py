@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from signals.bar import Bar, BarBatch
 from signals.engine import COLUMNS, Engine, EngineConfig, Links
 from signals.rates import RatesSeries
-from signals.reference import reference_frame
 from tests.signals.market import DAY, batches, random_market, to_batch
+from tests.signals.reference import reference_frame
 
 
 def stream(engine: Engine, df: pl.DataFrame, seed: int) -> pl.DataFrame:
@@ -79,7 +79,7 @@ def test_streaming_equals_batch(
 
 def _engine_state(e: Engine) -> list[np.ndarray]:
     arrays: list[np.ndarray] = [e._last_time.copy(), e._last_close.copy(), e._last_ret.copy()]
-    for ind in e._indicators():
+    for ind in e._states.values():
         arrays += list(ind.state().values())
     arrays += [e.rings.frame(r).to_numpy() for r in range(len(e.symbols))]
     return arrays

@@ -20,10 +20,12 @@ from signals.engine import COLUMNS, Engine, EngineConfig, Evaluation, join
 from signals.indicators.ema import EMA
 from signals.indicators.rvol import RelativeVolume
 from signals.indicators.swing import Swing, _masked_frame
-from signals.rules.book import _breakout, _crossed
+from signals.rules.conditions import breakout as _breakout
+from signals.rules.conditions import crossed as _crossed
 from signals.rules.spec import RuleSpec
-from signals.score import SIGNALS, Composite, sub_fib, sub_macd
+from signals.score import SIGNALS, Composite
 from signals.sessions import SessionTable
+from signals.subscores import sub_fib, sub_macd
 from tests.signals.market import batches, random_market, to_batch
 
 SEEDS = st.integers(0, 2**32 - 1)
@@ -129,7 +131,7 @@ def test_composite_equals_the_weighted_formula(
 ) -> None:
     rng = np.random.default_rng(seed)
     subs = {}
-    for name in SIGNALS[:k]:
+    for name in list(SIGNALS)[:k]:
         col = rng.uniform(0.0, 100.0, n)
         col[rng.random(n) < 0.3] = np.nan
         subs[name] = col

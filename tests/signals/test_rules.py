@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from signals.alerts import alert_id
-from signals.rules.book import RuleBook
+from signals.rules.book import RuleBook, RuleOptions
 from signals.rules.spec import RuleError, SeverityTier, parse_duration, parse_rules
 from tests.signals.rulekit import DAY, evaluation, fired, run_closed, spec
 
@@ -170,7 +170,9 @@ def test_symbols_and_sessions_filters() -> None:
     assert [a.symbol for a in got] == ["IWM"]
     book = RuleBook([spec(operator="greater_than", value="score", threshold=50.0, timeframe="1m")])
     ev = evaluation(["IWM", "SPY"], 0, score=60.0)
-    got = book.evaluate("1m", ev, closed=True, now=60, regular=np.array([False, True]))
+    got = book.evaluate(
+        "1m", ev, closed=True, now=60, options=RuleOptions(regular=np.array([False, True]))
+    )
     assert [a.symbol for a in got] == ["SPY"]
     ext = RuleBook(
         [
@@ -183,7 +185,14 @@ def test_symbols_and_sessions_filters() -> None:
             )
         ]
     )
-    assert len(ext.evaluate("1m", ev, closed=True, now=60, regular=np.array([False, True]))) == 2
+    assert (
+        len(
+            ext.evaluate(
+                "1m", ev, closed=True, now=60, options=RuleOptions(regular=np.array([False, True]))
+            )
+        )
+        == 2
+    )
 
 
 def test_severity_tiers_and_alert_content() -> None:
@@ -204,7 +213,7 @@ def test_severity_tiers_and_alert_content() -> None:
         prev_close=[199.5, 199.0],
         volume_signal=[3.1, 2.5],
     )
-    got = book.evaluate("1m", ev, closed=True, now=660, levels=levels)
+    got = book.evaluate("1m", ev, closed=True, now=660, options=RuleOptions(levels=levels))
     assert [a.symbol for a in got] == ["IWM", "TNA"]
     iwm, tna = got
     assert iwm.severity == "strong" and tna.severity == "notable"
@@ -225,12 +234,16 @@ def test_breakout_needs_volume_and_a_cross() -> None:
         volume_signal=[1.9, 2.5, 5.0],
     )
     # A: crossed but RVOL 1.9; B: already above before; C: below the level.
-    assert book.evaluate("1m", ev, closed=True, now=60, levels=levels) == []
+    assert book.evaluate("1m", ev, closed=True, now=60, options=RuleOptions(levels=levels)) == []
     ev = evaluation(["A"], 60, close=[101.0], prev_close=[100.0], volume_signal=[2.0])
     assert (
         len(
             book.evaluate(
-                "1m", ev, closed=True, now=120, levels={"prior_day_high": np.array([100.0])}
+                "1m",
+                ev,
+                closed=True,
+                now=120,
+                options=RuleOptions(levels={"prior_day_high": np.array([100.0])}),
             )
         )
         == 1
@@ -246,7 +259,7 @@ def test_breakout_uses_nearest_fib_above_previous_close_and_names_highest_crosse
         "fib_500": np.array([99.0]),
     }
     ev = evaluation(["IWM"], 0, close=[102.0], prev_close=[100.0], volume_signal=[2.5])
-    (alert,) = book.evaluate("1m", ev, closed=True, now=60, levels=levels)
+    (alert,) = book.evaluate("1m", ev, closed=True, now=60, options=RuleOptions(levels=levels))
     # Fib 38.2% (101) is the nearest above 100; it is higher than the prior-day high crossed too.
     assert alert.values["level"] == 101.0 and alert.values["level_name"] == "Fib 38.2%"
 
@@ -255,7 +268,7 @@ def test_breakdown_mirror() -> None:
     book = RuleBook([spec(operator="breakout", timeframe="1m", direction="down", min_rvol=2.0)])
     levels = {"prior_day_low": np.array([100.0]), "donchian_low20": np.array([99.5])}
     ev = evaluation(["IWM"], 0, close=[99.0], prev_close=[101.0], volume_signal=[2.5])
-    (alert,) = book.evaluate("1m", ev, closed=True, now=60, levels=levels)
+    (alert,) = book.evaluate("1m", ev, closed=True, now=60, options=RuleOptions(levels=levels))
     assert alert.values["level_name"] == "20-day low"
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from signals import score as s
+from signals import subscores as m
 
 
 @pytest.mark.parametrize(
@@ -16,16 +17,16 @@ from signals import score as s
      (50, 55), (55, 50), (60, 45), (65, 32.5), (70, 20), (75, 12.5), (80, 5), (90, 2.5), (100, 0)],
 )  # fmt: skip
 def test_rsi_mapping(rsi: float, expected: float) -> None:
-    assert s.sub_rsi([rsi])[0] == pytest.approx(expected, abs=1e-12)
+    assert m.sub_rsi([rsi])[0] == pytest.approx(expected, abs=1e-12)
 
 
 def test_macd_mapping() -> None:
     atr = 2.0
-    assert s.sub_macd([0.0], [atr])[0] == 50.0
-    assert s.sub_macd([0.5], [atr])[0] == pytest.approx(50 + 50 * math.tanh(1.0))
-    assert s.sub_macd([-0.25], [atr])[0] == pytest.approx(50 + 50 * math.tanh(-0.5))
-    assert np.isnan(s.sub_macd([0.1], [0.0])[0])
-    assert np.isnan(s.sub_macd([np.nan], [1.0])[0])
+    assert m.sub_macd([0.0], [atr])[0] == 50.0
+    assert m.sub_macd([0.5], [atr])[0] == pytest.approx(50 + 50 * math.tanh(1.0))
+    assert m.sub_macd([-0.25], [atr])[0] == pytest.approx(50 + 50 * math.tanh(-0.5))
+    assert np.isnan(m.sub_macd([0.1], [0.0])[0])
+    assert np.isnan(m.sub_macd([np.nan], [1.0])[0])
 
 
 @pytest.mark.parametrize(
@@ -34,22 +35,22 @@ def test_macd_mapping() -> None:
      (0.618, 80, 20), (0.619, 45, 55), (0.786, 45, 55), (0.787, 20, 80), (1.5, 20, 80)],
 )  # fmt: skip
 def test_fib_mapping(ratio: float, up: float, down: float) -> None:
-    assert s.sub_fib([1], [ratio])[0] == up
-    assert s.sub_fib([-1], [ratio])[0] == down
+    assert m.sub_fib([1], [ratio])[0] == up
+    assert m.sub_fib([-1], [ratio])[0] == down
 
 
 def test_fib_unavailable() -> None:
-    assert np.isnan(s.sub_fib([1], [np.nan])[0])
-    assert np.isnan(s.sub_fib([np.nan], [0.5])[0])
+    assert np.isnan(m.sub_fib([1], [np.nan])[0])
+    assert np.isnan(m.sub_fib([np.nan], [0.5])[0])
 
 
 def test_volume_mapping() -> None:
-    assert s.sub_volume([3.0], [10.0], [9.0])[0] == pytest.approx(50 + 50 * math.tanh(2.0))
-    assert s.sub_volume([3.0], [9.0], [10.0])[0] == pytest.approx(50 - 50 * math.tanh(2.0))
-    assert s.sub_volume([0.5], [10.0], [9.0])[0] == 50.0  # below-normal volume says nothing
-    assert s.sub_volume([3.0], [10.0], [10.0])[0] == 50.0
-    assert np.isnan(s.sub_volume([np.nan], [10.0], [9.0])[0])
-    assert np.isnan(s.sub_volume([2.0], [10.0], [np.nan])[0])
+    assert m.sub_volume([3.0], [10.0], [9.0])[0] == pytest.approx(50 + 50 * math.tanh(2.0))
+    assert m.sub_volume([3.0], [9.0], [10.0])[0] == pytest.approx(50 - 50 * math.tanh(2.0))
+    assert m.sub_volume([0.5], [10.0], [9.0])[0] == 50.0  # below-normal volume says nothing
+    assert m.sub_volume([3.0], [10.0], [10.0])[0] == 50.0
+    assert np.isnan(m.sub_volume([np.nan], [10.0], [9.0])[0])
+    assert np.isnan(m.sub_volume([2.0], [10.0], [np.nan])[0])
 
 
 @pytest.mark.parametrize(
@@ -57,15 +58,15 @@ def test_volume_mapping() -> None:
     [(0.5, 55), (1.49, 55), (1.5, 50), (2.0, 50), (2.5, 50), (3.25, 35), (4.0, 20), (9.0, 20)],
 )
 def test_atr_mapping(pct: float, expected: float) -> None:
-    assert s.sub_atr([pct])[0] == pytest.approx(expected, abs=1e-12)
+    assert m.sub_atr([pct])[0] == pytest.approx(expected, abs=1e-12)
 
 
 def test_tanh_mappings() -> None:
-    assert s.sub_rs([0.03])[0] == pytest.approx(50 + 50 * math.tanh(1))
-    assert s.sub_breadth([-0.06])[0] == pytest.approx(50 + 50 * math.tanh(-2))
-    assert s.sub_rates([0.25])[0] == pytest.approx(50 - 50 * math.tanh(1))
-    assert s.sub_rates([-0.18])[0] == pytest.approx(50 + 50 * math.tanh(0.72))
-    for f in (s.sub_rs, s.sub_breadth, s.sub_rates):
+    assert m.sub_rs([0.03])[0] == pytest.approx(50 + 50 * math.tanh(1))
+    assert m.sub_breadth([-0.06])[0] == pytest.approx(50 + 50 * math.tanh(-2))
+    assert m.sub_rates([0.25])[0] == pytest.approx(50 - 50 * math.tanh(1))
+    assert m.sub_rates([-0.18])[0] == pytest.approx(50 + 50 * math.tanh(0.72))
+    for f in (m.sub_rs, m.sub_breadth, m.sub_rates):
         assert f([0.0])[0] == 50.0
         assert np.isnan(f([np.nan])[0])
 

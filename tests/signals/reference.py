@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from signals.engine import COLUMNS, FIB_COLUMNS, EngineConfig, proxy_yield
+from signals.base_indicators import proxy_yield
+from signals.engine import COLUMNS, FIB_COLUMNS, EngineConfig
 from signals.indicators.atr import atr_batch
 from signals.indicators.donchian import donchian_batch
 from signals.indicators.ema import ema_batch
@@ -20,9 +21,8 @@ from signals.indicators.rvol import rvol_batch
 from signals.indicators.swing import swing_batch
 from signals.indicators.volume_ratio import volume_ratio_batch
 from signals.rates import RatesSeries
-from signals.score import (
-    SIGNALS,
-    composite,
+from signals.score import SIGNALS, composite
+from signals.subscores import (
     sub_atr,
     sub_breadth,
     sub_fib,
