@@ -279,3 +279,58 @@ async def test_a_login_refused_while_running_is_retried_and_named(tmp_path: Path
         "the broker refused the login (Not authorized): check sinks.mqtt.username and MQTT_PASSWORD"
     )
     assert "first-password" not in repr(logs)
+
+
+class _AcceptingBroker:
+    """Answers each CONNECT with a CONNACK (accepted), then either closes the connection in
+    the same breath (a broker stopped just after it accepted us) or, with `silent`, keeps
+    it open and answers nothing more (a broker that froze). Counts the connections."""
+
+    def __init__(self, *, silent: bool = False) -> None:
+        self.connections = 0
+        self.port = 0
+        self.silent = silent
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await reader.readexactly(1)  # CONNECT's fixed header
+            length, shift = 0, 0
+            while True:  # MQTT's variable-length "remaining length"
+                byte = (await reader.readexactly(1))[0]
+                length += (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            await reader.readexactly(length)
+            writer.write(b"\x20\x02\x00\x00")  # CONNACK: session not present, accepted
+            await writer.drain()
+            while self.silent and await reader.read(4096):
+                pass  # publishes, pings and the DISCONNECT go unanswered
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["hangs-up", "freezes"])
+async def test_a_broker_that_fails_right_after_accepting_is_retried_forever(silent: bool) -> None:
+    """A session that ends at once, by a closed socket or by a broker that stops answering
+    (not even the DISCONNECT), must leave the client ready for the next connect: the sink
+    keeps reconnecting instead of finding its client "reusable, but not reentrant"."""
+    broker = _AcceptingBroker(silent=silent)
+    server = await asyncio.start_server(broker._serve, "127.0.0.1", 0)
+    broker.port = server.sockets[0].getsockname()[1]
+    with structlog.testing.capture_logs() as logs:
+        async with server:
+            sink = MqttSink(
+                f"mqtt://127.0.0.1:{broker.port}", qos=1, symbols=["IWM"],
+                publish_timeout_s=0.3, reconnect_initial_s=0.05, reconnect_max_s=0.1,
+            )  # fmt: skip
+            async with sink:
+                async with asyncio.timeout(30):
+                    while broker.connections < 6:
+                        await asyncio.sleep(0.05)
+    errors = [str(e.get("error")) for e in logs if e["event"].startswith("mqtt.")]
+    expected = "timed out" if silent else "not currently connected"
+    assert any(expected in e for e in errors), errors[-5:]  # the fault happened
+    assert not [e for e in errors if "reentrant" in e], errors[-5:]
