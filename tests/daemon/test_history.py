@@ -218,3 +218,22 @@ async def test_finnhub_without_candles_in_the_plan_is_refused(tmp_path: Path) ->
         )  # fmt: skip
     assert code == ExitCode.CREDENTIALS and err.count("\n") == 1
     assert "check FINNHUB_API_KEY (and that the plan covers this data)" in err
+
+
+async def test_daily_bars_are_dated_as_backtest_reads_them(tmp_path: Path) -> None:
+    # One bar a day at midnight New York (05:00 UTC in winter), as Alpaca stamps them.
+    daily = make_frame(900).with_columns(time=(pl.col("time") - T0) // 60 * DAY + START + 5 * 3600)
+    later = make_frame(1, start=T0 + 2000 * DAY)
+    async with ReplayHarness(later, history=make_frame(1), daily=daily) as server:
+        request = HistoryRequest(
+            provider="alpaca", symbols=SYMBOLS, timeframe="1d", start_s=START,
+            end_s=START + 800 * DAY, out=tmp_path, rest_url=server.rest_url,
+        )  # fmt: skip
+        results = await Downloader(request=request, secrets=_alpaca_secrets(), progress=False).run()
+        assert [r.windows for r in results] == [3] * 3  # 366-day windows
+    frame = pl.read_parquet(bar_path(tmp_path, "IWM", "1d"))
+    assert frame.columns == ["symbol", "date", "open", "high", "low", "close", "volume"]
+    assert frame["date"].dtype == pl.Date and frame.height == 800
+    assert frame["date"][0].isoformat() == "2024-01-01"  # the session's date, not the day before
+    loaded = load_bars([bar_path(tmp_path, s, "1d") for s in SYMBOLS])
+    assert loaded.frame.height == 3 * 800 and not loaded.dropped
