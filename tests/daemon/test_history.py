@@ -237,3 +237,26 @@ async def test_daily_bars_are_dated_as_backtest_reads_them(tmp_path: Path) -> No
     assert frame["date"][0].isoformat() == "2024-01-01"  # the session's date, not the day before
     loaded = load_bars([bar_path(tmp_path, s, "1d") for s in SYMBOLS])
     assert loaded.frame.height == 3 * 800 and not loaded.dropped
+
+
+async def test_throttled_past_the_retries_exits_5_keeping_what_was_written(tmp_path: Path) -> None:
+    async with _alpaca_server() as server:
+        server.hold_rest_after(5)  # IWM complete; then SPY meets four 429s
+        downloader = Downloader(
+            request=_request(tmp_path, server.rest_url), secrets=_alpaca_secrets(),
+            sleep=_Sleeps(), progress=False,
+        )  # fmt: skip
+        run = asyncio.create_task(downloader.run())
+        await wait_until(lambda: server.rest_waiting == 1)
+        server.hold_rest_after(None)
+        server.fail_rest(429, times=4, retry_after_s=1)
+        server.hold_rest(False)
+        with pytest.raises(Fatal) as caught:
+            await run
+        assert server.rest_failures_served == 4
+    assert caught.value.code == ExitCode.FEED_GAVE_UP
+    assert str(caught.value) == (
+        "alpaca: REST HTTP 429 Too Many Requests (after retries); run the same command "
+        f"again to resume from {_files(tmp_path)[1]}"
+    )
+    assert pl.read_parquet(_files(tmp_path)[0]).height == 12_120
