@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -99,10 +100,11 @@ class HistoryRequest:
 
 @dataclass
 class SymbolResult:
-    """What one symbol's file gained."""
+    """One symbol's file: the range it covers, what it gained, what it holds."""
 
     symbol: str
     path: Path
+    covered: tuple[int, int] | None = None
     added: int = 0
     rows: int = 0
     windows: int = 0
@@ -243,23 +245,21 @@ class Downloader:
         end_s = min(r.end_s, int(self.now()) - STEP_S[r.timeframe])
         plans = []
         for symbol in r.symbols:
-            path = bar_path(r.out, symbol, r.timeframe)
-            covered = read_coverage(path, r.provider, r.timeframe)
-            result = SymbolResult(symbol, path)
-            if covered is not None:
-                times = _read(path)["time"]
+            result = SymbolResult(symbol, bar_path(r.out, symbol, r.timeframe))
+            result.covered = read_coverage(result.path, r.provider, r.timeframe)
+            if result.covered is not None:
+                times = _read(result.path)["time"]
                 result.rows = len(times)
                 result.span = (int(times[0]), int(times[-1])) if len(times) else None
-            plans.append((result, covered))
-        total = sum(len(plan_windows(c, r.start_s, end_s, r.timeframe)) for _, c in plans)
+            plans.append((result, plan_windows(result.covered, r.start_s, end_s, r.timeframe)))
         download = FEEDS[r.provider].download
         assert download is not None  # HistoryRequest checked it
         disable = None if self.progress is None else not self.progress
+        total = sum(len(windows) for _, windows in plans)
         async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
             with tqdm(total=total, unit="window", disable=disable, leave=False) as bar:
-                for result, covered in plans:
-                    windows = plan_windows(covered, r.start_s, end_s, r.timeframe)
-                    await self._symbol(http, download, result, (covered, windows), bar)
+                for result, windows in plans:
+                    await self._symbol(http, download, result, windows, bar)
         return [result for result, _ in plans]
 
     async def _symbol(
@@ -267,13 +267,12 @@ class Downloader:
         http: httpx.AsyncClient,
         download: BarDownload,
         result: SymbolResult,
-        plan: tuple[tuple[int, int] | None, list[tuple[int, int]]],
+        windows: list[tuple[int, int]],
         bar: tqdm[None],
     ) -> None:
         r = self.request
-        covered, windows = plan
         options = RestOptions(
-            (result.symbol,), rest_url=r.rest_url, name=r.provider, sleep=self.sleep
+            (result.symbol,), rest_url=r.rest_url, name=r.provider, now=self.now, sleep=self.sleep
         )
         for start_s, end_s in windows:
             bar.set_postfix_str(f"{result.symbol} {_day(start_s)}")
@@ -291,12 +290,13 @@ class Downloader:
                     f"{result.symbol} from {_day(start_s)}",
                     ExitCode.FEED_GAVE_UP,
                 )
-            covered = (
+            covered = result.covered
+            result.covered = (
                 (start_s, end_s)
                 if covered is None
                 else (min(covered[0], start_s), max(covered[1], end_s))
             )
-            meta = _Meta(SCHEMA_VERSION, r.provider, r.timeframe, covered)
+            meta = _Meta(SCHEMA_VERSION, r.provider, r.timeframe, result.covered)
             added, merged = merge_into(result.path, result.symbol, bars, meta, r.timeframe)
             result.added += added
             result.rows, result.windows = merged.height, result.windows + 1
@@ -351,7 +351,13 @@ def history_main(request: HistoryRequest, *, progress: bool | None = None) -> in
         request=request, secrets=load_provider_secrets(request.provider), progress=progress
     )
     started = time.monotonic()
-    results = asyncio.run(downloader.run())
+    try:
+        results = asyncio.run(downloader.run())
+    except KeyboardInterrupt:  # Ctrl-C: what was written stays; say how to go on
+        print(
+            "iwm-alerts: history interrupted; run the same command again to resume", file=sys.stderr
+        )
+        return 130
     for line in summary_lines(results, request.timeframe):
         print(line)
     print(f"done in {time.monotonic() - started:.1f} s")
