@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+from websockets.asyncio.client import connect
 
 from daemon.bars import load_bars
 from daemon.fatal import ExitCode, Fatal
@@ -17,7 +19,7 @@ from daemon.feeds.replay_wire import ReplaySettings
 from daemon.history import Downloader, HistoryRequest, bar_path, parse_time, plan_windows
 from daemon.secrets import Secret, Secrets
 from tests.daemon.feeds.feedkit import KEY, SECRET, SYMBOLS, T0, keys_of, make_frame, wait_until
-from tests.daemon.feeds.finnhub_server import FinnhubServer, make_tape
+from tests.daemon.feeds.finnhub_server import FinnhubServer, candles, make_tape
 from tests.daemon.feeds.massive_server import MassiveServer
 from tests.daemon.feeds.replay_harness import ReplayHarness
 
@@ -207,6 +209,24 @@ async def test_expected_failures_are_one_line(
     assert got == code and out == ""
     assert err.count("\n") == 1 and err.startswith("iwm-alerts: ") and line in err
     assert SECRET not in err
+
+
+async def test_finnhub_candles(tmp_path: Path) -> None:
+    tape = make_tape(30)
+    async with FinnhubServer(tape, token=KEY) as server:
+        # Playback waits for a subscribed client; this one leaves without waiting for a goodbye.
+        async with connect(f"{server.url}/?token={KEY}", close_timeout=0.1) as ws:
+            for symbol in SYMBOLS:
+                await ws.send(json.dumps({"type": "subscribe", "symbol": symbol}))
+            await asyncio.wait_for(server.finished.wait(), timeout=10)
+        downloader = Downloader(
+            request=_request(tmp_path, server.rest_url, "finnhub"),
+            secrets=Secrets({"FINNHUB_API_KEY": Secret(KEY)}), progress=False,
+        )  # fmt: skip
+        results = await downloader.run()
+        assert len(server.rest_requests) == 3 * 4  # one per window: candles have no pages
+    assert [r.added for r in results] == [30] * 3
+    assert keys_of(load_bars(_files(tmp_path)).frame) == keys_of(candles(tape))
 
 
 async def test_finnhub_without_candles_in_the_plan_is_refused(tmp_path: Path) -> None:
