@@ -7,10 +7,11 @@ import asyncio
 import sys
 import tempfile
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from daemon import runner
+from daemon import history, runner
 from daemon.backtest import run_backtest, write_outputs
 from daemon.bars import BarFileError, load_bars
 from daemon.config import check_config_main, load_config
@@ -83,6 +84,22 @@ def _parser() -> argparse.ArgumentParser:
         "--daily-bars", nargs="+", type=Path, metavar="PATH",
         help="with --timeframe 1m: daily bars that warm the daily timeframe up (days before the first minute)",
     )  # fmt: skip
+
+    hi = sub.add_parser(
+        "history",
+        help="download bars from a provider's REST API into parquet files for backtest",
+        description="Download bars into OUT/SYMBOL_TIMEFRAME.parquet (backtest --bars reads "
+        "them). A second run fetches only what the files lack. Keys as for run: environment "
+        "or systemd credentials.",
+    )
+    hi.add_argument("--provider", required=True, choices=history.providers())
+    hi.add_argument("--symbols", nargs="+", required=True, metavar="SYMBOL")
+    hi.add_argument("--timeframe", choices=["1m", "1d"], default="1d", help="default 1d")
+    hi.add_argument("--start", required=True, metavar="DATE", help="YYYY-MM-DD (UTC)")
+    hi.add_argument("--end", metavar="DATE", help="YYYY-MM-DD, inclusive (default: now)")
+    hi.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    hi.add_argument("--rest-url", metavar="URL", help="the REST base URL (default: the provider's)")
+    hi.add_argument("--no-progress", action="store_true", help="never show a progress bar")
 
     cc = sub.add_parser(
         "check-config",
@@ -172,6 +189,20 @@ def _backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history(args: argparse.Namespace) -> int:
+    end = args.end or datetime.now(UTC).isoformat(timespec="seconds")
+    request = history.HistoryRequest(
+        provider=args.provider,
+        symbols=tuple(s.upper() for s in args.symbols),
+        timeframe=args.timeframe,
+        start_s=history.parse_time(args.start, "--start"),
+        end_s=history.parse_time(end, "--end", end_of_day=True),
+        out=args.out,
+        rest_url=args.rest_url,
+    )
+    return history.history_main(request, progress=False if args.no_progress else None)
+
+
 def _demo_mqtt(args: argparse.Namespace) -> runner.DemoMqtt | None:
     if args.mqtt is None:
         given = [f for f, v in (("--mqtt-user", args.mqtt_user), ("--mqtt-qos", args.mqtt_qos),
@@ -209,6 +240,8 @@ def _fail(message: str, code: ExitCode) -> int:
 def _command(args: argparse.Namespace) -> int:
     if args.command == "backtest":
         return _backtest(args)
+    if args.command == "history":
+        return _history(args)
     if args.command == "check-config":
         return _check_config(args)
     if args.command == "run":

@@ -48,6 +48,8 @@ from signals.bar import Bar
 
 if TYPE_CHECKING:
     from daemon.config import FeedSettings
+    from daemon.feeds.provider import HistoryTimeframe
+    from daemon.feeds.rest_options import RestOptions
     from daemon.secrets import Secrets
     from daemon.warmup import Warmup, WarmupRequest
 
@@ -202,6 +204,18 @@ def _history(section: FeedSettings, secrets: Secrets, request: WarmupRequest) ->
     return fetch_alpaca_warmup(key.reveal(), secret.reveal(), request, feed=section.alpaca_feed)
 
 
+async def _download(
+    http: httpx.AsyncClient,
+    secrets: Secrets,
+    options: RestOptions,
+    window: tuple[int, int, HistoryTimeframe],
+) -> Received:
+    key, secret = secrets.require(ALPACA_API_KEY), secrets.require(ALPACA_API_SECRET)
+    start_s, end_s, timeframe = window
+    rest = AlpacaRest(http, key.reveal(), secret.reveal(), options)
+    return await rest.bars(start_s, end_s, timeframe="1Day" if timeframe == "1d" else "1Min")
+
+
 PROVIDER = FeedProvider(
     build=_build,
     secrets=(ALPACA_API_KEY, ALPACA_API_SECRET),
@@ -210,4 +224,5 @@ PROVIDER = FeedProvider(
     # backfill only bridges the few minutes in between.
     live_backfill_s=300.0,
     label=lambda section: f"alpaca ({section.alpaca_feed})",
+    download=_download,
 )

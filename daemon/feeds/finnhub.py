@@ -16,6 +16,7 @@ import structlog
 from websockets.exceptions import ConnectionClosed, InvalidURI
 from websockets.uri import parse_uri
 
+from daemon.feeds.base import FeedForbidden
 from daemon.feeds.finnhub_protocol import (
     DEFAULT_STREAM_URL,
     BarsReceived,
@@ -36,6 +37,8 @@ from signals.bar import Bar
 
 if TYPE_CHECKING:
     from daemon.config import FeedSettings
+    from daemon.feeds.provider import HistoryTimeframe
+    from daemon.feeds.rest_options import RestOptions
     from daemon.secrets import Secrets
 
 __all__ = [
@@ -183,4 +186,19 @@ def _build(section: FeedSettings, options: FeedOptions, secrets: Secrets) -> Fin
     return FinnhubFeed(secrets.require(FINNHUB_API_KEY).reveal(), options)
 
 
-PROVIDER = FeedProvider(build=_build, secrets=(FINNHUB_API_KEY,))
+async def _download(
+    http: httpx.AsyncClient,
+    secrets: Secrets,
+    options: RestOptions,
+    window: tuple[int, int, HistoryTimeframe],
+) -> Received:
+    start_s, end_s, timeframe = window
+    rest = FinnhubRest(http, secrets.require(FINNHUB_API_KEY).reveal(), options)
+    received = await rest.bars(start_s, end_s, resolution="D" if timeframe == "1d" else "1")
+    if not rest.available:  # the live feed runs on without candles; a download cannot
+        name = options.name or "finnhub"
+        raise FeedForbidden(name, "REST HTTP 403: the plan does not include candles")
+    return received
+
+
+PROVIDER = FeedProvider(build=_build, secrets=(FINNHUB_API_KEY,), download=_download)

@@ -97,14 +97,20 @@ class FinnhubRest(RestClient):
     def __repr__(self) -> str:
         return f"FinnhubRest(url={self._url!r}, symbols={self._symbols!r})"
 
-    async def bars(self, start_s: int, end_s: int) -> Received:
-        """Minute bars with start in `[start_s, end_s]` for every symbol, as kind `backfill`."""
+    async def bars(self, start_s: int, end_s: int, *, resolution: str = "1") -> Received:
+        """Minute bars (`resolution="D"`: daily) with start in `[start_s, end_s]` for every
+        symbol, as kind `backfill`."""
         if not self.available:
             return Received()
         bars: list[Bar] = []
         rejected: list[Rejection] = []
         for symbol in self._symbols:
-            params = {"symbol": symbol, "resolution": "1", "from": str(start_s), "to": str(end_s)}
+            params = {
+                "symbol": symbol,
+                "resolution": resolution,
+                "from": str(start_s),
+                "to": str(end_s),
+            }
             try:
                 body = await self._get(self._url, params)
             except _NoAccess as exc:

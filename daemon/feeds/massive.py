@@ -47,6 +47,8 @@ from signals.bar import Bar
 
 if TYPE_CHECKING:
     from daemon.config import FeedSettings
+    from daemon.feeds.provider import HistoryTimeframe
+    from daemon.feeds.rest_options import RestOptions
     from daemon.secrets import Secrets
     from daemon.warmup import Warmup, WarmupRequest
 
@@ -178,4 +180,17 @@ def _history(section: FeedSettings, secrets: Secrets, request: WarmupRequest) ->
     return fetch_massive_warmup(secrets.require(MASSIVE_API_KEY).reveal(), request)
 
 
-PROVIDER = FeedProvider(build=_build, secrets=(MASSIVE_API_KEY,), history=_history)
+async def _download(
+    http: httpx.AsyncClient,
+    secrets: Secrets,
+    options: RestOptions,
+    window: tuple[int, int, HistoryTimeframe],
+) -> Received:
+    start_s, end_s, timeframe = window
+    rest = MassiveRest(http, secrets.require(MASSIVE_API_KEY).reveal(), options)
+    return await rest.bars(start_s, end_s, timespan="day" if timeframe == "1d" else "minute")
+
+
+PROVIDER = FeedProvider(
+    build=_build, secrets=(MASSIVE_API_KEY,), history=_history, download=_download
+)

@@ -2,7 +2,7 @@
 
 An entry says how to build the provider's `Feed` from the `[feed]` section,
 the shared `FeedOptions` and the secrets; which secrets it needs; whether it
-can fetch start-up history over REST; how far back its first backfill reaches
+can fetch start-up history over REST, and bars for `iwm-alerts history`; how far back its first backfill reaches
 when the daemon starts without a snapshot; and whether it runs in feed time
 (a replay). Config, secrets, the supervisor and the runner read these; none
 of them names a provider.
@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from daemon.feeds.base import Feed
 from daemon.feeds.options import FeedOptions
 
 if TYPE_CHECKING:
+    import httpx
+
     from daemon.config import FeedSettings
+    from daemon.feeds.reconnect import Received
+    from daemon.feeds.rest_options import RestOptions
     from daemon.secrets import Secrets
     from daemon.warmup import Warmup, WarmupRequest
 
@@ -35,6 +39,23 @@ class HistoryFetch(Protocol):
     def __call__(
         self, section: FeedSettings, secrets: Secrets, request: WarmupRequest
     ) -> Awaitable[Warmup]: ...
+
+
+HistoryTimeframe = Literal["1m", "1d"]
+"""The bar sizes `iwm-alerts history` downloads."""
+
+
+class BarDownload(Protocol):
+    """Fetches `timeframe` bars of `options.symbols` starting in `[start_s, end_s]` over
+    REST, through the caller's `http`, for `iwm-alerts history`."""
+
+    def __call__(
+        self,
+        http: httpx.AsyncClient,
+        secrets: Secrets,
+        options: RestOptions,
+        window: tuple[int, int, HistoryTimeframe],
+    ) -> Awaitable[Received]: ...
 
 
 class Label(Protocol):
@@ -54,7 +75,8 @@ class FeedProvider:
     without a snapshot. `feed_time` providers replay recorded bars: the daemon
     runs in the replay's own time, needs `feed.url`, and the first backfill
     takes everything the server has played. `label` describes the chosen
-    provider in `check-config`'s summary.
+    provider in `check-config`'s summary. `download` fetches bars for
+    `iwm-alerts history` (None: the provider offers no history download).
     """
 
     build: FeedFactory
@@ -63,3 +85,4 @@ class FeedProvider:
     live_backfill_s: float = 3600.0
     feed_time: bool = False
     label: Label | None = None
+    download: BarDownload | None = None

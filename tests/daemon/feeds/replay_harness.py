@@ -35,6 +35,7 @@ class FaultyRest(ReplayRest):
         self._open = asyncio.Event()
         self._open.set()
         self._held = 0
+        self._hold_after: int | None = None
         self._failures: list[tuple[int, float | None]] = []
         self.failures_served = 0
         """Requests answered with a status set by `fail`."""
@@ -45,6 +46,10 @@ class FaultyRest(ReplayRest):
             self._open.clear()
         else:
             self._open.set()
+
+    def hold_after(self, answered: int | None) -> None:
+        """Hold every request read once `answered` requests have been answered (None: stop)."""
+        self._hold_after = answered
 
     @property
     def waiting(self) -> int:
@@ -60,6 +65,8 @@ class FaultyRest(ReplayRest):
         self._failures.clear()
 
     async def _read_request(self) -> None:
+        if self._hold_after is not None and self.requests >= self._hold_after:
+            self._open.clear()
         if not self._open.is_set():
             self._held += 1
             try:
@@ -123,6 +130,10 @@ class ReplayHarness(ReplayServer):
     def hold_rest(self, held: bool = True) -> None:
         """Keep REST requests waiting, once read, until called with False (a slow backfill)."""
         self._faulty_rest.hold(held)
+
+    def hold_rest_after(self, answered: int | None) -> None:
+        """Hold REST requests once `answered` have been answered (an interruption, on cue)."""
+        self._faulty_rest.hold_after(answered)
 
     @property
     def rest_waiting(self) -> int:
