@@ -30,6 +30,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -48,7 +49,7 @@ from daemon.sinks.render import render_html, render_text
 from daemon.telegram.backend import BotBackend
 from daemon.telegram.chart import render_chart
 from daemon.telegram.commands import CHART_BARS, Access, Commands
-from daemon.telegram.menu import CommandMenu
+from daemon.telegram.menu import MENU_RETRY, CommandMenu
 from daemon.telegram.sink import TelegramSink
 from daemon.telegram.start import StartTries, TelegramAuthError, TelegramStartError
 from daemon.telegram.subscribers import SubscriberStore
@@ -139,7 +140,7 @@ class TelegramBot:
         self._send_retry = (send_attempts, send_backoff_s)
         self._start_attempts = start_attempts
         self._start_backoff = (start_backoff_s, start_backoff_max_s)
-        self._menu_retry = (menu_retry_s, menu_retry_max_s)
+        self._menu_retry = replace(MENU_RETRY, base_s=menu_retry_s, cap_s=menu_retry_max_s)
         self._rng = rng or random.Random()
         self._store: SubscriberStore | None = None
         self._app: _App | None = None
@@ -250,8 +251,7 @@ class TelegramBot:
             menu = CommandMenu(
                 app.bot,
                 Commands.bot_commands(),
-                retry_s=self._menu_retry[0],
-                retry_max_s=self._menu_retry[1],
+                retry=self._menu_retry,
                 rng=self._rng,
             )
             menu.start()
