@@ -50,7 +50,7 @@ from daemon.telegram.backend import BotBackend
 from daemon.telegram.chart import render_chart
 from daemon.telegram.commands import CHART_BARS, Access, Commands
 from daemon.telegram.menu import MENU_RETRY, CommandMenu
-from daemon.telegram.sink import TelegramSink
+from daemon.telegram.sink import TelegramSink, TelegramSinkOptions
 from daemon.telegram.start import StartTries, TelegramAuthError, TelegramStartError
 from daemon.telegram.subscribers import SubscriberStore
 from signals.alerts import Alert
@@ -259,14 +259,16 @@ class TelegramBot:
             self._sink = TelegramSink(
                 app.bot,
                 store,
-                rate_per_chat_s=self._settings.rate_per_chat_s,
-                rate_global_per_s=self._settings.rate_global_per_s,
-                send_timeout_s=self._send_timeout_s,
-                max_attempts=self._send_retry[0],
-                backoff_s=self._send_retry[1],
-                render_html=self._render[0],
-                render_text=self._render[1],
-                chart=self._alert_chart if self._settings.attach_chart else None,
+                TelegramSinkOptions(
+                    rate_per_chat_s=self._settings.rate_per_chat_s,
+                    rate_global_per_s=self._settings.rate_global_per_s,
+                    send_timeout_s=self._send_timeout_s,
+                    max_attempts=self._send_retry[0],
+                    backoff_s=self._send_retry[1],
+                    render_html=self._render[0],
+                    render_text=self._render[1],
+                    chart=self._alert_chart if self._settings.attach_chart else None,
+                ),
             )
             self._app, self._store, self._menu = app, store, menu
             self._stack = stack.pop_all()
