@@ -57,6 +57,7 @@ def run_backtest(
     config: EngineConfig,
     rules: Sequence[RuleSpec] = (),
     rates: RatesSeries | None = None,
+    *,
     timeframe: str = "1d",
     progress: bool | None = None,
     daily_history: LoadedBars | None = None,

@@ -24,6 +24,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
@@ -43,8 +44,9 @@ _BLOCKED: Final = "blocked"
 _SKIPPED: Final = "skipped"
 
 
-class DeliveryLoop:
-    """Delivers one sink's alerts from the outbox, in order, with retries.
+@dataclass(frozen=True, kw_only=True)
+class DeliveryOptions:
+    """How a `DeliveryLoop` retries, batches and logs.
 
     Backoff after failed attempt n is `backoff_initial_s * 2**(n-1)`, capped
     at `backoff_max_s`, less up to `jitter` of itself at random (so that alerts
@@ -57,49 +59,58 @@ class DeliveryLoop:
     a `suppressed` count), so a flapping sink cannot flood the log.
 
     `clock` gives epoch seconds (the outbox's time base) and `sleep` waits;
-    both are injectable for tests. `sent`, `failed` (unavailable attempts)
-    and `rejected` count since start-up, for the health endpoint. Errors of
-    the outbox itself (the database failing) propagate: the supervisor decides.
+    both are injectable for tests, like `rng`.
+    """
+
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 300.0
+    jitter: float = 0.5
+    max_attempts: int | None = None
+    batch: int = 20
+    idle_s: float = 60.0
+    log_every_s: float = 60.0
+    clock: Clock = time.time
+    sleep: Sleep = asyncio.sleep
+    rng: random.Random | None = None
+
+    def __post_init__(self) -> None:
+        initial, cap = self.backoff_initial_s, self.backoff_max_s
+        if not 0 < initial <= cap:
+            raise ValueError(
+                f"need 0 < backoff_initial_s <= backoff_max_s, got {initial} and {cap}"
+            )
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1 or None, got {self.max_attempts}")
+        if self.batch < 1 or self.idle_s <= 0 or self.log_every_s < 0:
+            raise ValueError("batch and idle_s must be > 0 and log_every_s >= 0")
+
+
+class DeliveryLoop:
+    """Delivers one sink's alerts from the outbox, in order, with retries (as `options` say).
+
+    `sent`, `failed` (unavailable attempts) and `rejected` count since start-up,
+    for the health endpoint. Errors of the outbox itself (the database failing)
+    propagate: the supervisor decides.
     """
 
     def __init__(
-        self,
-        outbox: Outbox,
-        sink: Sender,
-        *,
-        backoff_initial_s: float = 1.0,
-        backoff_max_s: float = 300.0,
-        jitter: float = 0.5,
-        max_attempts: int | None = None,
-        batch: int = 20,
-        idle_s: float = 60.0,
-        log_every_s: float = 60.0,
-        clock: Clock = time.time,
-        sleep: Sleep = asyncio.sleep,
-        rng: random.Random | None = None,
+        self, outbox: Outbox, sink: Sender, options: DeliveryOptions = DeliveryOptions()
     ) -> None:
-        if not 0 < backoff_initial_s <= backoff_max_s:
-            raise ValueError(
-                f"need 0 < backoff_initial_s <= backoff_max_s, got {backoff_initial_s}"
-                f" and {backoff_max_s}"
-            )
-        if not 0.0 <= jitter < 1.0:
-            raise ValueError(f"jitter must be in [0, 1), got {jitter}")
-        if max_attempts is not None and max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1 or None, got {max_attempts}")
-        if batch < 1 or idle_s <= 0 or log_every_s < 0:
-            raise ValueError("batch and idle_s must be > 0 and log_every_s >= 0")
         self.outbox = outbox
         self.sink = sink
         self.name: str = sink.name
-        self._retry = RetryPolicy(base_s=backoff_initial_s, cap_s=backoff_max_s, jitter=jitter)
-        self._max_attempts = max_attempts
-        self._batch = batch
-        self._idle_s = idle_s
-        self._log_every_s = log_every_s
-        self._clock = clock
-        self._sleep = sleep
-        self._rng = rng if rng is not None else random.Random()
+        self._retry = RetryPolicy(
+            base_s=options.backoff_initial_s, cap_s=options.backoff_max_s, jitter=options.jitter
+        )
+        self._max_attempts = options.max_attempts
+        self._batch = options.batch
+        self._idle_s = options.idle_s
+        self._log_every_s = options.log_every_s
+        self._clock = options.clock
+        self._sleep = options.sleep
+        self._rng = options.rng if options.rng is not None else random.Random()
         self._wake = asyncio.Event()
         # run() and drain() may overlap at shutdown; one sender at a time keeps the order.
         self._lock = asyncio.Lock()

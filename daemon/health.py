@@ -393,13 +393,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True, kw_only=True)
+class ServeOptions:
+    """What a `HealthServer` rarely needs: binding beyond loopback, and another clock."""
+
+    allow_remote: bool = False
+    """Bind a host that is not loopback (refused otherwise: the endpoint has no auth)."""
+    clock: Callable[[], float] = time.time
+    """Epoch seconds, read for each snapshot."""
+
+
+class _Refused(Exception):
+    """A request answered with an error before it reaches a route."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status, self.text = status, text
+
+
 class HealthServer:
     """The endpoint, serving while inside `async with HealthServer(source, ...) as server`.
 
     `port=0` picks a free port: read it back from `server.port`. A host that
-    is not loopback is refused unless `allow_remote=True`. `verdict` is the
+    is not loopback is refused unless `options.allow_remote`. `verdict` is the
     watchdog gate's `check` (optional): when unhealthy `/healthz` says so.
-    `clock` gives epoch seconds.
     """
 
     def __init__(
@@ -408,13 +425,13 @@ class HealthServer:
         *,
         host: str = "127.0.0.1",
         port: int = 9108,
-        allow_remote: bool = False,
         verdict: Callable[[], Verdict] | None = None,
-        clock: Callable[[], float] = time.time,
+        options: ServeOptions = ServeOptions(),
     ) -> None:
-        if not allow_remote and not is_loopback(host):
+        if not options.allow_remote and not is_loopback(host):
             raise ValueError(
-                f"health endpoint host {host!r} is not loopback; pass allow_remote=True to bind it"
+                f"health endpoint host {host!r} is not loopback;"
+                " pass ServeOptions(allow_remote=True) to bind it"
             )
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0-65535, got {port}")
@@ -422,7 +439,7 @@ class HealthServer:
         self._port = port
         self._source = source
         self._verdict = verdict
-        self._clock = clock
+        self._clock = options.clock
         self.registry = CollectorRegistry(auto_describe=False)
         collector: Collector = _Collector(self.snapshot)
         self.registry.register(collector)
@@ -480,22 +497,9 @@ class HealthServer:
 
     async def _respond(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
         try:
-            async with asyncio.timeout(READ_TIMEOUT_S):
-                head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            return _text(431, "request head too large\n")
-        except asyncio.IncompleteReadError:
-            return _text(400, "incomplete request\n")
-        except TimeoutError:
-            return _text(408, "request timeout\n")
-        parts = head.split(b"\r\n", 1)[0].split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            return _text(400, "bad request line\n")
-        method, target = parts[0], parts[1].split(b"?", 1)[0]
-        if method != b"GET":
-            return _text(405, "only GET\n")
-        if target not in (b"/healthz", b"/metrics"):
-            return _text(404, "not found: try /healthz or /metrics\n")
+            target = await _read_target(reader)
+        except _Refused as refused:
+            return _text(refused.status, refused.text)
         try:
             if target == b"/metrics":
                 return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
@@ -505,6 +509,28 @@ class HealthServer:
             return _text(500, "internal error\n")
         body = json.dumps(report, separators=(",", ":")).encode() + b"\n"
         return status, "application/json", body
+
+
+async def _read_target(reader: asyncio.StreamReader) -> bytes:
+    """The path of a well-formed `GET /healthz` or `GET /metrics`; `_Refused` otherwise."""
+    try:
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+        raise _Refused(431, "request head too large\n") from None
+    except asyncio.IncompleteReadError:
+        raise _Refused(400, "incomplete request\n") from None
+    except TimeoutError:
+        raise _Refused(408, "request timeout\n") from None
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        raise _Refused(400, "bad request line\n")
+    method, target = parts[0], parts[1].split(b"?", 1)[0]
+    if method != b"GET":
+        raise _Refused(405, "only GET\n")
+    if target not in (b"/healthz", b"/metrics"):
+        raise _Refused(404, "not found: try /healthz or /metrics\n")
+    return target
 
 
 def _text(status: int, text: str) -> tuple[int, str, bytes]:

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, NamedTuple, Self
 
 import msgspec
 import structlog
@@ -93,6 +93,15 @@ _QUEUE_SQL = """
     ORDER BY a.created_at, a.seq
     LIMIT ?
 """
+
+
+class _Settled(NamedTuple):
+    """A delivery's new state; an error or next attempt of None keeps the stored one."""
+
+    status: str
+    now: float
+    error: str | None = None
+    next_attempt_at: float | None = None
 
 
 class OutboxError(Exception):
@@ -246,7 +255,9 @@ class Outbox:
                     alert = decode_alert(text)
                 except msgspec.DecodeError as exc:
                     _log.warning("outbox.undecodable", alert_id=alert_id, sink=sink)
-                    self._settle(tx, alert_id, sink, "rejected", now, f"undecodable alert: {exc}")
+                    self._settle(
+                        tx, alert_id, sink, _Settled("rejected", now, f"undecodable alert: {exc}")
+                    )
                     continue
                 tx.execute(
                     "UPDATE deliveries SET status = 'sending', attempts = attempts + 1,"
@@ -271,14 +282,14 @@ class Outbox:
     def delivered(self, alert_id: str, sink: str, now: float) -> None:
         """`sink` took the alert."""
         with self._transaction(fsync=False) as tx:
-            self._settle(tx, alert_id, sink, "delivered", now, None)
+            self._settle(tx, alert_id, sink, _Settled("delivered", now))
 
     def retry(self, alert_id: str, sink: str, now: float, delay_s: float, error: str) -> None:
         """`sink` could not take the alert now: pending again, due `delay_s` from `now`."""
         if not math.isfinite(delay_s) or delay_s < 0:
             raise ValueError(f"delay_s must be finite and >= 0, got {delay_s}")
         with self._transaction(fsync=False) as tx:
-            self._settle(tx, alert_id, sink, "pending", now, error, next_attempt_at=now + delay_s)
+            self._settle(tx, alert_id, sink, _Settled("pending", now, error, now + delay_s))
 
     def due_now(self, sink: str, now: float) -> int:
         """Every pending alert of `sink` waiting out a retry delay is due at `now` (the sink
@@ -294,7 +305,7 @@ class Outbox:
     def rejected(self, alert_id: str, sink: str, now: float, error: str) -> None:
         """`sink` will never take the alert: give up on it for that sink."""
         with self._transaction(fsync=False) as tx:
-            self._settle(tx, alert_id, sink, "rejected", now, error)
+            self._settle(tx, alert_id, sink, _Settled("rejected", now, error))
 
     def release(self, alert_ids: Sequence[str], sink: str, now: float) -> None:
         """Return claimed alerts that were never attempted to pending, uncounting the claim."""
@@ -306,16 +317,8 @@ class Outbox:
             )
 
     @staticmethod
-    def _settle(
-        tx: sqlite3.Connection,
-        alert_id: str,
-        sink: str,
-        status: str,
-        now: float,
-        error: str | None,
-        *,
-        next_attempt_at: float | None = None,
-    ) -> None:
+    def _settle(tx: sqlite3.Connection, alert_id: str, sink: str, settled: _Settled) -> None:
+        status, now, error, next_attempt_at = settled
         if error is not None and len(error) > _MAX_ERROR_CHARS:
             error = error[: _MAX_ERROR_CHARS - 1] + "…"
         cur = tx.execute(

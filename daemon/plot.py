@@ -39,6 +39,7 @@ NEW_YORK = ZoneInfo("America/New_York")
 # against the picture (about 1/40 of its width) and the panels are few.
 CHART_PX = (960, 1200)
 REPORT_PX = (1600, 900)
+_BAR_WIDTH = 0.7  # of a bar's slot: candles and volume bars alike
 _DPI = 100
 _BG, _FG, _GRID = "#ffffff", "#1f2328", "#d0d7de"
 _UP, _DOWN = "#1a7f37", "#cf222e"
@@ -242,11 +243,9 @@ def _mark(
     times: npt.NDArray[np.int64],
     alerts: Sequence[tuple[int, str]],
     anchor: tuple[FloatArray, FloatArray],
-    pad: float,
     fontsize: float,
-    above: bool = False,
 ) -> dict[str, int]:
-    """A marker per alert at its bar (below the low; above the high for a rule named
+    """A marker per alert at its bar (at `anchor`'s low; at its high for a rule named
     `*down*`), one style per rule and a legend; counts what was drawn per rule."""
     by_rule: dict[str, list[int]] = {}
     for t, rule in alerts:
@@ -259,16 +258,13 @@ def _mark(
         color, marker = _RULE_STYLES[k % len(_RULE_STYLES)]
         xs = np.asarray(idx, dtype=np.float64)
         down = "down" in rule
-        ys = high[idx] + pad if down else low[idx] - pad
+        ys = high[idx] if down else low[idx]
         coll = ax.scatter(
             xs, ys, s=110, marker=marker, color=color, edgecolors=_FG, linewidths=0.6,
             zorder=5, label=_plain(f"{rule_words(rule)} ({len(idx)})"),
         )  # fmt: skip
         marked[rule] = len(np.asarray(coll.get_offsets()))
-    if marked and above:  # many rules over years: a row above the panel, off the line
-        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=min(len(marked), 5),
-                  fontsize=fontsize, frameon=False, borderaxespad=0.2)  # fmt: skip
-    elif marked:
+    if marked:
         ax.legend(loc="best", fontsize=fontsize, framealpha=0.85, markerscale=0.9)
     return marked
 
@@ -280,7 +276,6 @@ def render_candles(
     alerts: Sequence[tuple[int, str]] = (),
     *,
     intraday: bool = False,
-    size_px: tuple[int, int] = CHART_PX,
 ) -> Picture:
     """Candles (price), volume with RVOL, and RSI with the 35-42 zone, for `bars`
     (oldest first: `time`, `open`, `high`, `low`, `close`, optional `volume` and
@@ -299,7 +294,7 @@ def render_candles(
     )  # fmt: skip
     big, small = 22.0, 18.0
 
-    fig = _figure(size_px)
+    fig = _figure(CHART_PX)
     grid = fig.add_gridspec(
         3, 1, height_ratios=(5, 1.6, 1.9), hspace=0.08,
         left=0.12, right=0.6, top=0.93, bottom=0.08,
@@ -312,9 +307,8 @@ def render_candles(
 
     x = np.arange(n, dtype=np.float64)
     up = c >= o
-    width = 0.7
     ax_p.vlines(x, lo_, h, colors=np.where(up, _UP, _DOWN).tolist(), linewidth=1.4, zorder=2)
-    _boxes(ax_p, x, np.minimum(o, c), np.maximum(o, c), width, up)
+    _boxes(ax_p, x, np.minimum(o, c), np.maximum(o, c), up)
 
     finite = np.isfinite(lo_) & np.isfinite(h)
     p_lo = float(np.min(lo_[finite])) if finite.any() else 0.0
@@ -346,30 +340,11 @@ def render_candles(
             color=color, va="center", ha="left", annotation_clip=False,
             arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.8},
         )  # fmt: skip
-    marked = _mark(ax_p, times, alerts, (lo_, h), 0.03 * span, small - 2)
+    pad = 0.03 * span  # markers just off the candle
+    marked = _mark(ax_p, times, alerts, (lo_ - pad, h + pad), small - 2)
 
-    _boxes(ax_v, x, np.zeros(n), np.nan_to_num(volume), width, up)
-    ax_v.set_ylim(
-        0, max(float(np.nanmax(volume)) if np.isfinite(volume).any() else 1.0, 1.0) * 1.05
-    )
-    rvol = _rvol(volume)
-    last_rvol = next((float(v) for v in rvol[::-1] if math.isfinite(v)), None)
-    v_text = "volume" + ("" if last_rvol is None else f" · RVOL {last_rvol:.1f}x")
-    ax_v.text(0.01, 0.95, v_text, transform=ax_v.transAxes, fontsize=small, va="top", color=_FG,
-              bbox=_TEXT_BOX)  # fmt: skip
-    ax_v.yaxis.set_major_formatter(_volume_formatter())
-    ax_v.yaxis.set_major_locator(_max_ticks(2))
-
-    ax_r.axhspan(*RSI_ZONE, color=_RSI_ZONE, zorder=0)
-    for guide in (30.0, 70.0):
-        ax_r.axhline(guide, color="#8c959f", linewidth=1.0, linestyle=(0, (4, 3)))
-    ax_r.plot(x, rsi, color="#24292f", linewidth=2.0)
-    ax_r.set_ylim(0, 100)
-    ax_r.set_yticks([30, 70])
-    last_rsi = next((float(v) for v in rsi[::-1] if math.isfinite(v)), None)
-    r_text = "RSI 14" + ("" if last_rsi is None else f" · {last_rsi:.0f}") + " · zone 35-42"
-    ax_r.text(0.01, 0.95, r_text, transform=ax_r.transAxes, fontsize=small, va="top", color=_FG,
-              bbox=_TEXT_BOX)  # fmt: skip
+    _volume_panel(ax_v, x, volume, up, small)
+    _rsi_panel(ax_r, x, rsi, small)
 
     for ax in (ax_p, ax_v):
         ax.tick_params(labelbottom=False)
@@ -377,7 +352,36 @@ def render_candles(
     fig.suptitle(_plain(title), fontsize=big, color=_FG, x=0.12, ha="left", fontweight="bold")
     panels = _panels(fig, {"price": ax_p, "volume": ax_v, "rsi": ax_r})
     png = _png(fig)
-    return Picture(png, *size_px, panels, marked, tuple(labels))
+    return Picture(png, *CHART_PX, panels, marked, tuple(labels))
+
+
+def _volume_panel(
+    ax: Axes, x: FloatArray, volume: FloatArray, up: npt.NDArray[np.bool_], fontsize: float
+) -> None:
+    """Volume bars coloured like their candle, and the last RVOL in the corner."""
+    _boxes(ax, x, np.zeros(len(x)), np.nan_to_num(volume), up)
+    ax.set_ylim(0, max(float(np.nanmax(volume)) if np.isfinite(volume).any() else 1.0, 1.0) * 1.05)
+    rvol = _rvol(volume)
+    last_rvol = next((float(v) for v in rvol[::-1] if math.isfinite(v)), None)
+    v_text = "volume" + ("" if last_rvol is None else f" · RVOL {last_rvol:.1f}x")
+    ax.text(0.01, 0.95, v_text, transform=ax.transAxes, fontsize=fontsize, va="top", color=_FG,
+            bbox=_TEXT_BOX)  # fmt: skip
+    ax.yaxis.set_major_formatter(_volume_formatter())
+    ax.yaxis.set_major_locator(_max_ticks(2))
+
+
+def _rsi_panel(ax: Axes, x: FloatArray, rsi: FloatArray, fontsize: float) -> None:
+    """RSI(14) over the 35-42 zone and the 30/70 guides, the last value in the corner."""
+    ax.axhspan(*RSI_ZONE, color=_RSI_ZONE, zorder=0)
+    for guide in (30.0, 70.0):
+        ax.axhline(guide, color="#8c959f", linewidth=1.0, linestyle=(0, (4, 3)))
+    ax.plot(x, rsi, color="#24292f", linewidth=2.0)
+    ax.set_ylim(0, 100)
+    ax.set_yticks([30, 70])
+    last_rsi = next((float(v) for v in rsi[::-1] if math.isfinite(v)), None)
+    r_text = "RSI 14" + ("" if last_rsi is None else f" · {last_rsi:.0f}") + " · zone 35-42"
+    ax.text(0.01, 0.95, r_text, transform=ax.transAxes, fontsize=fontsize, va="top", color=_FG,
+            bbox=_TEXT_BOX)  # fmt: skip
 
 
 def render_history(
@@ -387,7 +391,6 @@ def render_history(
     *,
     intraday: bool = False,
     rules: Sequence[str] = (),
-    size_px: tuple[int, int] = REPORT_PX,
 ) -> Picture:
     """The report's picture of one symbol over the whole backtest: the close (candles
     are unreadable over years) with a dot at each alert, a strip with one row per rule
@@ -403,7 +406,7 @@ def render_history(
         if 0 <= i < n:
             by_rule.setdefault(rule, []).append(i)
     small = 13.0
-    fig = _figure(size_px)
+    fig = _figure(REPORT_PX)
     rows = max(len(by_rule), 1)
     grid = fig.add_gridspec(
         3, 1, height_ratios=(3, 0.22 * rows + 0.3, 1.2), hspace=0.05,
@@ -449,7 +452,7 @@ def render_history(
     _time_ticks(ax_s, times, intraday, small, most=10)
     fig.suptitle(_plain(title), fontsize=18, color=_FG, x=0.14, ha="left", fontweight="bold")
     panels = _panels(fig, {"price": ax_p, "alerts": ax_a, "score": ax_s})
-    return Picture(_png(fig), *size_px, panels, marked)
+    return Picture(_png(fig), *REPORT_PX, panels, marked)
 
 
 def _boxes(
@@ -457,14 +460,13 @@ def _boxes(
     x: FloatArray,
     bottom: FloatArray,
     top: FloatArray,
-    width: float,
     up: npt.NDArray[np.bool_],
 ) -> None:
     """Candle bodies or volume bars as one collection (one patch per bar is 4x slower)."""
     from matplotlib.collections import PolyCollection  # noqa: PLC0415 - lazy, see the module docstring
 
     top = np.maximum(top, bottom + 1e-9 * np.maximum(np.abs(bottom), 1.0))  # a doji stays visible
-    left, right = x - width / 2, x + width / 2
+    left, right = x - _BAR_WIDTH / 2, x + _BAR_WIDTH / 2
     verts = np.stack(
         [np.c_[left, bottom], np.c_[left, top], np.c_[right, top], np.c_[right, bottom]], axis=1
     )

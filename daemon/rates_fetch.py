@@ -22,6 +22,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -65,8 +66,9 @@ def _safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
-class RatesFetcher:
-    """Fetches a FRED series CSV. Use as `async with RatesFetcher(url) as f: series = await f.fetch()`.
+@dataclass(frozen=True, kw_only=True)
+class RatesFetchOptions:
+    """How a `RatesFetcher` fetches, besides where.
 
     `attempts` is the total number of tries; between them the delay doubles
     from `backoff_initial_s` up to `backoff_max_s`, less up to half of itself
@@ -77,42 +79,48 @@ class RatesFetcher:
     epoch time an HTTP-date `Retry-After` is counted from.
     """
 
+    series: str = "DGS2"
+    timeout_s: float = 20.0
+    attempts: int = 4
+    backoff_initial_s: float = 2.0
+    backoff_max_s: float = 60.0
+    transport: httpx.AsyncBaseTransport | None = None
+    sleep: Sleep = asyncio.sleep
+    clock: Callable[[], float] = time.time
+    rng: random.Random | None = None
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
+        initial, cap = self.backoff_initial_s, self.backoff_max_s
+        if not 0 < initial <= cap or not math.isfinite(cap):
+            raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+
+class RatesFetcher:
+    """Fetches a FRED series CSV. Use as `async with RatesFetcher(url) as f: series = await f.fetch()`."""
+
     def __init__(
-        self,
-        url: str = FRED_DGS2_URL,
-        *,
-        series: str = "DGS2",
-        timeout_s: float = 20.0,
-        attempts: int = 4,
-        backoff_initial_s: float = 2.0,
-        backoff_max_s: float = 60.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-        sleep: Sleep = asyncio.sleep,
-        clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
+        self, url: str = FRED_DGS2_URL, options: RatesFetchOptions = RatesFetchOptions()
     ) -> None:
         if urlsplit(url).scheme not in ("http", "https"):
             raise ValueError(f"rates url must be http:// or https://, got {_safe_url(url)!r}")
-        if attempts < 1:
-            raise ValueError(f"attempts must be >= 1, got {attempts}")
-        if not 0 < backoff_initial_s <= backoff_max_s or not math.isfinite(backoff_max_s):
-            raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.url = url
-        self.series = series
-        self._timeout_s = timeout_s
-        self._attempts = attempts
+        self.series = options.series
+        self._timeout_s = options.timeout_s
+        self._attempts = options.attempts
         self._retry = RetryPolicy(
-            base_s=backoff_initial_s,
-            cap_s=backoff_max_s,
+            base_s=options.backoff_initial_s,
+            cap_s=options.backoff_max_s,
             jitter=0.5,
-            retry_after_max_s=backoff_max_s,
+            retry_after_max_s=options.backoff_max_s,
         )
-        self._transport = transport
-        self._sleep = sleep
-        self._clock = clock
-        self._rng = rng if rng is not None else random.Random()
+        self._transport = options.transport
+        self._sleep = options.sleep
+        self._clock = options.clock
+        self._rng = options.rng if options.rng is not None else random.Random()
         self._client: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> Self:

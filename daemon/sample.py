@@ -111,6 +111,7 @@ def demo_market(
     for sym in SYMBOLS:
         price = START_PRICE[sym]
         base_volume = {"IWM": 30e6, "SPY": 70e6, "QQQ": 45e6}[sym]
+        walk = _Walk(rng, sessions, sym, base_volume)
         rows = []
         closes: list[float] = []
         for i in range(first_i, today_i):
@@ -124,12 +125,10 @@ def demo_market(
                 v = round(base_volume * rng.lognormal(0, 0.2))
                 rows.append((int(sessions.label[i]), o, h, lo, c, float(v)))
             else:
-                steps, scale = _history_script(
-                    rng, sessions.minutes(i), sym, today_i - i, price, closes
-                )
-                m = _session_minutes(
-                    rng, sessions, i, price, drift, base_volume, steps=steps, volume_scale=scale
-                )
+                steps, scale = _history_script(walk, i, today_i - i, price, closes)
+                if steps is None:
+                    steps = walk.random_steps(i, drift)
+                m = _session_minutes(walk, i, price, steps, scale)
                 minute_frames.append(m.with_columns(pl.lit(sym).alias("symbol")))
                 c = float(m["close"][-1])
                 rows.append(
@@ -144,9 +143,9 @@ def demo_market(
             ).with_columns(pl.lit(sym).alias("symbol"))
         )
         today_frames.append(
-            _scripted_session(
-                rng, sessions, today_i, sym, price, base_volume, daily_frames[-1], closes
-            ).with_columns(pl.lit(sym).alias("symbol"))
+            _scripted_session(walk, today_i, price, daily_frames[-1], closes).with_columns(
+                pl.lit(sym).alias("symbol")
+            )
         )
     cols = ["symbol", "time", "open", "high", "low", "close", "volume"]
     return DemoMarket(
@@ -172,8 +171,25 @@ def _history_drift(sym: str, k: int, n: int) -> float:
     return 0.0004
 
 
+@dataclass(frozen=True)
+class _Walk:
+    """One symbol's path through the sessions: the shared generator (draw order is the
+    demo's script), the calendar, the symbol and its usual daily volume."""
+
+    rng: np.random.Generator
+    sessions: SessionTable
+    sym: str
+    base_volume: float
+
+    def random_steps(self, i: int, drift: float) -> FloatArray:
+        """Minute log-returns of session `i` drifting `drift` over the day."""
+        n = self.sessions.minutes(i)
+        steps: FloatArray = self.rng.normal(drift / n, 0.0007, n)
+        return steps
+
+
 def _history_script(
-    rng: np.random.Generator, n: int, sym: str, days_before: int, price: float, closes: list[float]
+    walk: _Walk, i: int, days_before: int, price: float, closes: list[float]
 ) -> tuple[FloatArray | None, FloatArray | None]:
     """Minute steps and volume scale for the last sessions before the demo day, or None (random).
 
@@ -182,12 +198,13 @@ def _history_script(
     re-arms the RSI rule) and settles near 47, so that the demo day's slide is an
     entry into the 35-42 zone from above.
     """
-    if sym == "IWM" and days_before == 1:
-        return _bridge(rng, n, price, price * 0.985), np.full(n, 2.3)
-    if sym == "SPY" and days_before <= 5:
+    n = walk.sessions.minutes(i)
+    if walk.sym == "IWM" and days_before == 1:
+        return _bridge(walk.rng, n, price, price * 0.985), np.full(n, 2.3)
+    if walk.sym == "SPY" and days_before <= 5:
         # Above 50 first (re-arms the RSI rule), then settle at 47.
         target = 53.0 if days_before > 2 else 47.0
-        return _bridge(rng, n, price, _close_for_rsi(closes, target)), None
+        return _bridge(walk.rng, n, price, _close_for_rsi(closes, target)), None
     return None, None
 
 
@@ -203,18 +220,16 @@ def _u_shape(n: int) -> FloatArray:
 
 
 def _session_minutes(
-    rng: np.random.Generator, sessions: SessionTable, i: int, price: float, drift: float, base_volume: float,
-    *, steps: FloatArray | None = None, volume_scale: FloatArray | None = None,
-) -> pl.DataFrame:  # fmt: skip
-    n = sessions.minutes(i)
-    if steps is None:
-        steps = rng.normal(drift / n, 0.0007, n)
+    walk: _Walk, i: int, price: float, steps: FloatArray, volume_scale: FloatArray | None = None
+) -> pl.DataFrame:
+    """Session `i`'s minute bars from `price` along `steps`, volume U-shaped (and scaled)."""
+    rng, sessions, n = walk.rng, walk.sessions, walk.sessions.minutes(i)
     close = price * np.exp(np.cumsum(steps))
     open_ = np.r_[price * np.exp(rng.normal(0, 0.001)), close[:-1]]
     high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.0003, n)))
     low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.0003, n)))
     shape = _u_shape(n)
-    volume = base_volume / shape.sum() * shape * rng.lognormal(0, 0.25, n)
+    volume = walk.base_volume / shape.sum() * shape * rng.lognormal(0, 0.25, n)
     if volume_scale is not None:
         volume = volume * volume_scale
     return pl.DataFrame(
@@ -233,11 +248,10 @@ def _session_minutes(
 
 
 def _scripted_session(
-    rng: np.random.Generator, sessions: SessionTable, i: int, sym: str, price: float,
-    base_volume: float, daily: pl.DataFrame, closes: list[float],
-) -> pl.DataFrame:  # fmt: skip
-    n = sessions.minutes(i)
-    if sym == "IWM":
+    walk: _Walk, i: int, price: float, daily: pl.DataFrame, closes: list[float]
+) -> pl.DataFrame:
+    rng, n = walk.rng, walk.sessions.minutes(i)
+    if walk.sym == "IWM":
         prior_high = float(daily["high"][-1])
         top20 = float(daily["high"].tail(20).max())  # type: ignore[arg-type]
         # Drift to just under yesterday's high, then burst through both highs on heavy volume.
@@ -250,13 +264,12 @@ def _scripted_session(
         steps[125:] = rng.normal(0.00001, 0.0003, n - 125)
         scale = np.full(n, 2.6)
         scale[108:140] = 6.0
+        return _session_minutes(walk, i, price, steps, scale)
+    if walk.sym == "SPY":
         return _session_minutes(
-            rng, sessions, i, price, 0.0, base_volume, steps=steps, volume_scale=scale
+            walk, i, price, _bridge(rng, n, price, _close_for_rsi(closes, 39.0))
         )
-    if sym == "SPY":
-        steps = _bridge(rng, n, price, _close_for_rsi(closes, 39.0))
-        return _session_minutes(rng, sessions, i, price, 0.0, base_volume, steps=steps)
-    return _session_minutes(rng, sessions, i, price, 0.0002, base_volume)
+    return _session_minutes(walk, i, price, walk.random_steps(i, 0.0002))
 
 
 def _close_for_rsi(closes: list[float], want: float) -> float:

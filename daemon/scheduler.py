@@ -354,6 +354,10 @@ class ScheduleSettings:
     job_timeout_s: float = 300.0
 
 
+SCHEDULE = ScheduleSettings()
+"""The standard jobs' times (no config sets them: nothing asked for another schedule)."""
+
+
 def daemon_jobs(
     *,
     rates_fetch: JobFunc | None = None,
@@ -361,7 +365,6 @@ def daemon_jobs(
     close_digest: JobFunc | None = None,
     outbox_upkeep: JobFunc | None = None,
     heartbeat: JobFunc | None = None,
-    settings: ScheduleSettings = ScheduleSettings(),
 ) -> list[Job]:
     """The daemon's standard jobs, for the callbacks given (None leaves a job out).
 
@@ -373,7 +376,7 @@ def daemon_jobs(
     - `outbox_upkeep`: retry sweep and prune, hourly;
     - `heartbeat`: one log line, every 5 minutes.
     """
-    s = settings
+    s = SCHEDULE
     t = s.job_timeout_s
     candidates: list[tuple[str, JobFunc | None, When]] = [
         ("rates_fetch", rates_fetch, OnSessions("clock", clock=s.rates_fetch_at)),

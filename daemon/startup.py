@@ -8,7 +8,8 @@ waits for is kept in one `Waits` table that `/healthz` and systemd's
 `STATUS=` show. Only an answer that retrying cannot change (refused
 credentials) ends the daemon, as a `Fatal` with its exit code.
 
-- `keep_trying` retries one start-up call until it succeeds.
+- `keep_trying` retries one start-up call until it succeeds (`Dependency` when a try
+  needs a time bound, or a test its own sleep).
 - `SupervisedSink` starts a sink in the background and keeps it until shutdown;
   until it is up its `send` says "unavailable", so the outbox keeps the alerts.
 - `feed_fatal` / `sink_fatal` tell which errors are the end.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -90,49 +92,74 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _never_fatal(_exc: Exception) -> Fatal | None:
+    return None
+
+
+def _ignore(_exc: Exception) -> None:
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dependency:
+    """Something start-up waits for, and how to try it: `fatal(exc)` names the errors
+    that end the daemon instead (by default none), `backoff` the waits between tries,
+    `attempt_timeout_s` (when given) bounds each try, `on_failure` also sees each failure.
+    `sleep` and `rng` are injectable for tests. While failing, `waits` says why."""
+
+    what: str
+    waits: Waits
+    fatal: Callable[[Exception], Fatal | None] = _never_fatal
+    backoff: RetryPolicy = START_RETRY
+    attempt_timeout_s: float | None = None
+    on_failure: Callable[[Exception], None] = _ignore
+    sleep: Sleep = asyncio.sleep
+    rng: random.Random | None = None
+
+    async def until_answered(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`await call()` until it returns (or fails fatally)."""
+        rng = self.rng if self.rng is not None else random.Random()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with asyncio.timeout(self.attempt_timeout_s):
+                    result = await call()
+            except Exception as exc:  # CancelledError is not an Exception: shutdown goes through
+                end = self.fatal(exc)
+                if end is not None:
+                    raise end from None  # the one line; the cause may quote what we never print
+                self.on_failure(exc)
+                reason = describe(exc)
+                delay = self.backoff.delay_s(attempt, rng.random)
+                self.waits.waiting(self.what, reason)
+                _log.warning(
+                    "startup.waiting",
+                    dependency=self.what,
+                    attempt=attempt,
+                    retry_in_s=round(delay, 1),
+                    error=reason,
+                )
+                await self.sleep(delay)
+                continue
+            if attempt > 1:
+                _log.info("startup.answered", dependency=self.what, attempts=attempt)
+            self.waits.done(self.what)
+            return result
+
+
 async def keep_trying(
     call: Callable[[], Awaitable[T]],
     *,
     what: str,
     waits: Waits,
-    fatal: Callable[[Exception], Fatal | None] = lambda exc: None,
+    fatal: Callable[[Exception], Fatal | None] = _never_fatal,
     backoff: RetryPolicy = START_RETRY,
-    attempt_timeout_s: float | None = None,
-    on_failure: Callable[[Exception], None] = lambda exc: None,
-    sleep: Sleep = asyncio.sleep,
-    rng: random.Random | None = None,
 ) -> T:
-    """`await call()` until it returns, waiting `backoff` between tries; `fatal(exc)`
-    names the errors that end the daemon instead (by default none). Each try is bounded by
-    `attempt_timeout_s` when given. While failing, `waits` says why."""
-    rng = rng if rng is not None else random.Random()
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            async with asyncio.timeout(attempt_timeout_s):
-                result = await call()
-        except Exception as exc:  # CancelledError is not an Exception: shutdown goes through
-            end = fatal(exc)
-            if end is not None:
-                raise end from None  # the one line; the cause may quote what we never print
-            on_failure(exc)
-            reason = describe(exc)
-            delay = backoff.delay_s(attempt, rng.random)
-            waits.waiting(what, reason)
-            _log.warning(
-                "startup.waiting",
-                dependency=what,
-                attempt=attempt,
-                retry_in_s=round(delay, 1),
-                error=reason,
-            )
-            await sleep(delay)
-            continue
-        if attempt > 1:
-            _log.info("startup.answered", dependency=what, attempts=attempt)
-        waits.done(what)
-        return result
+    """`await call()` until it returns: `Dependency(...).until_answered(call)` for the
+    common case."""
+    dependency = Dependency(what=what, waits=waits, fatal=fatal, backoff=backoff)
+    return await dependency.until_answered(call)
 
 
 def feed_fatal(exc: Exception) -> Fatal | None:
@@ -213,8 +240,7 @@ class SupervisedSink:
 
     async def run(self, closing: asyncio.Event) -> None:
         """Start, serve until `closing`, stop."""
-        await keep_trying(
-            self.inner.__aenter__,
+        dependency = Dependency(
             what=f"sink {self.name}",
             waits=self._waits,
             fatal=sink_fatal,
@@ -222,6 +248,7 @@ class SupervisedSink:
             attempt_timeout_s=self._start_timeout_s,
             on_failure=self._failed,
         )
+        await dependency.until_answered(self.inner.__aenter__)
         self.started = True
         _log.info("sink.started", sink=self.name)
         try:

@@ -20,7 +20,7 @@ from daemon.feeds.alpaca_wire import RestBar, bar_or_rejection, excerpt, field_p
 from daemon.feeds.base import FeedError
 from daemon.feeds.reconnect import Received, Rejection
 from daemon.feeds.rejects import BarLimits
-from daemon.feeds.rest import RestClient, http_status_error, status_detail
+from daemon.feeds.rest import RestClient, StatusPolicy, http_status_error, status_detail
 from daemon.feeds.rest_options import RestOptions
 from daemon.warmup import Fetched, Warmup, WarmupRequest, fetch_warmup
 from signals.bar import Bar
@@ -145,9 +145,8 @@ class AlpacaRest(RestClient):
 
     def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> FeedError:
         detail = status_detail(status, body, ("message",), self._scrub)
-        return http_status_error(
-            self._name, status, headers, detail, fatal=(400, 403, 404, 422), now=self._now
-        )
+        policy = StatusPolicy(fatal=(400, 403, 404, 422), now=self._now)
+        return http_status_error(self._name, status, headers, detail, policy)
 
     def _scrub(self, text: str) -> str:
         return scrub(self._key, self._secret, text)

@@ -19,13 +19,15 @@ import structlog
 from daemon.feeds.base import FeedError, FeedFatal
 from daemon.feeds.finnhub_wire import excerpt, scrub
 from daemon.feeds.reconnect import Received, Rejection
-from daemon.feeds.rest import RestClient, http_status_error, status_detail
+from daemon.feeds.rest import RestClient, StatusPolicy, http_status_error, status_detail
 from daemon.feeds.rest_options import RestOptions
 from signals.bar import Bar, BarRejected
 
 _log = structlog.get_logger(__name__)
 
 DEFAULT_REST_URL: Final = "https://finnhub.io"
+# 403 (a plan without the data) is `_NoAccess`, told apart before this applies.
+_STATUS: Final = StatusPolicy(fatal=(400, 404))
 
 
 class _Candles(msgspec.Struct):
@@ -132,7 +134,7 @@ class FinnhubRest(RestClient):
         detail = status_detail(status, body, ("error",), self._scrub)
         if status == 403:
             return _NoAccess(self._name, detail)
-        return http_status_error(self._name, status, headers, detail, fatal=(400, 404))
+        return http_status_error(self._name, status, headers, detail, _STATUS)
 
     def _scrub(self, text: str) -> str:
         return scrub(self._token, text)

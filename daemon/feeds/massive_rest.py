@@ -21,12 +21,13 @@ from daemon.feeds.base import FeedError
 from daemon.feeds.massive_wire import excerpt, field_problem, minute_bar, scrub
 from daemon.feeds.reconnect import Received, Rejection
 from daemon.feeds.rejects import BarLimits
-from daemon.feeds.rest import RestClient, http_status_error, status_detail
+from daemon.feeds.rest import RestClient, StatusPolicy, http_status_error, status_detail
 from daemon.feeds.rest_options import RestOptions
 from daemon.warmup import Fetched, Warmup, WarmupRequest, fetch_warmup
 from signals.bar import Bar
 
 DEFAULT_REST_URL: Final = "https://api.massive.com"
+_STATUS: Final = StatusPolicy(fatal=(400, 403, 404))
 
 
 class _RestAgg(msgspec.Struct):
@@ -156,7 +157,7 @@ class MassiveRest(RestClient):
 
     def _status_error(self, status: int, headers: httpx.Headers, body: bytes) -> FeedError:
         detail = status_detail(status, body, ("error", "message"), self._scrub)
-        return http_status_error(self._name, status, headers, detail, fatal=(400, 403, 404))
+        return http_status_error(self._name, status, headers, detail, _STATUS)
 
     def _scrub(self, text: str) -> str:
         return scrub(self._key, text)

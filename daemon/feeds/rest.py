@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
 
 import httpx
 import msgspec
@@ -117,18 +118,22 @@ def status_detail(
     return scrub(f"REST HTTP {status} {message[:_DETAIL_CHARS]}".rstrip())
 
 
+@dataclass(frozen=True)
+class StatusPolicy:
+    """What a provider's REST statuses mean beyond the usual: the `fatal` ones (a bad
+    request, a plan without this data), and the clock `now` that `X-RateLimit-Reset` needs."""
+
+    fatal: Collection[int]
+    now: Callable[[], float] | None = None
+
+
 def http_status_error(
-    name: str,
-    status: int,
-    headers: httpx.Headers,
-    detail: str,
-    *,
-    fatal: Collection[int],
-    now: Callable[[], float] | None = None,
+    name: str, status: int, headers: httpx.Headers, detail: str, policy: StatusPolicy
 ) -> FeedError:
     """The usual meaning of a REST status: 429 throttled (waiting `Retry-After`, or
-    `X-RateLimit-Reset` given the clock `now`), 401 refused, `fatal` ones fatal, the rest
-    unavailable."""
+    `X-RateLimit-Reset` given the policy's clock), 401 refused, the policy's fatal ones
+    fatal, the rest unavailable."""
+    fatal, now = policy.fatal, policy.now
     if status == 429:
         now_s = None if now is None else now()  # read the clock only when it matters
         return FeedThrottled(name, detail, retry_after_s(headers.multi_items(), now_s))

@@ -164,27 +164,36 @@ def _joined(parts: list[Line]) -> Line:
     return line
 
 
+# First match wins; `whole_word` needles must be a word of the rule's name, not part of one.
+# A score rule's emoji (None here) depends on its direction: see `_score_emoji`.
+_RULE_EMOJI: tuple[tuple[str, bool, str | None], ...] = (
+    ("breakdown", False, "🔻"),
+    ("breakout", False, "🚀"),
+    ("rsi", True, "📉"),
+    ("score", False, None),
+    ("flip", False, "🔄"),
+)
+
+
 def _emoji(alert: Alert) -> str:
     rule = alert.rule.lower()
     words = set(re.split(r"[^a-z0-9]+", rule))
-    if "breakdown" in rule:
-        return "🔻"
-    if "breakout" in rule:
-        return "🚀"
-    if "rsi" in words:
-        return "📉"
-    if "score" in rule:
-        if "down" in words:
-            return "📉"
-        if "up" in words:
-            return "📈"
-        value = _number(alert, "value")
-        if value is not None:
-            return "📈" if value >= 50 else "📉"
-        return "🔔"
-    if "flip" in rule:
-        return "🔄"
+    for needle, whole_word, emoji in _RULE_EMOJI:
+        if needle in (words if whole_word else rule):
+            return emoji or _score_emoji(alert, words)
     return "🔔"
+
+
+def _score_emoji(alert: Alert, words: set[str]) -> str:
+    """Up or down as the rule's name says, else by the score's side of 50."""
+    if "down" in words:
+        return "📉"
+    if "up" in words:
+        return "📈"
+    value = _number(alert, "value")
+    if value is None:
+        return "🔔"
+    return "📈" if value >= 50 else "📉"
 
 
 def _when(alert: Alert) -> str:

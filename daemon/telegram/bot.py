@@ -30,6 +30,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -48,8 +49,8 @@ from daemon.sinks.render import render_html, render_text
 from daemon.telegram.backend import BotBackend
 from daemon.telegram.chart import render_chart
 from daemon.telegram.commands import CHART_BARS, Access, Commands
-from daemon.telegram.menu import CommandMenu
-from daemon.telegram.sink import TelegramSink
+from daemon.telegram.menu import MENU_RETRY, CommandMenu
+from daemon.telegram.sink import TelegramSink, TelegramSinkOptions
 from daemon.telegram.start import StartTries, TelegramAuthError, TelegramStartError
 from daemon.telegram.subscribers import SubscriberStore
 from signals.alerts import Alert
@@ -61,7 +62,7 @@ _App = Application[
     ExtBot[None], ContextTypes.DEFAULT_TYPE, dict[Any, Any], dict[Any, Any], dict[Any, Any], None
 ]
 
-__all__ = ["TelegramAuthError", "TelegramBot", "TelegramStartError", "file_url_for"]
+__all__ = ["BotOptions", "TelegramAuthError", "TelegramBot", "TelegramStartError", "file_url_for"]
 
 
 def file_url_for(api_base_url: str) -> str:
@@ -72,12 +73,10 @@ def file_url_for(api_base_url: str) -> str:
     return base + "/file/bot"
 
 
-class TelegramBot:
-    """Commands in (long polling), alerts out (`send`), through one PTB `Application`.
+@dataclass(frozen=True, kw_only=True)
+class BotOptions:
+    """How a `TelegramBot` times out and retries.
 
-    `store` is an open `SubscriberStore` (the caller closes it) or a path to
-    open one at (this bot closes it). `benchmark` / `comparator` name what an
-    alert's relative-strength figures were measured against.
     `poll_timeout_s` is the getUpdates long-poll timeout; `send_timeout_s` the
     read timeout of a send (past it an alert counts as maybe delivered);
     `send_attempts` / `send_backoff_s` how often a send retries a chat that
@@ -91,6 +90,42 @@ class TelegramBot:
     `menu_retry_max_s`. `rng` jitters both (tests pass a seeded one).
     """
 
+    poll_timeout_s: float = 10.0
+    send_timeout_s: float = 10.0
+    connect_timeout_s: float = 5.0
+    send_attempts: int = 5
+    send_backoff_s: float = 1.0
+    start_attempts: int = 3
+    start_backoff_s: float = 2.0
+    start_backoff_max_s: float = 30.0
+    menu_retry_s: float = 5.0
+    menu_retry_max_s: float = 600.0
+    clock: Callable[[], float] = time.time
+    rng: random.Random | None = None
+
+    def __post_init__(self) -> None:
+        if self.start_attempts < 1 or self.send_attempts < 1:
+            raise ValueError("start_attempts and send_attempts must be >= 1")
+        backoffs = (
+            self.send_backoff_s,
+            self.start_backoff_s,
+            self.start_backoff_max_s,
+            self.menu_retry_s,
+            self.menu_retry_max_s,
+        )
+        if min(backoffs) < 0:
+            raise ValueError("backoffs must be >= 0")
+
+
+class TelegramBot:
+    """Commands in (long polling), alerts out (`send`), through one PTB `Application`.
+
+    `store` is an open `SubscriberStore` (the caller closes it) or a path to
+    open one at (this bot closes it). `benchmark` / `comparator` name what an
+    alert's relative-strength figures were measured against. `options`: timeouts
+    and retries.
+    """
+
     name = "telegram"
 
     def __init__(
@@ -102,45 +137,21 @@ class TelegramBot:
         *,
         benchmark: str = "SPY",
         comparator: str = "QQQ",
-        poll_timeout_s: float = 10.0,
-        send_timeout_s: float = 10.0,
-        connect_timeout_s: float = 5.0,
-        send_attempts: int = 5,
-        send_backoff_s: float = 1.0,
-        start_attempts: int = 3,
-        start_backoff_s: float = 2.0,
-        start_backoff_max_s: float = 30.0,
-        menu_retry_s: float = 5.0,
-        menu_retry_max_s: float = 600.0,
-        clock: Callable[[], float] = time.time,
-        rng: random.Random | None = None,
+        options: BotOptions = BotOptions(),
     ) -> None:
-        if start_attempts < 1 or send_attempts < 1:
-            raise ValueError("start_attempts and send_attempts must be >= 1")
-        if (
-            min(
-                send_backoff_s, start_backoff_s, start_backoff_max_s, menu_retry_s, menu_retry_max_s
-            )
-            < 0
-        ):
-            raise ValueError("backoffs must be >= 0")
         self._settings = settings
         self._token = token
         self._store_arg = store
         self._backend = backend
-        self._clock = clock
         self._render = (
             functools.partial(render_html, benchmark=benchmark, comparator=comparator),
             functools.partial(render_text, benchmark=benchmark, comparator=comparator),
         )
-        self._poll_timeout_s = poll_timeout_s
-        self._send_timeout_s = send_timeout_s
-        self._connect_timeout_s = connect_timeout_s
-        self._send_retry = (send_attempts, send_backoff_s)
-        self._start_attempts = start_attempts
-        self._start_backoff = (start_backoff_s, start_backoff_max_s)
-        self._menu_retry = (menu_retry_s, menu_retry_max_s)
-        self._rng = rng or random.Random()
+        self._options = options
+        self._menu_retry = replace(
+            MENU_RETRY, base_s=options.menu_retry_s, cap_s=options.menu_retry_max_s
+        )
+        self._rng = options.rng or random.Random()
         self._store: SubscriberStore | None = None
         self._app: _App | None = None
         self._sink: TelegramSink | None = None
@@ -181,16 +192,16 @@ class TelegramBot:
     def _build(self, store: SubscriberStore) -> tuple[_App, tuple[HTTPXRequest, ...]]:
         request = HTTPXRequest(
             connection_pool_size=32,
-            read_timeout=self._send_timeout_s,
-            write_timeout=self._send_timeout_s,
-            connect_timeout=self._connect_timeout_s,
-            pool_timeout=self._send_timeout_s,
+            read_timeout=self._options.send_timeout_s,
+            write_timeout=self._options.send_timeout_s,
+            connect_timeout=self._options.connect_timeout_s,
+            pool_timeout=self._options.send_timeout_s,
         )
         # getUpdates adds its long-poll timeout to this read timeout.
         polling = HTTPXRequest(
             connection_pool_size=1,
             read_timeout=5.0,
-            connect_timeout=self._connect_timeout_s,
+            connect_timeout=self._options.connect_timeout_s,
         )
         app = (
             Application.builder()
@@ -207,7 +218,7 @@ class TelegramBot:
             frozenset(self._settings.allowed_user_ids),
             frozenset(self._settings.admin_user_ids),
         )
-        commands = Commands(store, self._backend, access, clock=self._clock)
+        commands = Commands(store, self._backend, access, clock=self._options.clock)
         app.add_handlers(commands.handlers())
         app.add_error_handler(_on_handler_error)
         return app, (request, polling)
@@ -216,7 +227,10 @@ class TelegramBot:
         if self._stack is not None:
             raise RuntimeError("TelegramBot is already running")
         register_secret(self._token)  # whatever logging setup is in place, it hides the token
-        tries = StartTries(self._start_attempts, *self._start_backoff, rng=self._rng)
+        o = self._options
+        tries = StartTries(
+            o.start_attempts, o.start_backoff_s, o.start_backoff_max_s, rng=self._rng
+        )
         # On any failure (or cancellation) the stack closes what was opened so far.
         async with AsyncExitStack() as stack:
             if isinstance(self._store_arg, SubscriberStore):
@@ -239,7 +253,7 @@ class TelegramBot:
                 "deleteWebhook",
                 functools.partial(
                     updater.start_polling,
-                    timeout=timedelta(seconds=self._poll_timeout_s),
+                    timeout=timedelta(seconds=o.poll_timeout_s),
                     bootstrap_retries=0,
                     allowed_updates=[Update.MESSAGE],
                     drop_pending_updates=False,  # a /mute sent while we were down still counts
@@ -250,8 +264,7 @@ class TelegramBot:
             menu = CommandMenu(
                 app.bot,
                 Commands.bot_commands(),
-                retry_s=self._menu_retry[0],
-                retry_max_s=self._menu_retry[1],
+                retry=self._menu_retry,
                 rng=self._rng,
             )
             menu.start()
@@ -259,14 +272,16 @@ class TelegramBot:
             self._sink = TelegramSink(
                 app.bot,
                 store,
-                rate_per_chat_s=self._settings.rate_per_chat_s,
-                rate_global_per_s=self._settings.rate_global_per_s,
-                send_timeout_s=self._send_timeout_s,
-                max_attempts=self._send_retry[0],
-                backoff_s=self._send_retry[1],
-                render_html=self._render[0],
-                render_text=self._render[1],
-                chart=self._alert_chart if self._settings.attach_chart else None,
+                TelegramSinkOptions(
+                    rate_per_chat_s=self._settings.rate_per_chat_s,
+                    rate_global_per_s=self._settings.rate_global_per_s,
+                    send_timeout_s=o.send_timeout_s,
+                    max_attempts=o.send_attempts,
+                    backoff_s=o.send_backoff_s,
+                    render_html=self._render[0],
+                    render_text=self._render[1],
+                    chart=self._alert_chart if self._settings.attach_chart else None,
+                ),
             )
             self._app, self._store, self._menu = app, store, menu
             self._stack = stack.pop_all()

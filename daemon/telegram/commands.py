@@ -341,32 +341,47 @@ class Commands:
             return _NOT_SUBSCRIBED
         if not req.args:
             return format_subscriber(sub, self._clock()) + "\n" + _SETTINGS_USAGE
-        key, value = req.args[0].lower(), " ".join(req.args[1:])
+        setters: dict[str, Callable[[int, str], str | None]] = {
+            "symbols": self._set_symbols,
+            "severity": self._set_severity,
+            "quiet": self._set_quiet,
+        }
+        setter = setters.get(req.args[0].lower())
+        if setter is None:
+            return _SETTINGS_USAGE
         try:
-            if key == "symbols":
-                symbols = parse_symbols(value)
-                tracked = set(self._backend.symbols())
-                unknown = [s for s in symbols if s not in tracked]
-                if unknown:
-                    return (
-                        f"Not tracked: {_quote(', '.join(unknown))}. "
-                        f"Tracked: {', '.join(sorted(tracked))}."
-                    )
-                self._store.set_symbols(req.chat_id, symbols)
-            elif key == "severity":
-                if value.lower() not in SEVERITY_RANK:
-                    return "Severity is one of: info, notable, strong."
-                self._store.set_min_severity(req.chat_id, value.lower())
-            elif key == "quiet":
-                quiet = None if value.lower() == "off" else QuietHours.parse(value)
-                self._store.set_quiet(req.chat_id, quiet)
-            else:
-                return _SETTINGS_USAGE
+            refused = setter(req.chat_id, " ".join(req.args[1:]))
         except ValueError as exc:
             return _quote(str(exc))
+        if refused is not None:
+            return refused
         updated = self._store.get(req.chat_id)
         assert updated is not None  # it was there a moment ago, in this thread
         return "Saved.\n" + format_subscriber(updated, self._clock())
+
+    # A setter saves one /settings value and returns None, or says why not.
+
+    def _set_symbols(self, chat_id: int, value: str) -> str | None:
+        symbols = parse_symbols(value)
+        tracked = set(self._backend.symbols())
+        unknown = [s for s in symbols if s not in tracked]
+        if unknown:
+            return (
+                f"Not tracked: {_quote(', '.join(unknown))}. Tracked: {', '.join(sorted(tracked))}."
+            )
+        self._store.set_symbols(chat_id, symbols)
+        return None
+
+    def _set_severity(self, chat_id: int, value: str) -> str | None:
+        if value.lower() not in SEVERITY_RANK:
+            return "Severity is one of: info, notable, strong."
+        self._store.set_min_severity(chat_id, value.lower())
+        return None
+
+    def _set_quiet(self, chat_id: int, value: str) -> str | None:
+        quiet = None if value.lower() == "off" else QuietHours.parse(value)
+        self._store.set_quiet(chat_id, quiet)
+        return None
 
     def _help(self, req: _Request) -> Reply:
         lines = [

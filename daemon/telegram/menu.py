@@ -27,11 +27,14 @@ from daemon.telegram.start import describe
 _log = structlog.get_logger(__name__)
 
 
+MENU_RETRY = RetryPolicy(base_s=5.0, cap_s=600.0, jitter=0.25)
+"""Between tries: 5 s doubling up to 10 minutes, less up to a quarter of itself."""
+
+
 class CommandMenu:
     """Publishes `commands` through `bot` until it sticks: `start()`, later `await stop()`.
 
-    Retries `retry_s` apart, doubling up to `retry_max_s`, less up to
-    `jitter` of itself at random; a longer 429 `retry_after` is honoured.
+    Retries as `retry` says; a longer 429 `retry_after` is honoured.
     """
 
     def __init__(
@@ -39,15 +42,13 @@ class CommandMenu:
         bot: Bot,
         commands: Sequence[BotCommand],
         *,
-        retry_s: float = 5.0,
-        retry_max_s: float = 600.0,
-        jitter: float = 0.25,
+        retry: RetryPolicy = MENU_RETRY,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._bot = bot
         self._commands = list(commands)
-        self._retry = RetryPolicy(base_s=retry_s, cap_s=retry_max_s, jitter=jitter)
+        self._retry = retry
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._task: asyncio.Task[None] | None = None

@@ -113,16 +113,48 @@ class _Send:
     attempt: int = 0
 
 
-class TelegramSink:
-    """Delivers alerts to the subscribers in `store` through `bot` (initialised by its owner).
+@dataclass(frozen=True, kw_only=True)
+class TelegramSinkOptions:
+    """How a `TelegramSink` paces, retries, renders and remembers.
 
     `send_timeout_s` is the read timeout of one `sendMessage`: past it the
     message counts as maybe delivered. `render_html` / `render_text` make the
     message and its plain-text fallback (default: `daemon.sinks.render` with
     SPY and QQQ as benchmark and comparator; pass a `functools.partial` for others).
     `chart`, when given, makes the PNG sent with an alert (None: text only); the
-    alert is then the photo's caption, if it fits in one.
+    alert is then the photo's caption, if it fits in one. `clock`, `monotonic`
+    and `sleep` are injectable for tests.
     """
+
+    rate_per_chat_s: float = 1.0
+    rate_global_per_s: float = 30.0
+    max_attempts: int = 5
+    max_wait_s: float = 60.0
+    backoff_s: float = 1.0
+    send_timeout_s: float = 10.0
+    keep_deliveries_s: float = 14 * 86400.0
+    render_html: Callable[[Alert], str] = render_html
+    render_text: Callable[[Alert], str] = render_text
+    chart: Callable[[Alert], bytes | None] | None = None
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def __post_init__(self) -> None:
+        if (
+            self.max_attempts < 1
+            or self.max_wait_s < 0
+            or self.backoff_s < 0
+            or self.send_timeout_s <= 0
+        ):
+            raise ValueError(
+                "need max_attempts >= 1, max_wait_s >= 0, backoff_s >= 0, send_timeout_s > 0"
+            )
+
+
+class TelegramSink:
+    """Delivers alerts to the subscribers in `store` through `bot` (initialised by its
+    owner), as `options` say."""
 
     name = "telegram"
 
@@ -130,41 +162,25 @@ class TelegramSink:
         self,
         bot: Bot,
         store: SubscriberStore,
-        *,
-        rate_per_chat_s: float = 1.0,
-        rate_global_per_s: float = 30.0,
-        max_attempts: int = 5,
-        max_wait_s: float = 60.0,
-        backoff_s: float = 1.0,
-        send_timeout_s: float = 10.0,
-        keep_deliveries_s: float = 14 * 86400.0,
-        render_html: Callable[[Alert], str] = render_html,
-        render_text: Callable[[Alert], str] = render_text,
-        chart: Callable[[Alert], bytes | None] | None = None,
-        clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        options: TelegramSinkOptions = TelegramSinkOptions(),
     ) -> None:
-        if max_attempts < 1 or max_wait_s < 0 or backoff_s < 0 or send_timeout_s <= 0:
-            raise ValueError(
-                "need max_attempts >= 1, max_wait_s >= 0, backoff_s >= 0, send_timeout_s > 0"
-            )
+        o = options
         self._bot = bot
         self._store = store
         self._limiter = RateLimiter(
-            rate_per_chat_s, rate_global_per_s, clock=monotonic, sleep=sleep
+            o.rate_per_chat_s, o.rate_global_per_s, clock=o.monotonic, sleep=o.sleep
         )
-        self._max_attempts = max_attempts
-        self._max_wait_s = max_wait_s
+        self._max_attempts = o.max_attempts
+        self._max_wait_s = o.max_wait_s
         # Uncapped: `max_attempts` bounds it (1, 2, 4, 8 s with the defaults).
-        self._retry = RetryPolicy(base_s=backoff_s, cap_s=math.inf)
-        self._send_timeout_s = send_timeout_s
-        self._keep_deliveries_s = keep_deliveries_s
-        self._render_html = render_html
-        self._render_text = render_text
-        self._chart = chart
-        self._clock = clock
-        self._sleep = sleep
+        self._retry = RetryPolicy(base_s=o.backoff_s, cap_s=math.inf)
+        self._send_timeout_s = o.send_timeout_s
+        self._keep_deliveries_s = o.keep_deliveries_s
+        self._render_html = o.render_html
+        self._render_text = o.render_text
+        self._chart = o.chart
+        self._clock = o.clock
+        self._sleep = o.sleep
         self._lock = asyncio.Lock()
         self._pruned_at = float("-inf")
 

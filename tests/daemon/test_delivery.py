@@ -19,7 +19,7 @@ from typing import Self
 import pytest
 import structlog
 
-from daemon.delivery import DeliveryLoop, drain_all
+from daemon.delivery import DeliveryLoop, DeliveryOptions, drain_all
 from daemon.outbox import Outbox
 from daemon.retry import RetryPolicy
 from daemon.sinks.base import SinkRejected, SinkUnavailable
@@ -134,7 +134,7 @@ def _loop(outbox: Outbox, sink: ScriptedSink, fake: FakeTime, **kwargs: object) 
         "clock": fake.clock,
         "sleep": fake.sleep,
     }
-    return DeliveryLoop(outbox, sink, **(options | kwargs))  # type: ignore[arg-type]
+    return DeliveryLoop(outbox, sink, DeliveryOptions(**(options | kwargs)))  # type: ignore[arg-type]
 
 
 # -- retries and order ---------------------------------------------------------------------
@@ -250,7 +250,7 @@ def test_bad_settings_are_refused(outbox: Outbox) -> None:
         {"batch": 0},
     ):
         with pytest.raises(ValueError):
-            DeliveryLoop(outbox, sink, **kwargs)
+            DeliveryLoop(outbox, sink, DeliveryOptions(**kwargs))
 
 
 # -- independence and wake-ups (real time, short) ------------------------------------------
@@ -260,7 +260,9 @@ async def test_a_broken_sink_never_delays_another(outbox: Outbox) -> None:
     broken = ScriptedSink("a", always=SinkUnavailable("a", "down", retry_after_s=0.02))
     good = ScriptedSink("b")
     loops = [
-        DeliveryLoop(outbox, s, backoff_initial_s=0.01, backoff_max_s=0.05, idle_s=5.0)
+        DeliveryLoop(
+            outbox, s, DeliveryOptions(backoff_initial_s=0.01, backoff_max_s=0.05, idle_s=5.0)
+        )
         for s in (broken, good)
     ]
     first = [make_alert(n) for n in range(5)]
@@ -290,7 +292,7 @@ async def test_a_broken_sink_never_delays_another(outbox: Outbox) -> None:
 
 async def test_wake_cuts_an_idle_wait_short(outbox: Outbox) -> None:
     sink = ScriptedSink("a")
-    loop = DeliveryLoop(outbox, sink, idle_s=3600.0)
+    loop = DeliveryLoop(outbox, sink, DeliveryOptions(idle_s=3600.0))
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(loop.run())
         await asyncio.sleep(0.02)  # idle now, for an hour
@@ -380,7 +382,7 @@ async def test_cancel_mid_send_requeues_the_in_flight_and_unclaims_the_rest(
 _DELIVERER = textwrap.dedent(
     """
     import asyncio, sys, time
-    from daemon.delivery import DeliveryLoop
+    from daemon.delivery import DeliveryLoop, DeliveryOptions
     from daemon.outbox import Outbox
     from daemon.sinks.jsonl import JsonlSink
 
@@ -392,7 +394,7 @@ _DELIVERER = textwrap.dedent(
     async def main():
         with Outbox.open(sys.argv[1], ["jsonl"]) as outbox:
             async with SlowJsonl(sys.argv[2]) as sink:
-                await DeliveryLoop(outbox, sink, batch=7).run()
+                await DeliveryLoop(outbox, sink, DeliveryOptions(batch=7)).run()
 
     asyncio.run(main())
     """

@@ -19,6 +19,7 @@ from daemon.health import (
     MAX_HEAD_BYTES,
     DeliveryCounters,
     HealthServer,
+    ServeOptions,
     SourceFuncs,
     is_loopback,
     observer,
@@ -104,7 +105,7 @@ def families(text: str) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]
 async def test_healthz_ok() -> None:
     d = running_daemon()
     async with (
-        HealthServer(d.source(), port=0, clock=lambda: NOW) as server,
+        HealthServer(d.source(), port=0, options=ServeOptions(clock=lambda: NOW)) as server,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client,
     ):
         assert server.port != 0
@@ -153,7 +154,7 @@ async def test_healthz_degraded_is_503() -> None:
 async def test_metrics_carry_the_values_and_follow_them() -> None:
     d = running_daemon()
     async with (
-        HealthServer(d.source(), port=0, clock=lambda: NOW) as server,
+        HealthServer(d.source(), port=0, options=ServeOptions(clock=lambda: NOW)) as server,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client,
     ):
         r = await client.get("/metrics")
@@ -280,7 +281,9 @@ def test_non_loopback_binds_are_refused() -> None:
     assert not is_loopback("example.org")
     with pytest.raises(ValueError, match="not loopback"):
         HealthServer(SourceFuncs(), host="0.0.0.0")
-    HealthServer(SourceFuncs(), host="0.0.0.0", allow_remote=True)  # explicit: allowed
+    HealthServer(
+        SourceFuncs(), host="0.0.0.0", options=ServeOptions(allow_remote=True)
+    )  # explicit: allowed
     with pytest.raises(ValueError, match="port"):
         HealthServer(SourceFuncs(), port=70000)
 

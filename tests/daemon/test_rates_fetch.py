@@ -18,6 +18,7 @@ import structlog
 from daemon.rates_fetch import (
     MAX_BODY_BYTES,
     RatesFetcher,
+    RatesFetchOptions,
     RatesRejected,
     RatesUnavailable,
 )
@@ -103,7 +104,7 @@ async def test_503_then_200_is_retried() -> None:
     async with (
         fred(Reply(503, "busy"), Reply(200, FRED_CSV)) as server,
         RatesFetcher(
-            server.url, backoff_initial_s=2.0, sleep=sleeps, rng=random.Random(1)
+            server.url, RatesFetchOptions(backoff_initial_s=2.0, sleep=sleeps, rng=random.Random(1))
         ) as fetcher,
     ):
         with structlog.testing.capture_logs() as logs:
@@ -121,7 +122,9 @@ async def test_5xx_until_attempts_run_out_is_unavailable() -> None:
     sleeps = Sleeps()
     async with (
         fred(Reply(502)) as server,
-        RatesFetcher(server.url, attempts=3, sleep=sleeps, rng=random.Random(7)) as fetcher,
+        RatesFetcher(
+            server.url, RatesFetchOptions(attempts=3, sleep=sleeps, rng=random.Random(7))
+        ) as fetcher,
     ):
         with pytest.raises(RatesUnavailable, match=r"HTTP 502 \(after 3 attempts\)") as err:
             await fetcher.fetch()
@@ -137,7 +140,7 @@ async def test_429_honours_retry_after_up_to_the_cap() -> None:
     async with (
         fred(Reply(429, "", [("Retry-After", "30")]), Reply(200, FRED_CSV)) as server,
         RatesFetcher(
-            server.url, backoff_initial_s=1.0, backoff_max_s=20.0, sleep=sleeps
+            server.url, RatesFetchOptions(backoff_initial_s=1.0, backoff_max_s=20.0, sleep=sleeps)
         ) as fetcher,
     ):
         await fetcher.fetch()
@@ -151,7 +154,10 @@ async def test_503_honours_an_http_date_retry_after_on_the_injected_clock() -> N
     async with (
         fred(Reply(503, "", [("Retry-After", date)]), Reply(200, FRED_CSV)) as server,
         RatesFetcher(
-            server.url, backoff_initial_s=1.0, backoff_max_s=20.0, sleep=sleeps, clock=lambda: now
+            server.url,
+            RatesFetchOptions(
+                backoff_initial_s=1.0, backoff_max_s=20.0, sleep=sleeps, clock=lambda: now
+            ),
         ) as fetcher,
     ):
         await fetcher.fetch()
@@ -163,7 +169,7 @@ async def test_4xx_is_rejected_at_once(status: int) -> None:
     sleeps = Sleeps()
     async with (
         fred(Reply(status, "no such series")) as server,
-        RatesFetcher(server.url, sleep=sleeps) as fetcher,
+        RatesFetcher(server.url, RatesFetchOptions(sleep=sleeps)) as fetcher,
     ):
         with pytest.raises(RatesRejected, match=f"HTTP {status}"):
             await fetcher.fetch()
@@ -186,7 +192,9 @@ async def test_connection_refused_is_retried_then_unavailable() -> None:
     srv.close()
     await srv.wait_closed()  # nothing listens on `port` now
     sleeps = Sleeps()
-    async with RatesFetcher(f"http://127.0.0.1:{port}/x.csv", attempts=2, sleep=sleeps) as f:
+    async with RatesFetcher(
+        f"http://127.0.0.1:{port}/x.csv", RatesFetchOptions(attempts=2, sleep=sleeps)
+    ) as f:
         with pytest.raises(RatesUnavailable, match="ConnectError"):
             await f.fetch()
     assert len(sleeps.delays) == 1
@@ -202,7 +210,8 @@ async def test_a_server_that_never_answers_times_out() -> None:
     port = srv.sockets[0].getsockname()[1]
     async with srv:
         async with RatesFetcher(
-            f"http://127.0.0.1:{port}/x.csv", timeout_s=0.2, attempts=2, sleep=Sleeps()
+            f"http://127.0.0.1:{port}/x.csv",
+            RatesFetchOptions(timeout_s=0.2, attempts=2, sleep=Sleeps()),
         ) as f:
             with pytest.raises(RatesUnavailable, match="ReadTimeout"):
                 await f.fetch()
@@ -216,7 +225,7 @@ async def test_an_oversized_body_is_rejected() -> None:
         return httpx.Response(200, content=b"observation_date,DGS2\n" + b"x" * MAX_BODY_BYTES)
 
     async with RatesFetcher(
-        "https://fred.example/x.csv", transport=httpx.MockTransport(handler)
+        "https://fred.example/x.csv", RatesFetchOptions(transport=httpx.MockTransport(handler))
     ) as f:
         with pytest.raises(RatesRejected, match="over"):
             await f.fetch()
@@ -231,9 +240,9 @@ def test_constructor_checks() -> None:
     with pytest.raises(ValueError, match="http"):
         RatesFetcher("ftp://fred.example/x.csv")
     with pytest.raises(ValueError, match="attempts"):
-        RatesFetcher(attempts=0)
+        RatesFetchOptions(attempts=0)
     with pytest.raises(ValueError, match="backoff"):
-        RatesFetcher(backoff_initial_s=10, backoff_max_s=1)
+        RatesFetchOptions(backoff_initial_s=10, backoff_max_s=1)
 
 
 def test_retry_after_forms() -> None:

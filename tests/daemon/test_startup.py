@@ -14,7 +14,14 @@ from daemon.feeds.base import FeedAuthFailed, FeedFatal, FeedForbidden, FeedUnav
 from daemon.health import Snapshot, Startup, health_report
 from daemon.retry import RetryPolicy
 from daemon.sinks.base import SinkAuthFailed, SinkUnavailable
-from daemon.startup import SupervisedSink, Waits, feed_fatal, keep_trying, sink_fatal
+from daemon.startup import (
+    Dependency,
+    SupervisedSink,
+    Waits,
+    feed_fatal,
+    keep_trying,
+    sink_fatal,
+)
 from daemon.telegram.start import TelegramAuthError
 from signals.alerts import Alert
 
@@ -40,10 +47,10 @@ async def test_keep_trying_retries_with_capped_backoff_and_says_why() -> None:
         return "history"
 
     sleep = _Sleeps()
-    got = await keep_trying(
-        flaky, what="feed warm-up", waits=waits, fatal=feed_fatal,
+    got = await Dependency(
+        what="feed warm-up", waits=waits, fatal=feed_fatal,
         backoff=RetryPolicy(base_s=1.0, cap_s=8.0, jitter=0.0), sleep=sleep,
-    )  # fmt: skip
+    ).until_answered(flaky)  # fmt: skip
     assert got == "history" and len(calls) == 8
     assert sleep.delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
     # One change when it started waiting (same reason after), one when it answered.
@@ -59,11 +66,11 @@ async def test_keep_trying_jitter_stays_within_half_of_the_delay() -> None:
         if next(attempts) < 29:
             raise OSError("no route")
 
-    await keep_trying(
-        fails_29_times, what="x", waits=Waits(), fatal=lambda e: None,
+    await Dependency(
+        what="x", waits=Waits(), fatal=lambda e: None,
         backoff=RetryPolicy(base_s=1.0, cap_s=30.0, jitter=0.5), sleep=sleep,
         rng=random.Random(1),
-    )  # fmt: skip
+    ).until_answered(fails_29_times)  # fmt: skip
     assert all(0 < d <= 30.0 for d in sleep.delays)
     assert all(d >= 15.0 for d in sleep.delays[6:])  # capped at 30, less up to half
     assert len(set(sleep.delays)) > 20  # jittered, not in lockstep
@@ -80,10 +87,9 @@ async def test_keep_trying_bounds_each_try() -> None:
         return 7
 
     waits = Waits()
-    assert await keep_trying(
-        hangs_once, what="x", waits=waits, fatal=lambda e: None, attempt_timeout_s=0.05,
-        sleep=sleep,
-    ) == 7  # fmt: skip
+    assert await Dependency(
+        what="x", waits=waits, fatal=lambda e: None, attempt_timeout_s=0.05, sleep=sleep,
+    ).until_answered(hangs_once) == 7  # fmt: skip
     assert len(tries) == 2 and len(sleep.delays) == 1
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from telegram import Bot
 
-from daemon.telegram.sink import TelegramSink
+from daemon.telegram.sink import TelegramSink, TelegramSinkOptions
 from daemon.telegram.subscribers import SubscriberStore
 from tests.daemon.telegram.kit import USER
 
@@ -18,4 +18,4 @@ ALLOWED = 2100  # allowlisted, not an admin
 def fast_sink(bot: Bot, store: SubscriberStore, **options: Any) -> TelegramSink:
     """The production sink with fast pacing (the pacing has its own tests)."""
     defaults: dict[str, Any] = {"rate_per_chat_s": 0.01, "rate_global_per_s": 1000.0}
-    return TelegramSink(bot, store, **(defaults | options))
+    return TelegramSink(bot, store, TelegramSinkOptions(**(defaults | options)))

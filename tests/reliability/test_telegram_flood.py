@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.delivery import DeliveryLoop
+from daemon.delivery import DeliveryLoop, DeliveryOptions
 from daemon.outbox import Outbox
 from daemon.sinks.render import render_html
 from daemon.telegram.subscribers import SubscriberStore
@@ -42,7 +42,11 @@ async def test_a_flood_window_is_ridden_out_in_order_without_duplicates(
             # Two tries inside the sink, then SinkUnavailable: the outbox's retry must do the rest.
             sink = fast_sink(bot.bot, store, max_attempts=2, backoff_s=0.05)
             loop = DeliveryLoop(
-                outbox, sink, backoff_initial_s=0.2, backoff_max_s=2.0, idle_s=0.5, log_every_s=0
+                outbox,
+                sink,
+                DeliveryOptions(
+                    backoff_initial_s=0.2, backoff_max_s=2.0, idle_s=0.5, log_every_s=0
+                ),
             )
             async with asyncio.TaskGroup() as tg:
                 runner = tg.create_task(loop.run(), name="delivery.telegram")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from daemon.delivery import DeliveryLoop
+from daemon.delivery import DeliveryLoop, DeliveryOptions
 from daemon.outbox import Outbox
 from daemon.secrets import Secret
 from daemon.sinks.base import SinkRejected, SinkUnavailable
@@ -156,7 +156,9 @@ async def test_through_the_outbox_a_receiver_down_for_a_while_gets_every_alert_i
         recv.fail_until = time.monotonic() + 3.0
         box.record(alerts, None, time.time())
         async with _sink(recv.port) as sink:
-            loop = DeliveryLoop(box, sink, backoff_initial_s=0.2, backoff_max_s=1.0, idle_s=0.2)
+            loop = DeliveryLoop(
+                box, sink, DeliveryOptions(backoff_initial_s=0.2, backoff_max_s=1.0, idle_s=0.2)
+            )
             async with asyncio.timeout(20), asyncio.TaskGroup() as tg:
                 task = tg.create_task(loop.run())
                 while len(recv.got.ids) < len(alerts):

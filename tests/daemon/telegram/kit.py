@@ -13,7 +13,7 @@ import polars as pl
 from daemon.config import TelegramSinkSettings
 from daemon.secrets import Secret
 from daemon.telegram.backend import BotBackend
-from daemon.telegram.bot import TelegramBot
+from daemon.telegram.bot import BotOptions, TelegramBot
 from daemon.telegram.subscribers import SubscriberStore
 from signals.alerts import Alert, alert_id
 from signals.score import Breakdown, breakdown
@@ -123,7 +123,11 @@ async def running_bot(
 ) -> AsyncIterator[TelegramBot]:
     """A started `TelegramBot` on `api`, stopped on the way out."""
     async with TelegramBot(
-        settings(api, **overrides), Secret(TOKEN), backend, store, poll_timeout_s=2.0
+        settings(api, **overrides),
+        Secret(TOKEN),
+        backend,
+        store,
+        options=BotOptions(poll_timeout_s=2.0),
     ) as bot:
         yield bot
 

@@ -18,7 +18,7 @@ from daemon.secrets import Secret
 from daemon.sinks.base import SinkUnavailable
 from daemon.telegram.bot import TelegramBot, TelegramStartError, file_url_for
 from daemon.telegram.commands import PUBLIC_COMMANDS
-from daemon.telegram.sink import TelegramSink
+from daemon.telegram.sink import TelegramSink, TelegramSinkOptions
 from daemon.telegram.subscribers import SubscriberStore
 from signals.engine import EngineConfig
 from signals.pipeline import Pipeline
@@ -259,7 +259,7 @@ async def test_the_token_never_reaches_a_log_line_or_an_error(
         await ask(api, "/help")
         await ask(api, "/health", chat_id=ADMIN)
         api.flood(0.2, retry_after=3)
-        sink = TelegramSink(bot.bot, store, max_wait_s=1.0)
+        sink = TelegramSink(bot.bot, store, TelegramSinkOptions(max_wait_s=1.0))
         with pytest.raises(SinkUnavailable) as unavailable:
             await sink.send(make_alert())
         errors: list[BaseException] = [unavailable.value]

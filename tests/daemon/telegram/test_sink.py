@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from daemon.sinks.base import SinkRejected, SinkUnavailable
 from daemon.sinks.render import render_html, render_text
-from daemon.telegram.sink import TelegramSink
+from daemon.telegram.sink import TelegramSink, TelegramSinkOptions
 from daemon.telegram.subscribers import NEW_YORK, QuietHours, SubscriberStore
 from signals.alerts import Alert
 from tests.daemon.telegram.botapi import BotApiServer, Call
@@ -42,7 +42,7 @@ async def sink_on(
     }
     async with (
         running_bot(api, store, backend) as bot,
-        TelegramSink(bot.bot, store, **(defaults | options)) as sink,
+        TelegramSink(bot.bot, store, TelegramSinkOptions(**(defaults | options))) as sink,
     ):
         yield sink
 

@@ -21,7 +21,7 @@ from telegram.error import TelegramError
 from daemon.secrets import Secret
 from daemon.sinks.base import SinkUnavailable
 from daemon.sinks.render import render_html
-from daemon.telegram.bot import TelegramAuthError, TelegramBot, TelegramStartError
+from daemon.telegram.bot import BotOptions, TelegramAuthError, TelegramBot, TelegramStartError
 from daemon.telegram.commands import PUBLIC_COMMANDS
 from daemon.telegram.subscribers import SubscriberStore
 from tests.daemon.telegram.botapi import BotApiServer
@@ -68,7 +68,13 @@ def fast_bot(
         "rng": random.Random(7),
     }
     overrides = {} if api_base_url is None else {"api_base_url": api_base_url}
-    return TelegramBot(settings(api, **overrides), token, backend, store, **(defaults | options))
+    return TelegramBot(
+        settings(api, **overrides),
+        token,
+        backend,
+        store,
+        options=BotOptions(**(defaults | options)),
+    )
 
 
 def track_stores(monkeypatch: pytest.MonkeyPatch) -> list[SubscriberStore]:
