@@ -20,7 +20,7 @@ import psutil
 from bench.common import minute_times, random_walk, sessions
 from daemon import heap
 from daemon.app import warm_up
-from daemon.backtest import run_backtest
+from daemon.backtest import BacktestOptions, run_backtest
 from daemon.bars import LoadedBars, frame_to_batch
 from daemon.rules_file import load_rules
 from daemon.warmup import Warmup
@@ -44,7 +44,9 @@ def backtest(n_symbols: int, n_minutes: int) -> dict[str, float]:
     loaded = LoadedBars(random_walk(times, n_symbols, 11).frame(), {})
     before = _rss()
     t0 = time.perf_counter()
-    result = run_backtest(loaded, EngineConfig(), load_rules(), timeframe="1m", progress=False)
+    result = run_backtest(
+        loaded, EngineConfig(), load_rules(), BacktestOptions(timeframe="1m", progress=False)
+    )
     seconds = time.perf_counter() - t0
     rows = result.main.height
     if rows != n_symbols * n_minutes:

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import talib
 
-from daemon.backtest import run_backtest
+from daemon.backtest import BacktestOptions, run_backtest
 from daemon.bars import load_bars
 from signals.engine import EngineConfig
 
@@ -52,7 +52,7 @@ ORACLES: dict[str, Oracle] = {
 def validate(data: Path, symbols: list[str]) -> pl.DataFrame:
     """Per symbol and column: rows compared, max |engine - TA-Lib|, NaN-pattern mismatches."""
     bars = load_bars([data / f"{s}.csv" for s in symbols])
-    ind = run_backtest(bars, EngineConfig(), progress=False).main
+    ind = run_backtest(bars, EngineConfig(), options=BacktestOptions(progress=False)).main
     closes = ind.select("symbol", "time", "close")
     rows = []
     for sym in symbols:

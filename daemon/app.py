@@ -41,7 +41,7 @@ from daemon.sinks.console import ConsoleSink
 from daemon.sinks.jsonl import JsonlSink
 from daemon.sinks.mqtt import MqttSink
 from daemon.symbol_state import State, SymbolStates
-from daemon.telegram.bot import TelegramBot
+from daemon.telegram.bot import BotOptions, TelegramBot
 from daemon.warmup import Warmup
 from signals.alerts import Alert
 from signals.bar import BarBatch
@@ -267,8 +267,7 @@ def build_sinks(
                 secrets.require("TELEGRAM_BOT_TOKEN"),
                 backend,
                 config.state.dir / "subscribers.sqlite",
-                benchmark=config.engine.benchmark,
-                comparator=config.engine.comparator,
+                BotOptions(benchmark=config.engine.benchmark, comparator=config.engine.comparator),
             )
         )
     return sinks

@@ -52,22 +52,32 @@ def _empty() -> pl.DataFrame:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class BacktestOptions:
+    """The input's `timeframe`, the `rates` series (None: none), whether to show a
+    progress bar (None: on a terminal only), and, with 1-minute input, the daily bars
+    (`daily_history`) that warm the daily timeframe up first."""
+
+    rates: RatesSeries | None = None
+    timeframe: str = "1d"
+    progress: bool | None = None
+    daily_history: LoadedBars | None = None
+
+
 def run_backtest(
     bars: LoadedBars,
     config: EngineConfig,
     rules: Sequence[RuleSpec] = (),
-    rates: RatesSeries | None = None,
-    *,
-    timeframe: str = "1d",
-    progress: bool | None = None,
-    daily_history: LoadedBars | None = None,
+    options: BacktestOptions = BacktestOptions(),
 ) -> BacktestResult:
     """Feed `bars` through a `Pipeline` in time order and collect evaluations and alerts.
 
-    With 1-minute input, `daily_history` (daily bars) warms the daily timeframe
-    up first, as the daemon does at start-up: only days before the first minute
-    are used, and what they would have alerted is not part of the result.
+    With 1-minute input, `options.daily_history` warms the daily timeframe up first,
+    as the daemon does at start-up: only days before the first minute are used, and
+    what they would have alerted is not part of the result.
     """
+    rates, timeframe = options.rates, options.timeframe
+    progress, daily_history = options.progress, options.daily_history
     df = bars.frame
     times = df["time"].to_numpy()
     bounds = np.flatnonzero(np.r_[True, times[1:] != times[:-1], True])

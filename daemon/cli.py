@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from daemon import history, runner
-from daemon.backtest import run_backtest, write_outputs
+from daemon.backtest import BacktestOptions, run_backtest, write_outputs
 from daemon.bars import BarFileError, load_bars
 from daemon.config import check_config_main, load_config
 from daemon.config_errors import ConfigError
@@ -177,10 +177,11 @@ def _backtest(args: argparse.Namespace) -> int:
     rates = read_fred_csv(args.rates) if args.rates else None
     rules = load_rules(args.rules)
     config = EngineConfig(links=Links(benchmark=args.benchmark, comparator=args.comparator))
-    result = run_backtest(
-        bars, config, rules, rates, timeframe=args.timeframe,
+    options = BacktestOptions(
+        rates=rates, timeframe=args.timeframe,
         progress=False if args.no_progress else None, daily_history=daily,
     )  # fmt: skip
+    result = run_backtest(bars, config, rules, options)
     paths = write_outputs(result, args.out)
     stats, report = write_report(result, args.out)
     for line in summary_lines(result, stats, report[0]):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 JsonObject = dict[str, Any]
@@ -161,14 +162,22 @@ def _event_template() -> str:
     return f"{{{{ {{'event_type': value_json.rule, {pairs}}} | tojson }}}}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class DiscoveryOptions:
+    """Where the entities' topics live (`base_topic`, HA's `discovery_prefix`), the QoS
+    HA subscribes with, and the version the device reports (None: not reported)."""
+
+    base_topic: str = "iwm-alerts"
+    discovery_prefix: str = "homeassistant"
+    qos: int = 1
+    sw_version: str | None = None
+
+
 def discovery_messages(
     *,
     symbols: Sequence[str],
     rule_names: Sequence[str],
-    base_topic: str = "iwm-alerts",
-    discovery_prefix: str = "homeassistant",
-    qos: int = 1,
-    sw_version: str | None = None,
+    options: DiscoveryOptions = DiscoveryOptions(),
 ) -> list[tuple[str, JsonObject]]:
     """Every discovery (topic, config) pair, to be published retained.
 
@@ -176,6 +185,8 @@ def discovery_messages(
     `object_id` for this; older HA ignores unknown discovery keys). Without
     rule names there is no event entity (HA requires `event_types`).
     """
+    base_topic, discovery_prefix = options.base_topic, options.discovery_prefix
+    qos, sw_version = options.qos, options.sw_version
     validate_topic_part(base_topic, "base_topic")
     validate_topic_part(discovery_prefix, "discovery_prefix")
     node = _slug(base_topic)

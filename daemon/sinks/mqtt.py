@@ -396,10 +396,12 @@ class MqttSink:
         messages = ha.discovery_messages(
             symbols=self._symbols,
             rule_names=self._rule_names,
-            base_topic=self._base,
-            discovery_prefix=self._prefix,
-            qos=self._qos,
-            sw_version=sw_version,
+            options=ha.DiscoveryOptions(
+                base_topic=self._base,
+                discovery_prefix=self._prefix,
+                qos=self._qos,
+                sw_version=sw_version,
+            ),
         )
         return [(topic, msgspec.json.encode(config)) for topic, config in messages]
 

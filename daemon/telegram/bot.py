@@ -19,7 +19,7 @@ No I/O in the constructor, so it can be built with the other sinks:
 
     TelegramBot(config.sinks.telegram, secrets.require(TELEGRAM_BOT_TOKEN), backend,
                 config.state.dir / "telegram.sqlite",
-                benchmark=config.engine.benchmark, comparator=config.engine.comparator)
+                BotOptions(benchmark=config.engine.benchmark, comparator=config.engine.comparator))
 """
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ def file_url_for(api_base_url: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class BotOptions:
-    """How a `TelegramBot` times out and retries.
+    """What alerts are measured against, and how a `TelegramBot` times out and retries.
+
+    `benchmark` / `comparator` name what an alert's relative-strength figures were
+    measured against.
 
     `poll_timeout_s` is the getUpdates long-poll timeout; `send_timeout_s` the
     read timeout of a send (past it an alert counts as maybe delivered);
@@ -90,6 +93,8 @@ class BotOptions:
     `menu_retry_max_s`. `rng` jitters both (tests pass a seeded one).
     """
 
+    benchmark: str = "SPY"
+    comparator: str = "QQQ"
     poll_timeout_s: float = 10.0
     send_timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
@@ -121,9 +126,8 @@ class TelegramBot:
     """Commands in (long polling), alerts out (`send`), through one PTB `Application`.
 
     `store` is an open `SubscriberStore` (the caller closes it) or a path to
-    open one at (this bot closes it). `benchmark` / `comparator` name what an
-    alert's relative-strength figures were measured against. `options`: timeouts
-    and retries.
+    open one at (this bot closes it). `options`: what alerts are measured against,
+    timeouts and retries.
     """
 
     name = "telegram"
@@ -134,18 +138,16 @@ class TelegramBot:
         token: Secret,
         backend: BotBackend,
         store: SubscriberStore | str | os.PathLike[str],
-        *,
-        benchmark: str = "SPY",
-        comparator: str = "QQQ",
         options: BotOptions = BotOptions(),
     ) -> None:
         self._settings = settings
         self._token = token
         self._store_arg = store
         self._backend = backend
+        o = options
         self._render = (
-            functools.partial(render_html, benchmark=benchmark, comparator=comparator),
-            functools.partial(render_text, benchmark=benchmark, comparator=comparator),
+            functools.partial(render_html, benchmark=o.benchmark, comparator=o.comparator),
+            functools.partial(render_text, benchmark=o.benchmark, comparator=o.comparator),
         )
         self._options = options
         self._menu_retry = replace(

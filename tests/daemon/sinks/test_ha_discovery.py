@@ -33,7 +33,9 @@ DISCOVERY_TOPIC = re.compile(r"homeassistant/(sensor|binary_sensor|event)/([a-zA
 
 
 def _messages() -> list[tuple[str, ha.JsonObject]]:
-    return ha.discovery_messages(symbols=SYMBOLS, rule_names=RULES, sw_version="0.1.0")
+    return ha.discovery_messages(
+        symbols=SYMBOLS, rule_names=RULES, options=ha.DiscoveryOptions(sw_version="0.1.0")
+    )
 
 
 def _by_uid() -> dict[str, ha.JsonObject]:
@@ -142,7 +144,11 @@ def test_last_alert_sensor_shows_the_text_with_rule_severity_and_time() -> None:
 
 def test_another_base_topic_is_another_device_sharing_no_id_or_topic() -> None:
     main = ha.discovery_messages(symbols=SYMBOLS, rule_names=RULES)
-    demo = ha.discovery_messages(symbols=SYMBOLS, rule_names=RULES, base_topic="iwm-alerts-demo")
+    demo = ha.discovery_messages(
+        symbols=SYMBOLS,
+        rule_names=RULES,
+        options=ha.DiscoveryOptions(base_topic="iwm-alerts-demo"),
+    )
     assert len(main) == len(demo)
     assert not {t for t, _ in main} & {t for t, _ in demo}
     assert not {c["unique_id"] for _, c in main} & {c["unique_id"] for _, c in demo}
@@ -177,7 +183,9 @@ def test_symbols_with_dots_get_safe_ids_but_keep_their_topics() -> None:
 
 def test_custom_base_topic_and_prefix() -> None:
     messages = ha.discovery_messages(
-        symbols=["IWM"], rule_names=RULES, base_topic="desk/alerts", discovery_prefix="ha", qos=0
+        symbols=["IWM"],
+        rule_names=RULES,
+        options=ha.DiscoveryOptions(base_topic="desk/alerts", discovery_prefix="ha", qos=0),
     )
     topic, config = messages[0]
     assert topic == "ha/sensor/desk_alerts_iwm_price/config"
@@ -207,7 +215,9 @@ def test_rejects_symbols_that_collide_on_entity_id() -> None:
 @pytest.mark.parametrize("base", ["", "a/#", "a/+/b", "/a", "a/", "a//b"])
 def test_rejects_bad_base_topics(base: str) -> None:
     with pytest.raises(ValueError, match="base_topic"):
-        ha.discovery_messages(symbols=["IWM"], rule_names=RULES, base_topic=base)
+        ha.discovery_messages(
+            symbols=["IWM"], rule_names=RULES, options=ha.DiscoveryOptions(base_topic=base)
+        )
 
 
 def test_topic_helpers() -> None:
