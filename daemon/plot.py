@@ -265,7 +265,12 @@ def _mark(
         )  # fmt: skip
         marked[rule] = len(np.asarray(coll.get_offsets()))
     if marked:
-        ax.legend(loc="best", fontsize=fontsize, framealpha=0.85, markerscale=0.9)
+        # Right of the volume and RSI panels, a column the level labels leave empty:
+        # inside the price panel it covered candles.
+        ax.legend(
+            loc="upper left", bbox_to_anchor=(1.02, -0.04), bbox_transform=ax.transAxes,
+            borderaxespad=0.0, fontsize=fontsize, frameon=False, markerscale=0.9,
+        )  # fmt: skip
     return marked
 
 
