@@ -27,15 +27,21 @@ import pytest
 _START_TIMEOUT_S = 5.0
 
 
-def _binary(name: str, fallback: str) -> str:
-    path = shutil.which(name) or fallback
+def _require(path: str, what: str, package: str) -> str:
+    """`path` if it is executable; else the test fails naming the Debian package to install."""
     if not os.access(path, os.X_OK):
         pytest.fail(
-            f"`{name}` not found (looked on PATH and at {fallback}). The MQTT sink tests run "
-            "against a real broker: install it (Debian/Ubuntu: apt-get install mosquitto).",
+            f"{what} not found. The MQTT sink tests run against a real broker: install it "
+            f"(Debian/Ubuntu: apt-get install {package}).",
             pytrace=False,
         )
     return path
+
+
+def _binary(name: str, fallback: str, package: str | None = None) -> str:
+    """`name` on PATH, else `fallback` (see `_require`)."""
+    what = f"`{name}` (looked on PATH and at {fallback})"
+    return _require(shutil.which(name) or fallback, what, package or name)
 
 
 def free_port() -> int:
@@ -128,11 +134,7 @@ class Mosquitto:
         extra: Sequence[str] = (),
     ) -> None:
         self._binary = _binary("mosquitto", "/usr/sbin/mosquitto")
-        self.directory = directory
-        self.port = free_port()
-        self.log_path = directory / "mosquitto.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        directory.mkdir(parents=True, exist_ok=True)
+        self._prepare(directory, "mosquitto.log")
         lines = [
             f"listener {self.port} 127.0.0.1",
             "persistence false",
@@ -155,8 +157,16 @@ class Mosquitto:
         self.config_path = directory / "mosquitto.conf"
         self.config_path.write_text("\n".join(lines) + "\n")
 
+    def _prepare(self, directory: Path, log_name: str) -> None:
+        """The state every broker here starts from: its directory, a free port, its log."""
+        self.directory = directory
+        self.port = free_port()
+        self.log_path = directory / log_name
+        self._process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
     def _password_file(self, passwords: dict[str, str]) -> Path:
-        tool = _binary("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
+        tool = _binary("mosquitto_passwd", "/usr/bin/mosquitto_passwd", "mosquitto")
         path = self.directory / "passwords"
         path.touch(mode=0o600)
         for user, password in passwords.items():
@@ -249,11 +259,7 @@ class NatsMqtt(Mosquitto):
 
     def __init__(self, directory: Path) -> None:
         self._binary = _binary("nats-server", "/usr/sbin/nats-server")
-        self.directory = directory
-        self.port = free_port()
-        self.log_path = directory / "nats.log"
-        self._process = None
-        directory.mkdir(parents=True, exist_ok=True)
+        self._prepare(directory, "nats.log")
         self.config_path = directory / "nats.conf"
         self.config_path.write_text(
             f"listen: 127.0.0.1:{free_port()}\n"
@@ -284,18 +290,14 @@ class Aedes(Mosquitto):
         passwords: dict[str, str] | None = None,
         deny_subscribe: Sequence[str] = (),
     ) -> None:
-        self._binary = _binary("node", "/usr/bin/node")
+        self._binary = _binary("node", "/usr/bin/node", "nodejs")
         if not (_BROKERS_DIR / "node_modules" / "aedes" / "package.json").exists():
             pytest.fail(
                 "aedes is not installed: run `npm ci --prefix tests/brokers` (the README's "
                 "test command does)",
                 pytrace=False,
             )
-        self.directory = directory
-        self.port = free_port()
-        self.log_path = directory / "aedes.log"
-        self._process = None
-        directory.mkdir(parents=True, exist_ok=True)
+        self._prepare(directory, "aedes.log")
         self._options: list[str] = []
         for user, password in (passwords or {}).items():
             self._options += ["--user", f"{user}:{password}"]
@@ -321,18 +323,9 @@ class RabbitMqtt(Mosquitto):
     def __init__(self, directory: Path) -> None:
         # Not /usr/sbin/rabbitmq-server: as root, Debian's wrapper switches to the
         # `rabbitmq` user and the machine's data directory.
-        self._binary = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-        if not os.access(self._binary, os.X_OK):
-            pytest.fail(
-                f"{self._binary} not found: install it (Debian/Ubuntu: apt-get install "
-                "rabbitmq-server)",
-                pytrace=False,
-            )
-        self.directory = directory
-        self.port = free_port()
-        self.log_path = directory / "rabbitmq.log"
-        self._process = None
-        directory.mkdir(parents=True, exist_ok=True)
+        path = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+        self._binary = _require(path, path, "rabbitmq-server")
+        self._prepare(directory, "rabbitmq.log")
         amqp, dist = free_port(), free_port()
         (directory / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{amqp}\n"
